@@ -1,0 +1,120 @@
+"""`warmstart <command>`: flags and an optional --config YAML/TOML file onto the command's dataclass.
+
+Flags are generated from the dataclass fields, so the CLI, the config files and the Python functions
+always take the same options. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from warmstart import __version__
+from warmstart.config import EvaluateConfig, FinetuneConfig, PredictConfig, build, read_config_file
+from warmstart.errors import UserError
+
+
+def _converter(tp: Any) -> Callable[[str], Any]:
+    base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    base = base[0]
+    optional = type(None) in typing.get_args(tp)
+
+    def convert(s: str) -> Any:
+        if optional and s.lower() == "none":
+            return None
+        try:
+            return base(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {base.__name__}, got '{s}'") from None
+
+    return convert
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, meta = hints[f.name], f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = meta.get("help", "") + ("" if default in (None, "", False) or isinstance(default, bool)
+                                        else f" (default: {default})")
+        if f.name in positional:
+            nargs = "*" if typing.get_origin(tp) is list else "?"
+            parser.add_argument(f.name, nargs=nargs, default=argparse.SUPPRESS, help=help_)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(flag, type=_converter(tp), choices=meta.get("choices"), default=argparse.SUPPRESS,
+                                metavar=f.name.upper() if not meta.get("choices") else None, help=help_)
+
+
+def _finetune(cfg: FinetuneConfig) -> None:
+    from warmstart.tasks.finetune import finetune
+
+    result = finetune(cfg)
+    print(f"run folder: {result.run_dir}")
+    if result.test_accuracy is not None:
+        print(f"test accuracy: {result.test_accuracy:.4f}")
+
+
+def _evaluate(cfg: EvaluateConfig) -> None:
+    from warmstart.metrics import format_table
+    from warmstart.tasks.evaluate import evaluate
+
+    result = evaluate(cfg)
+    print(format_table(result.metrics))
+    if result.out:
+        print(f"metrics written to {result.out}")
+
+
+def _predict(cfg: PredictConfig) -> None:
+    from warmstart.tasks.predict import format_predictions, predict
+
+    preds = predict(cfg)
+    if not cfg.out and preds:
+        sys.stdout.write(format_predictions(preds, cfg.format, list(preds[0].probabilities)))
+
+
+COMMANDS: dict[str, tuple[type, Callable, tuple[str, ...], str]] = {
+    "finetune": (FinetuneConfig, _finetune, (), "fine-tune an encoder with a classification head on a labelled table"),
+    "evaluate": (EvaluateConfig, _evaluate, ("model",), "accuracy, per-class F1 and confusion matrix of a saved model"),
+    "predict": (PredictConfig, _predict, ("model", "texts"), "label and class probabilities for texts"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="warmstart", description="Put pre-trained transformers to work, offline.")
+    p.add_argument("--version", action="version", version=f"warmstart {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (cls, _, positional, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML or TOML file of options; flags given here override it")
+        add_options(sp, cls, positional)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    command = args.pop("command", None)
+    if command is None:
+        parser().print_help()
+        return 2
+    cls, run, _, _ = COMMANDS[command]
+    try:
+        values = read_config_file(args.pop("config")) if "config" in args else {}
+        values.update(args)
+        if values.get("texts") == []:
+            values.pop("texts")
+        run(build(cls, values, source="options"))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; continue a finetune run with --resume", file=sys.stderr)
+        return 130
+    return 0

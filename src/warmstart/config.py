@@ -1,0 +1,176 @@
+"""One dataclass per command. The CLI builds its flags from these fields, so flags, YAML keys and
+keyword arguments of the Python functions are the same names."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warmstart.errors import UserError
+
+
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:
+    """A config field with the help text the CLI shows."""
+    meta = {"help": help, "choices": choices, "short": short}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataOptions:
+    """Where the labelled table is and which columns hold text and labels (shared by finetune/evaluate)."""
+
+    text_column: str | None = opt(None, "column with the text (auto: text, review, sentence, ...)")
+    text_pair_column: str | None = opt(None, "optional second text column for sentence-pair tasks")
+    label_column: str | None = opt(None, "column with the label (auto: label, sentiment, ...)")
+    limit: int | None = opt(None, "read only the first N rows of each input file (quick runs)")
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
+
+
+@dataclass
+class FinetuneConfig(DataOptions):
+    data: str | None = opt(None, "training table (CSV, TSV, JSONL or Parquet, optionally .gz)")
+    valid: str | None = opt(None, "separate validation table")
+    test: str | None = opt(None, "separate test table")
+    split: str | None = opt(None, "split DATA by position into train,valid,test: counts (35000,5000,10000) "
+                                  "or fractions (0.7,0.1,0.2)")
+    shuffle: bool = opt(False, "shuffle rows (with --seed) before splitting")
+    max_train_samples: int | None = opt(None, "keep only the first N training rows after splitting")
+    max_valid_samples: int | None = opt(None, "keep only the first N validation rows after splitting")
+    max_test_samples: int | None = opt(None, "keep only the first N test rows after splitting")
+    label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)")
+    model: str = opt("minilm", "alias (minilm), local folder, or Hugging Face id already in the local cache")
+    out: str = opt("runs/finetune", "run folder to write")
+    engine: str = opt("native", "training loop", choices=("native",))
+    epochs: float = opt(3.0, "number of passes over the training data")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)")
+    batch_size: int = opt(16, "training batch size per device")
+    eval_batch_size: int | None = opt(None, "evaluation batch size (default: 2x batch size)")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    lr: float = opt(5e-5, "peak learning rate")
+    optimizer: str = opt("adamw", "optimizer", choices=("adamw", "adam"))
+    weight_decay: float = opt(0.01, "weight decay (AdamW; not applied to biases and LayerNorm)")
+    warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up")
+    scheduler: str = opt("linear", "learning-rate schedule after warm-up", choices=("linear", "constant"))
+    attention_dropout: float | None = opt(
+        0.0, "dropout on attention probabilities (none: keep the model's, 0.1 for BERT). 0 by default: with it, "
+             "PyTorch's fused CPU attention falls back to a kernel ~7x slower; hidden dropout still regularises")
+    max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (none: no clipping)")
+    seed: int = opt(42, "random seed for shuffling, initialisation and dropout")
+    precision: str = opt("auto", "auto, fp32, bf16 or fp16 (auto: bf16 on GPUs that support it, else fp32)",
+                         choices=("auto", "fp32", "bf16", "fp16"))
+    cpu: bool = opt(False, "train on the CPU even when a GPU is present")
+    patience: int | None = opt(None, "stop when the valid metric has not improved for N epochs")
+    metric_for_best: str = opt("accuracy", "valid metric that picks the best epoch",
+                               choices=("accuracy", "f1_macro", "loss"))
+    logging_steps: int = opt(50, "log loss, learning rate and samples/s every N steps")
+    save_steps: int | None = opt(None, "also checkpoint every N steps (always at epoch end)")
+    save_total_limit: int = opt(2, "keep the last K checkpoints")
+    resume: bool = opt(False, "continue from the last checkpoint in --out")
+    overwrite: bool = opt(False, "replace an existing run folder")
+    progress: bool = opt(True, "show progress bars")
+
+
+@dataclass
+class EvaluateConfig(DataOptions):
+    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
+    data: str = opt("", "labelled table to evaluate on")
+    batch_size: int = opt(32, "evaluation batch size")
+    out: str | None = opt(None, "write the metrics as JSON here")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(True, "show progress bars")
+
+
+@dataclass
+class PredictConfig:
+    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
+    texts: list[str] = opt([], "texts to classify (else --input, else stdin, one per line)")
+    input: str | None = opt(None, "file of texts: .txt (one per line) or a table with a text column")
+    text_column: str | None = opt(None, "text column of an --input table (auto-detected)")
+    text_pair_column: str | None = opt(None, "second text column of an --input table")
+    limit: int | None = opt(None, "read only the first N rows of --input")
+    out: str | None = opt(None, "write predictions here (default: stdout)")
+    format: str = opt("jsonl", "output format", choices=("jsonl", "csv"))
+    batch_size: int = opt(32, "batch size")
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(False, "show a progress bar")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check a YAML/keyword value against the field's type, converting ints to floats etc."""
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is not list else []
+    base = (args or [tp])[0]
+    if typing.get_origin(base) is list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+    elif base is bool and isinstance(value, bool):
+        return value
+    elif base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif base is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+    raise UserError(f"option '{name}' must be {getattr(base, '__name__', base)}, got {shown}")
+
+
+def build(cls: type, values: dict[str, Any], source: str = "arguments") -> Any:
+    """Build config ``cls`` from a dict, rejecting unknown keys and wrong types with one sentence."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} in {source} (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(name, value, hints[name])
+        choices = fields[name].metadata.get("choices")
+        if choices and kwargs[name] is not None and kwargs[name] not in choices:
+            raise UserError(f"option '{name}' must be one of {', '.join(choices)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML or TOML file of options (the same keys as the command's flags, with underscores)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        else:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file '{path}' is not valid YAML/TOML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def make(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
+    """The config a task function runs with: a dataclass, keyword arguments, or both (kwargs win)."""
+    if config is None:
+        return build(cls, kwargs)
+    if not isinstance(config, cls):
+        raise UserError(f"expected a {cls.__name__}, got {type(config).__name__}")
+    return build(cls, {**dataclasses.asdict(config), **kwargs})

@@ -1,0 +1,1 @@
+"""Training engines: each takes the same prepared inputs and writes the same run folder."""

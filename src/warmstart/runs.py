@@ -1,0 +1,125 @@
+"""The run folder: atomic writes, config.yaml, history.jsonl, checkpoints and the final model.
+
+    out/
+      config.yaml        resolved config; `warmstart finetune --config out/config.yaml` repeats the run
+      history.jsonl      one JSON object per logged step and per epoch
+      metrics.json       written last: its presence means the run finished
+      model/             best model so far (save_pretrained + tokenizer), replaced atomically
+      checkpoints/checkpoint-<step>/   model, optimizer, scheduler, RNG (accelerate) + state.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling folder with ``write`` and swap it in, so readers never see half a folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line torn by a kill: everything after it is lost anyway
+    return rows
+
+
+class Run:
+    def __init__(self, out: str | Path, quiet: bool = False):
+        self.dir = Path(out)
+        self.quiet = quiet
+        self.started = time.time()
+
+    # paths
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def history_path(self) -> Path:
+        return self.dir / "history.jsonl"
+
+    def finished(self) -> bool:
+        return (self.dir / "metrics.json").is_file()
+
+    def write_config(self, cfg: dict) -> None:
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_json(self.dir / "metrics.json", metrics)
+
+    # history
+    def log(self, record: dict) -> None:
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def history(self) -> list[dict]:
+        return read_jsonl(self.history_path)
+
+    def truncate_history(self, step: int) -> None:
+        """On resume: keep what was logged up to the checkpoint, drop what the lost work logged."""
+        kept = [r for r in self.history() if r.get("step", 0) <= step]
+        atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # checkpoints
+    def checkpoints(self) -> list[Path]:
+        found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if (p / "state.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict, keep: int) -> Path:
+        target = self.checkpoints_dir / f"checkpoint-{step}"
+
+        def fill(tmp: Path) -> None:
+            write(tmp)
+            atomic_write_json(tmp / "state.json", state)  # last: marks the checkpoint complete
+
+        atomic_dir(target, fill)
+        for old in self.checkpoints()[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stderr)

@@ -1,0 +1,1 @@
+"""One module per command: load → prepare → run → write the run folder."""

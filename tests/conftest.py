@@ -1,0 +1,79 @@
+"""Shared fixtures: paths to the real data in ../shared, and tiny random encoders (BERT, DistilBERT)
+saved with save_pretrained, with a WordPiece tokenizer trained on the fly — loaded by the tests through
+the same code path a user's model folder takes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IMDB = SHARED / "data" / "imdb" / "movie_data.csv.gz"
+SST2 = SHARED / "data" / "sst2" / "train.tsv"
+
+
+@pytest.fixture(scope="session")
+def imdb() -> Path:
+    assert IMDB.is_file(), f"{IMDB} is missing: the tests read the real IMDb data from ../shared"
+    return IMDB
+
+
+@pytest.fixture(scope="session")
+def imdb_head(tmp_path_factory) -> Path:
+    """The first 600 IMDb reviews, cut to 60 words so that tiny-model runs stay fast."""
+    df = pd.read_csv(IMDB, nrows=600)
+    df["review"] = df["review"].str.split().str[:60].str.join(" ")
+    path = tmp_path_factory.mktemp("data") / "imdb600.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def _wordpiece(texts: list[str], folder: Path, cls_name: str):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    import transformers
+
+    fast = getattr(transformers, cls_name)(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                           cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                           model_max_length=128)
+    fast.save_pretrained(folder)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random pre-trained-style encoders (no classification head), as folders on disk."""
+    import torch
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    texts = pd.read_csv(IMDB, nrows=400)["review"].tolist()
+    out = {}
+    torch.manual_seed(0)
+    for name, cfg_cls, model_cls, tok_cls, kw in (
+        ("bert", BertConfig, BertModel, "BertTokenizerFast",
+         dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)),
+        ("distilbert", DistilBertConfig, DistilBertModel, "DistilBertTokenizerFast",
+         dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
+    ):
+        folder = tmp_path_factory.mktemp(f"tiny-{name}")
+        tok = _wordpiece(texts, folder, tok_cls)
+        config = cfg_cls(vocab_size=len(tok), max_position_embeddings=128, pad_token_id=tok.pad_token_id, **kw)
+        model_cls(config).save_pretrained(folder)
+        out[name] = folder
+    return out

@@ -1,0 +1,103 @@
+"""Reading tables, picking columns, mapping labels and splitting, on the real IMDb and SST-2 files."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SST2
+from warmstart.config import FinetuneConfig
+from warmstart.data import LabelMap, read_examples, split_examples, split_sizes
+from warmstart.tasks.finetune import load_splits
+
+
+@pytest.fixture()
+def small(tmp_path, imdb):
+    return pd.read_csv(imdb, nrows=20)
+
+
+def test_every_format_gives_the_same_examples(tmp_path, small):
+    paths = {
+        "csv": tmp_path / "a.csv", "tsv": tmp_path / "a.tsv", "jsonl": tmp_path / "a.jsonl",
+        "parquet": tmp_path / "a.parquet", "csv.gz": tmp_path / "a.csv.gz", "jsonl.gz": tmp_path / "a.jsonl.gz",
+    }
+    small.to_csv(paths["csv"], index=False)
+    small.to_csv(paths["tsv"], sep="\t", index=False)
+    small.to_json(paths["jsonl"], orient="records", lines=True)
+    small.to_parquet(paths["parquet"])
+    paths["csv.gz"].write_bytes(gzip.compress(paths["csv"].read_bytes()))
+    paths["jsonl.gz"].write_bytes(gzip.compress(paths["jsonl"].read_bytes()))
+    want = read_examples(str(paths["csv"]))
+    assert want.texts == small["review"].tolist()
+    assert want.labels == [str(v) for v in small["sentiment"]]
+    for path in paths.values():
+        got = read_examples(str(path))
+        assert got.texts == want.texts and got.labels == want.labels, path
+
+
+def test_columns_are_detected_from_common_names_including_sst2_header():
+    ex = read_examples(str(SST2), limit=5)
+    assert ex.label_column == "label" and ex.texts[0].startswith("hide new secretions")
+    assert ex.labels == ["0", "0", "1", "0", "0"]
+
+
+def test_explicit_columns_and_text_pairs(tmp_path):
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame({"premise": ["a cat", "a dog"], "hypo": ["an animal", "a car"], "y": ["yes", "no"]}).to_csv(
+        path, index=False)
+    ex = read_examples(str(path), text_column="premise", text_pair_column="hypo", label_column="y")
+    assert ex.pairs == ["an animal", "a car"] and ex.labels == ["yes", "no"]
+
+
+def test_string_labels_map_in_sorted_order_and_integer_labels_keep_their_ids(tmp_path, small):
+    ex = read_examples(str(SST2), limit=50)
+    lm = LabelMap.from_examples(ex)
+    assert lm.names == ["0", "1"]
+    assert (lm.encode(ex) == np.array([int(v) for v in ex.labels])).all()
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos", "neg", "neutral"]}).to_csv(path, index=False)
+    lm = LabelMap.from_examples(read_examples(str(path)))
+    assert lm.names == ["neg", "neutral", "pos"]
+    named = LabelMap.from_examples(ex, ["negative", "positive"])
+    assert named.names == ["negative", "positive"] and named.values == ["0", "1"]
+    # a file labelled with names or with the raw values maps onto the same ids
+    assert (named.encode(ex) == lm_ids(ex)).all()
+
+
+def lm_ids(ex):
+    return np.array([int(v) for v in ex.labels])
+
+
+def test_split_by_counts_keeps_row_positions(imdb):
+    cfg = FinetuneConfig(data=str(imdb), split="35000,5000,10000", max_train_samples=10, max_valid_samples=5,
+                         max_test_samples=7)
+    parts = load_splits(cfg)
+    assert [len(parts[r]) for r in ("train", "valid", "test")] == [10, 5, 7]
+    assert parts["train"].rows[0] == 1 and parts["valid"].rows[0] == 35001 and parts["test"].rows[0] == 40001
+    full = pd.read_csv(imdb, skiprows=range(1, 40001), nrows=7)
+    assert parts["test"].texts == full["review"].tolist()
+
+
+def test_limit_caps_every_split_and_separate_files_fill_the_missing_parts(imdb, imdb_head):
+    cfg = FinetuneConfig(data=str(imdb), split="35000,5000", test=str(imdb_head), limit=12)
+    parts = load_splits(cfg)
+    assert {r: len(p) for r, p in parts.items()} == {"train": 12, "valid": 12, "test": 12}
+    assert parts["valid"].rows[0] == 35001 and parts["test"].source == str(imdb_head)
+
+
+def test_fraction_split_with_shuffle_is_seeded(imdb_head):
+    ex = read_examples(str(imdb_head))
+    a = split_examples(ex, "0.7,0.1,0.2", shuffle=True, seed=1)
+    b = split_examples(ex, "0.7,0.1,0.2", shuffle=True, seed=1)
+    c = split_examples(ex, "0.7,0.1,0.2", shuffle=True, seed=2)
+    assert [len(p) for p in a] == [420, 60, 120]
+    assert a[0].rows == b[0].rows and a[0].rows != c[0].rows
+    assert sorted(a[0].rows + a[1].rows + a[2].rows) == list(range(1, 601))
+
+
+def test_split_sizes_validation():
+    assert split_sizes("0.5,0.5", 11, "f") == [6, 5]
+    assert split_sizes("3,2", 10, "f") == [3, 2]
