@@ -49,7 +49,8 @@ class FinetuneConfig(DataOptions):
     label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)")
     model: str = opt("minilm", "alias (minilm), local folder, or Hugging Face id already in the local cache")
     out: str = opt("runs/finetune", "run folder to write")
-    engine: str = opt("native", "training loop", choices=("native",))
+    engine: str = opt("native", "training loop: our Accelerate loop, or the Hugging Face Trainer",
+                      choices=("native", "trainer"))
     epochs: float = opt(3.0, "number of passes over the training data")
     max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)")
     batch_size: int = opt(16, "training batch size per device")
@@ -72,6 +73,8 @@ class FinetuneConfig(DataOptions):
     metric_for_best: str = opt("accuracy", "valid metric that picks the best epoch",
                                choices=("accuracy", "f1_macro", "loss"))
     logging_steps: int = opt(50, "log loss, learning rate and samples/s every N steps")
+    logging_dir: str | None = opt(None, "also write the logged values as TensorBoard event files here "
+                                        "(needs tensorboard)")
     save_steps: int | None = opt(None, "also checkpoint every N steps (always at epoch end)")
     save_total_limit: int = opt(2, "keep the last K checkpoints")
     resume: bool = opt(False, "continue from the last checkpoint in --out")

@@ -22,7 +22,8 @@ from warmstart.runs import Run
 
 ROLES = ("train", "valid", "test")
 # Options that do not change what a run computes, so a resumed run may differ in them.
-NOT_COMPARED = {"out", "resume", "overwrite", "progress", "logging_steps", "save_steps", "save_total_limit"}
+NOT_COMPARED = {"out", "resume", "overwrite", "progress", "logging_steps", "logging_dir", "save_steps",
+                "save_total_limit"}
 
 
 @dataclass
@@ -91,7 +92,7 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.data``; returns the run folder, model folder and metrics."""
     t0 = time.time()
     cfg = resolved(make(FinetuneConfig, config, kwargs))
-    run = Run(cfg.out)
+    run = Run(cfg.out, tensorboard_dir=cfg.logging_dir)
     if cfg.patience is not None and not (cfg.valid or (cfg.split and len(cfg.split.split(",")) > 1)):
         raise UserError("--patience needs a validation split (--valid FILE or a --split with two or more parts)")
     parts = load_splits(cfg)
@@ -115,14 +116,19 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     run.say(f"model {cfg.model} ({path}); labels {labels.names}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in parts.items()))
     data = {role: encode(tokenizer, part, cfg.max_length, y[role]) for role, part in parts.items()}
-    from warmstart.engines import native
-
-    state = native.train(cfg, model, tokenizer, data["train"], data.get("valid"), labels, run)
+    if cfg.engine == "trainer":
+        from warmstart.engines.trainer import train
+    else:
+        from warmstart.engines.native import train
+    state = train(cfg, model, tokenizer, data["train"], data.get("valid"), labels, run)
     train_seconds = time.time() - t0
 
     metrics: dict = {"model": cfg.model, "rows": {r: len(p) for r, p in parts.items()},
                      "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
-                     "epochs": state.epochs_log, "train_seconds": round(train_seconds, 2)}
+                     "epochs": state.epochs_log, "engine": cfg.engine,
+                     "train_loop_seconds": round(state.train_seconds, 2),
+                     "train_samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 3),
+                     "train_seconds": round(train_seconds, 2)}
     if "test" in parts:
         # Reload from disk through the same path `evaluate` uses: proves the saved model is complete.
         clf = Classifier.load(str(run.model_dir), cfg.max_length, cfg.cpu)

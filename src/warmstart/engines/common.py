@@ -1,0 +1,44 @@
+"""What both engines share: precision choice, optimizer, the best-metric rule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from warmstart.config import FinetuneConfig
+from warmstart.errors import UserError
+
+
+def mixed_precision(precision: str, cpu: bool) -> str:
+    """'auto' picks bf16 only on GPUs that support it. On CPUs autocast to bf16 was measured *slower*
+    than fp32 (MiniLM train step 1.46 s vs 0.79 s at 128 tokens on this AVX512-BF16 Xeon), so fp32."""
+    on_gpu = torch.cuda.is_available() and not cpu
+    if precision == "auto":
+        return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not on_gpu:
+        raise UserError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    # The usual BERT recipe: no weight decay on biases and LayerNorm weights.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":  # the seed's torch.optim.Adam: decay (if any) added to the gradient
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    return old is None or (new < old if metric == "loss" else new > old)
+
+
+def schedule(cfg: FinetuneConfig, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, warm-up steps) — the same arithmetic for both engines."""
+    per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    return per_epoch, total, math.ceil(cfg.warmup_ratio * total)
