@@ -10,20 +10,36 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from warmstart.batching import Encoded, LengthGroupedBatches, collator
-from warmstart.config import FinetuneConfig
-from warmstart.data import LabelMap
+from warmstart.batching import LengthGroupedBatches
 from warmstart.engines.common import better, mixed_precision, optimizer_for, schedule
-from warmstart.inference import predict_logits
-from warmstart.metrics import classification_metrics, cross_entropy
 from warmstart.runs import Run, atomic_dir
+
+
+@dataclass
+class Job:
+    """What a task hands the engine: the data, how to batch and score it, how to save the model.
+
+    ``evaluate(model, device, autocast)`` returns valid metrics (``loss`` and any others, logged as
+    ``valid_<name>``); ``accuracy(outputs, batch)`` returns (correct, counted) for a training batch."""
+
+    train: torch.utils.data.Dataset
+    lengths: np.ndarray
+    collate: Callable[[list[dict]], dict]
+    save: Callable[[torch.nn.Module, Path], Any]
+    evaluate: Callable[[torch.nn.Module, torch.device, Callable], dict] | None = None
+    accuracy: Callable[[Any, dict], tuple[int, int]] | None = None
+    unit: str = "texts"
 
 
 @dataclass
@@ -35,6 +51,7 @@ class State:
     step: int = 0                  # optimizer steps done
     loss_sum: float = 0.0          # running sums over the current epoch, for train loss/accuracy
     correct: int = 0
+    counted: int = 0               # what accuracy is over: texts, or (masked) tokens
     seen: int = 0
     log_loss_sum: float = 0.0      # running sums since the last log line
     log_seen: int = 0
@@ -47,12 +64,12 @@ class State:
     samples: int = 0               # training examples processed
 
 
-def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: Encoded, valid_data: Encoded | None,
-          labels: LabelMap, run: Run) -> State:
+def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
+    """Train ``model`` on ``job`` with the options of ``cfg`` (a FinetuneConfig or PretrainConfig)."""
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision, cfg.cpu), cpu=cfg.cpu,
                               gradient_accumulation_steps=cfg.grad_accum)
-    collate = collator(tokenizer)
-    sampler = LengthGroupedBatches(train_data.lengths, cfg.batch_size, cfg.seed)
+    train_data, collate = job.train, job.collate
+    sampler = LengthGroupedBatches(job.lengths, cfg.batch_size, cfg.seed)
     # A generator of its own: each DataLoader iterator draws a base seed from it, and drawing from the
     # global RNG instead would shift dropout masks after a resume.
     loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate,
@@ -84,11 +101,9 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: En
 
     def save_best() -> None:
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            atomic_dir(run.model_dir, lambda d: (unwrapped.save_pretrained(d), tokenizer.save_pretrained(d)))
+            atomic_dir(run.model_dir, lambda d: job.save(accelerator.unwrap_model(model), d))
 
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    run.say(f"training {len(train_data)} texts: {n_epochs} epoch(s), {total_steps} optimizer steps, "
+    run.say(f"training {len(train_data)} {job.unit}: {n_epochs} epoch(s), {total_steps} optimizer steps, "
             f"batch {cfg.batch_size}x{cfg.grad_accum}, device {accelerator.device}, precision {cfg.precision}"
             f"→{accelerator.mixed_precision}")
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
@@ -111,11 +126,13 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: En
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            n = len(batch["labels"])
+            n = len(batch["input_ids"])
             loss = out.loss.item()
             state.batches_done += 1
             state.loss_sum += loss * n
-            state.correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            if job.accuracy is not None:
+                correct, counted = job.accuracy(out, batch)
+                state.correct, state.counted = state.correct + correct, state.counted + counted
             state.seen += n
             state.samples += n
             n_log, state.log_seen, state.log_loss_sum = n_log + n, state.log_seen + n, state.log_loss_sum + loss * n
@@ -141,28 +158,24 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: En
                 checkpoint()
                 t_loop += time.time() - t_ckpt
         state.train_seconds += time.time() - t_loop
-        end_of_epoch(cfg, state, model, accelerator, valid_data, eval_bs, collate, labels, run, time.time() - t_epoch,
-                     save_best)
+        end_of_epoch(cfg, state, model, accelerator, job, run, time.time() - t_epoch, save_best)
         checkpoint()
     bar.close()
-    if valid_data is None or state.best_epoch is None:
+    if job.evaluate is None or state.best_epoch is None:
         save_best()  # no valid split: the final model is the last one
     accelerator.wait_for_everyone()
     return state
 
 
-def end_of_epoch(cfg: FinetuneConfig, state: State, model, accelerator: Accelerator, valid_data: Encoded | None,
-                 eval_bs: int, collate, labels: LabelMap, run: Run, seconds: float, save_best) -> None:
-    rec: dict = {"step": state.step, "epoch": state.epoch + 1,
-                 "train_loss": state.loss_sum / max(state.seen, 1),
-                 "train_accuracy": state.correct / max(state.seen, 1),
-                 "epoch_seconds": round(seconds, 2)}
-    if valid_data is not None:
-        logits = predict_logits(accelerator.unwrap_model(model), valid_data, eval_bs, collate, accelerator.device,
-                                accelerator.autocast, progress=cfg.progress, desc="valid")
-        m = classification_metrics(valid_data.labels, logits.argmax(1), labels.names)
-        rec.update(valid_loss=cross_entropy(logits, valid_data.labels), valid_accuracy=m["accuracy"],
-                   valid_f1_macro=m["f1_macro"])
+def end_of_epoch(cfg: Any, state: State, model, accelerator: Accelerator, job: Job, run: Run, seconds: float,
+                 save_best: Callable[[], None]) -> None:
+    rec: dict = {"step": state.step, "epoch": state.epoch + 1, "train_loss": state.loss_sum / max(state.seen, 1)}
+    if job.accuracy is not None:
+        rec["train_accuracy"] = state.correct / max(state.counted, 1)
+    rec["epoch_seconds"] = round(seconds, 2)
+    if job.evaluate is not None:
+        metrics = job.evaluate(accelerator.unwrap_model(model), accelerator.device, accelerator.autocast)
+        rec.update({f"valid_{k}": v for k, v in metrics.items()})
         key = f"valid_{cfg.metric_for_best}"
         if better(cfg.metric_for_best, rec[key], state.best_metric):
             state.best_metric, state.best_epoch, state.bad_epochs = rec[key], state.epoch + 1, 0
@@ -171,12 +184,12 @@ def end_of_epoch(cfg: FinetuneConfig, state: State, model, accelerator: Accelera
             state.bad_epochs += 1
             if cfg.patience is not None and state.bad_epochs >= cfg.patience:
                 state.stopped_early = True
+        model.train()
     rec["elapsed_seconds"] = round(time.time() - run.started, 2)
     run.log(rec)
     state.epochs_log.append(rec)
-    msg = (f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f} acc {rec['train_accuracy']:.4f}")
-    if valid_data is not None:
-        msg += f" | valid loss {rec['valid_loss']:.4f} acc {rec['valid_accuracy']:.4f}"
-    run.say(msg + f" | {seconds:.0f}s" + ("  (early stop)" if state.stopped_early else ""))
+    run.say(f"epoch {rec['epoch']}: " + "  ".join(
+        f"{k.replace('_', ' ')} {v:.4f}" for k, v in rec.items() if k.startswith(("train_", "valid_")))
+        + f" | {seconds:.0f}s" + ("  (early stop)" if state.stopped_early else ""))
     state.epoch += 1
-    state.batches_done, state.loss_sum, state.correct, state.seen = 0, 0.0, 0, 0
+    state.batches_done, state.loss_sum, state.correct, state.counted, state.seen = 0, 0.0, 0, 0, 0

@@ -12,12 +12,12 @@ import yaml
 from accelerate.utils import set_seed
 
 from warmstart import models, plots
-from warmstart.batching import encode
+from warmstart.batching import Encoded, collator, encode
 from warmstart.config import FinetuneConfig, make, to_dict
 from warmstart.data import Examples, LabelMap, read_examples, split_examples
 from warmstart.errors import UserError
-from warmstart.inference import Classifier
-from warmstart.metrics import classification_metrics, format_table
+from warmstart.inference import Classifier, predict_logits
+from warmstart.metrics import classification_metrics, cross_entropy, format_table
 from warmstart.runs import Run
 
 ROLES = ("train", "valid", "test")
@@ -88,6 +88,26 @@ def prepare_run_folder(cfg: FinetuneConfig, run: Run) -> None:
         shutil.rmtree(run.dir)
 
 
+def classification_job(cfg: FinetuneConfig, tokenizer, train: Encoded, valid: Encoded | None, labels: LabelMap):
+    """The native engine's view of a classification run: batches, train accuracy, valid metrics."""
+    from warmstart.engines.native import Job
+
+    collate = collator(tokenizer)
+
+    def evaluate(model, device, autocast) -> dict:
+        logits = predict_logits(model, valid, cfg.eval_batch_size, collate, device, autocast, progress=cfg.progress,
+                                desc="valid")
+        m = classification_metrics(valid.labels, logits.argmax(1), labels.names)
+        return {"loss": cross_entropy(logits, valid.labels), "accuracy": m["accuracy"], "f1_macro": m["f1_macro"]}
+
+    def accuracy(out, batch) -> tuple[int, int]:
+        return int((out.logits.argmax(-1) == batch["labels"]).sum()), len(batch["labels"])
+
+    return Job(train=train, lengths=train.lengths, collate=collate,
+               save=lambda model, folder: (model.save_pretrained(folder), tokenizer.save_pretrained(folder)),
+               evaluate=evaluate if valid is not None else None, accuracy=accuracy)
+
+
 def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.data``; returns the run folder, model folder and metrics."""
     t0 = time.time()
@@ -117,10 +137,14 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
             + ", ".join(f"{r} {len(p)}" for r, p in parts.items()))
     data = {role: encode(tokenizer, part, cfg.max_length, y[role]) for role, part in parts.items()}
     if cfg.engine == "trainer":
-        from warmstart.engines.trainer import train
+        from warmstart.engines import trainer
+
+        state = trainer.train(cfg, model, tokenizer, data["train"], data.get("valid"), labels, run)
     else:
-        from warmstart.engines.native import train
-    state = train(cfg, model, tokenizer, data["train"], data.get("valid"), labels, run)
+        from warmstart.engines import native
+
+        state = native.train(cfg, model, classification_job(cfg, tokenizer, data["train"], data.get("valid"), labels),
+                             run)
     train_seconds = time.time() - t0
 
     metrics: dict = {"model": cfg.model, "rows": {r: len(p) for r, p in parts.items()},
