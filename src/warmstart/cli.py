@@ -13,7 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from warmstart import __version__
-from warmstart.config import EvaluateConfig, FinetuneConfig, PredictConfig, build, read_config_file
+from warmstart.config import (
+    EvaluateConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    PredictConfig,
+    PretrainConfig,
+    build,
+    read_config_file,
+)
 from warmstart.errors import UserError
 
 
@@ -47,6 +55,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[st
         flag = "--" + f.name.replace("_", "-")
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        elif typing.get_origin(tp) is list:  # e.g. --stop A --stop B
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=help_ + " (repeatable)")
         else:
             parser.add_argument(flag, type=_converter(tp), choices=meta.get("choices"), default=argparse.SUPPRESS,
                                 metavar=f.name.upper() if not meta.get("choices") else None, help=help_)
@@ -79,10 +90,32 @@ def _predict(cfg: PredictConfig) -> None:
         sys.stdout.write(format_predictions(preds, cfg.format, list(preds[0].probabilities)))
 
 
+def _generate(cfg: GenerateConfig) -> None:
+    from warmstart.tasks.generate import format_generations, generate, streamable
+
+    # Tokens appear as they are produced only in interactive use; piped output gets the finished texts.
+    stream = streamable(cfg) and sys.stdout.isatty()
+    gens = generate(cfg, stream_to=sys.stdout if stream else None)
+    if not stream and not cfg.out:
+        sys.stdout.write(format_generations(gens, cfg.format, cfg.chat))
+
+
+def _pretrain(cfg: PretrainConfig) -> None:
+    from warmstart.tasks.pretrain import pretrain
+
+    result = pretrain(cfg)
+    print(f"run folder: {result.run_dir}")
+    for when in ("valid_before", "valid_after"):
+        if when in result.metrics:
+            print(f"held-out {when[6:]}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics[when].items()))
+
+
 COMMANDS: dict[str, tuple[type, Callable, tuple[str, ...], str]] = {
     "finetune": (FinetuneConfig, _finetune, (), "fine-tune an encoder with a classification head on a labelled table"),
     "evaluate": (EvaluateConfig, _evaluate, ("model",), "accuracy, per-class F1 and confusion matrix of a saved model"),
     "predict": (PredictConfig, _predict, ("model", "texts"), "label and class probabilities for texts"),
+    "generate": (GenerateConfig, _generate, ("prompts",), "continue prompts with a causal language model"),
+    "pretrain": (PretrainConfig, _pretrain, (), "self-supervised pre-training on raw text: clm, mlm, mlm+nsp, denoise"),
 }
 
 

@@ -36,21 +36,9 @@ class DataOptions:
 
 
 @dataclass
-class FinetuneConfig(DataOptions):
-    data: str | None = opt(None, "training table (CSV, TSV, JSONL or Parquet, optionally .gz)")
-    valid: str | None = opt(None, "separate validation table")
-    test: str | None = opt(None, "separate test table")
-    split: str | None = opt(None, "split DATA by position into train,valid,test: counts (35000,5000,10000) "
-                                  "or fractions (0.7,0.1,0.2)")
-    shuffle: bool = opt(False, "shuffle rows (with --seed) before splitting")
-    max_train_samples: int | None = opt(None, "keep only the first N training rows after splitting")
-    max_valid_samples: int | None = opt(None, "keep only the first N validation rows after splitting")
-    max_test_samples: int | None = opt(None, "keep only the first N test rows after splitting")
-    label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)")
-    model: str = opt("minilm", "alias (minilm), local folder, or Hugging Face id already in the local cache")
-    out: str = opt("runs/finetune", "run folder to write")
-    engine: str = opt("native", "training loop: our Accelerate loop, or the Hugging Face Trainer",
-                      choices=("native", "trainer"))
+class TrainOptions:
+    """How to train: shared by finetune and pretrain, and by both engines."""
+
     epochs: float = opt(3.0, "number of passes over the training data")
     max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)")
     batch_size: int = opt(16, "training batch size per device")
@@ -70,8 +58,6 @@ class FinetuneConfig(DataOptions):
                          choices=("auto", "fp32", "bf16", "fp16"))
     cpu: bool = opt(False, "train on the CPU even when a GPU is present")
     patience: int | None = opt(None, "stop when the valid metric has not improved for N epochs")
-    metric_for_best: str = opt("accuracy", "valid metric that picks the best epoch",
-                               choices=("accuracy", "f1_macro", "loss"))
     logging_steps: int = opt(50, "log loss, learning rate and samples/s every N steps")
     logging_dir: str | None = opt(None, "also write the logged values as TensorBoard event files here "
                                         "(needs tensorboard)")
@@ -80,6 +66,51 @@ class FinetuneConfig(DataOptions):
     resume: bool = opt(False, "continue from the last checkpoint in --out")
     overwrite: bool = opt(False, "replace an existing run folder")
     progress: bool = opt(True, "show progress bars")
+
+
+@dataclass
+class FinetuneConfig(TrainOptions, DataOptions):
+    data: str | None = opt(None, "training table (CSV, TSV, JSONL or Parquet, optionally .gz)")
+    valid: str | None = opt(None, "separate validation table")
+    test: str | None = opt(None, "separate test table")
+    split: str | None = opt(None, "split DATA by position into train,valid,test: counts (35000,5000,10000) "
+                                  "or fractions (0.7,0.1,0.2)")
+    shuffle: bool = opt(False, "shuffle rows (with --seed) before splitting")
+    max_train_samples: int | None = opt(None, "keep only the first N training rows after splitting")
+    max_valid_samples: int | None = opt(None, "keep only the first N validation rows after splitting")
+    max_test_samples: int | None = opt(None, "keep only the first N test rows after splitting")
+    label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)")
+    model: str = opt("minilm", "alias (minilm), local folder, or Hugging Face id already in the local cache")
+    out: str = opt("runs/finetune", "run folder to write")
+    engine: str = opt("native", "training loop: our Accelerate loop, or the Hugging Face Trainer",
+                      choices=("native", "trainer"))
+    metric_for_best: str = opt("accuracy", "valid metric that picks the best epoch",
+                               choices=("accuracy", "f1_macro", "loss"))
+
+
+@dataclass
+class PretrainConfig(TrainOptions):
+    data: str | None = opt(None, "corpus: .txt (one document per line, or blank-line separated), a table with a "
+                                 "text column (CSV, TSV, JSONL, Parquet), or a folder of .txt files")
+    objective: str = opt("clm", "clm: next token (GPT); mlm: masked tokens (BERT); mlm+nsp: plus next-sentence "
+                                "prediction; denoise: text infilling + sentence permutation (BART)",
+                         choices=("clm", "mlm", "mlm+nsp", "denoise"))
+    valid: str | None = opt(None, "held-out corpus (default: --valid-fraction of the documents)")
+    valid_fraction: float = opt(0.05, "share of documents held out for perplexity/accuracy after each epoch")
+    text_column: str | None = opt(None, "text column of a table corpus (auto-detected)")
+    limit: int | None = opt(None, "read only the first N documents")
+    model: str | None = opt(None, "model to continue pre-training: alias (minilm, smollm2), folder or cached id")
+    from_scratch: bool = opt(False, "a new model from a --size preset and a tokenizer trained on the corpus")
+    size: str = opt("small", "preset for --from-scratch", choices=("tiny", "small"))
+    vocab_size: int = opt(8000, "vocabulary of the tokenizer trained with --from-scratch")
+    block_size: int = opt(128, "tokens per training sequence (texts are packed into blocks of this length)")
+    whole_word_mask: bool = opt(False, "mask whole words rather than word pieces (mlm, mlm+nsp)")
+    mlm_probability: float = opt(0.15, "share of tokens masked (mlm, mlm+nsp)")
+    out: str = opt("runs/pretrain", "run folder to write")
+    epochs: float = opt(1.0, "number of passes over the corpus")
+    lr: float = opt(5e-4, "peak learning rate (5e-4 suits small models from scratch; use ~5e-5 to continue one)")
+    metric_for_best: str = opt("loss", "held-out metric that picks the best epoch",
+                               choices=("loss", "perplexity", "accuracy"))
 
 
 @dataclass
@@ -177,3 +208,38 @@ def make(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
     if not isinstance(config, cls):
         raise UserError(f"expected a {cls.__name__}, got {type(config).__name__}")
     return build(cls, {**dataclasses.asdict(config), **kwargs})
+
+
+@dataclass
+class GenerateConfig:
+    prompts: list[str] = opt([], "prompts to continue (else --input, else stdin, one per line)")
+    model: str = opt("smollm2", "causal LM: alias (smollm2: the bundled SmolLM2-135M-Instruct), a local folder "
+                                "(GPT-2, GPT-Neo, Llama, Qwen...), or a Hugging Face id already in the local cache")
+    input: str | None = opt(None, "file of prompts: one per line, or JSON Lines (.jsonl) with a 'prompt' field")
+    out: str | None = opt(None, "write the results here (default: stdout)")
+    format: str = opt("text", "output: the texts, or JSON Lines with prompt, completions and token counts",
+                      choices=("text", "jsonl"))
+    chat: bool = opt(False, "send each prompt as a user message through the model's chat template")
+    system: str | None = opt(None, "system message for --chat")
+    max_length: int | None = opt(None, "most tokens of prompt + completion, for each prompt (as in the seed)")
+    max_new_tokens: int | None = opt(None, "most tokens of each completion; with --max-length as well, the "
+                                           "stricter of the two holds; with neither, 100")
+    num_return_sequences: int = opt(1, "completions per prompt")
+    strategy: str = opt("auto", "decoding: auto is beam with --num-beams > 1, sampling with several completions "
+                                "or any sampling option (or when the model's generation config samples), else greedy",
+                        choices=("auto", "greedy", "sample", "beam"))
+    temperature: float | None = opt(None, "sampling temperature (default: the model's, else 1.0)")
+    top_k: int | None = opt(None, "sample from the K most likely tokens (default: the model's, else 50; 0: all)")
+    top_p: float | None = opt(None, "nucleus sampling: the smallest set of tokens with this probability mass")
+    typical_p: float | None = opt(None, "locally typical sampling mass")
+    repetition_penalty: float | None = opt(None, "divide the scores of tokens already present (1.0: none)")
+    no_repeat_ngram_size: int | None = opt(None, "never repeat an n-gram of this size")
+    num_beams: int | None = opt(None, "beams for beam search (--strategy beam: default 4)")
+    stop: list[str] = opt([], "stop string: a completion ends just before it (\\n and \\t are understood; "
+                              "several as a list in --config or the Python API)")
+    seed: int | None = opt(None, "random seed: makes sampling reproducible")
+    batch_size: int = opt(8, "prompts generated together (left-padded)")
+    stream: bool = opt(True, "print tokens as they are produced when stdout is a terminal (text output, "
+                             "one completion per prompt, no beam search)")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(False, "show a progress bar")

@@ -58,7 +58,7 @@ def resolve(name: str) -> str:
     if isinstance(cached, str):
         return str(Path(cached).parent)
     raise UserError(
-        f"model '{name}' is not available offline: it is not an alias ({', '.join(ALIASES)}), a local folder, "
+        f"model '{name}' is not available offline: it is not an alias (minilm, smollm2), a local folder, "
         f"or in the Hugging Face cache; download it where there is internet (`hf download {name}`) "
         "and copy the cache, or pass the folder where it is saved"
     )
@@ -92,6 +92,14 @@ def max_length_of(tokenizer: PreTrainedTokenizerBase, config: object, requested:
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
 
 
+def set_attention_dropout(config: object, value: float | None) -> None:
+    """Set attention-probability dropout under whichever name this architecture uses (None: keep)."""
+    if value is not None:
+        for key in ATTENTION_DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, value)
+
+
 def load_classifier(path: str, label_names: list[str] | None = None, label_values: list[str] | None = None,
                     attention_dropout: float | None = None):
     """Load a sequence classifier. With ``label_names`` a head for that many labels is added (or replaced
@@ -114,10 +122,7 @@ def _load_classifier(path: str, label_names: list[str] | None, label_values: lis
         path, local_files_only=True, num_labels=len(label_names), id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
-    if attention_dropout is not None:
-        for key in ATTENTION_DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, attention_dropout)
+    set_attention_dropout(config, attention_dropout)
     # Kept in config.json so `evaluate` maps the raw values of a data file (e.g. 0/1) onto ids.
     config.label_values = label_values or list(label_names)
     try:

@@ -143,3 +143,31 @@ class Run:
             from tqdm.auto import tqdm
 
             tqdm.write(msg, file=sys.stderr)
+
+
+# Options that do not change what a run computes, so a resumed run may differ in them.
+NOT_COMPARED = {"out", "resume", "overwrite", "progress", "logging_steps", "logging_dir", "save_steps",
+                "save_total_limit"}
+
+
+def prepare_run_folder(run: Run, cfg: dict, resume: bool, overwrite: bool) -> None:
+    """Check that ``--resume`` continues the same run, and that a finished run is never overwritten
+    silently (only with ``--overwrite``)."""
+    from warmstart.errors import UserError
+
+    saved_path = run.dir / "config.yaml"
+    if resume:
+        if not saved_path.is_file():
+            raise UserError(f"--resume: '{run.dir}' holds no run to resume (no config.yaml)")
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        # None means "the default", resolved the same way again (e.g. max_length from the model).
+        differ = sorted(k for k in cfg if k not in NOT_COMPARED and cfg[k] is not None and saved.get(k) != cfg[k])
+        if differ:
+            raise UserError(f"--resume: options differ from the run in '{run.dir}' ({', '.join(differ)}); "
+                            f"resume with `--config {saved_path} --resume`")
+        return
+    if run.dir.exists() and any(run.dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"run folder '{run.dir}' already holds a run; pass --resume to continue it or "
+                            "--overwrite to replace it")
+        shutil.rmtree(run.dir)

@@ -40,6 +40,7 @@ class Job:
     evaluate: Callable[[torch.nn.Module, torch.device, Callable], dict] | None = None
     accuracy: Callable[[Any, dict], tuple[int, int]] | None = None
     unit: str = "texts"
+    on_epoch: Callable[[int], None] | None = None  # told each epoch before its first batch (e.g. to reseed masks)
 
 
 @dataclass
@@ -117,6 +118,8 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
         # epoch goes through them (a resumed run starts its counter at 0).
         batches.set_epoch(state.epoch)
         sampler.set_epoch(state.epoch)  # the skipping loader's set_epoch does not reach our sampler
+        if job.on_epoch is not None:
+            job.on_epoch(state.epoch)
         t_loop = time.time()
         for batch in batches:
             with accelerator.accumulate(model):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from accelerate.utils import set_seed
 
 from warmstart import models, plots
@@ -18,12 +16,9 @@ from warmstart.data import Examples, LabelMap, read_examples, split_examples
 from warmstart.errors import UserError
 from warmstart.inference import Classifier, predict_logits
 from warmstart.metrics import classification_metrics, cross_entropy, format_table
-from warmstart.runs import Run
+from warmstart.runs import Run, prepare_run_folder
 
 ROLES = ("train", "valid", "test")
-# Options that do not change what a run computes, so a resumed run may differ in them.
-NOT_COMPARED = {"out", "resume", "overwrite", "progress", "logging_steps", "logging_dir", "save_steps",
-                "save_total_limit"}
 
 
 @dataclass
@@ -68,26 +63,6 @@ def resolved(cfg: FinetuneConfig) -> FinetuneConfig:
     return cfg
 
 
-def prepare_run_folder(cfg: FinetuneConfig, run: Run) -> None:
-    saved_path = run.dir / "config.yaml"
-    if cfg.resume:
-        if not saved_path.is_file():
-            raise UserError(f"--resume: '{run.dir}' holds no run to resume (no config.yaml)")
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
-        now = to_dict(cfg)
-        # None means "the default", resolved the same way again (e.g. max_length from the model).
-        differ = sorted(k for k in now if k not in NOT_COMPARED and now[k] is not None and saved.get(k) != now[k])
-        if differ:
-            raise UserError(f"--resume: options differ from the run in '{run.dir}' ({', '.join(differ)}); "
-                            f"resume with `--config {saved_path} --resume`")
-        return
-    if run.dir.exists() and any(run.dir.iterdir()):
-        if not cfg.overwrite:
-            raise UserError(f"run folder '{run.dir}' already holds a run; pass --resume to continue it or "
-                            "--overwrite to replace it")
-        shutil.rmtree(run.dir)
-
-
 def classification_job(cfg: FinetuneConfig, tokenizer, train: Encoded, valid: Encoded | None, labels: LabelMap):
     """The native engine's view of a classification run: batches, train accuracy, valid metrics."""
     from warmstart.engines.native import Job
@@ -119,7 +94,7 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     names = [n.strip() for n in cfg.label_names.split(",")] if cfg.label_names else None
     labels = LabelMap.from_examples(parts["train"], names)
     y = {role: labels.encode(part) for role, part in parts.items()}  # unknown labels fail before any work
-    prepare_run_folder(cfg, run)
+    prepare_run_folder(run, to_dict(cfg), cfg.resume, cfg.overwrite)
     if cfg.resume and run.finished():
         run.say(f"run in '{run.dir}' has already finished; nothing to resume")
         return FinetuneResult(run.dir, run.model_dir, json.loads((run.dir / "metrics.json").read_text()))

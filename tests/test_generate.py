@@ -1,0 +1,261 @@
+"""`generate`: a tiny random GPT-2 with the real GPT-2 BPE files (loaded through the same path as a user's
+gpt2 folder) for the mechanics, and the bundled SmolLM2-135M-Instruct where a real language model matters."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED
+from warmstart.cli import main
+from warmstart.errors import UserError
+
+GPT2_TOKENIZER = SHARED / "models" / "gpt2-tokenizer"
+SEED_SENTENCE = "This is another step towards true AI"
+SEED_IDS = [1212, 318, 1194, 2239, 3371, 2081, 9552]  # the seed's GPT-2 encoding of SEED_SENTENCE
+PROMPTS = ["Hello", "The movie was", SEED_SENTENCE, "Once upon a time, in a land far away, there lived"]
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A random 2-layer GPT2LMHeadModel with GPT-2's real tokenizer files, saved like a user's model folder."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    assert (GPT2_TOKENIZER / "vocab.json").is_file(), f"{GPT2_TOKENIZER} is missing"
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    # A large init spread makes the random model's choices decisive, so batched and single runs cannot
+    # differ through float noise on a near-tie.
+    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def gen(model: Path | str, prompts: list[str], **kw):
+    from warmstart import generate
+
+    return generate(prompts=prompts, model=str(model), **kw)
+
+
+def test_gpt2_tokenizer_gives_the_seeds_ids(tiny_gpt2):
+    from warmstart.lm import CausalLM
+
+    lm = CausalLM.load(str(tiny_gpt2))
+    assert lm.tokenizer(SEED_SENTENCE)["input_ids"] == SEED_IDS
+    assert lm.tokenizer.pad_token_id == lm.tokenizer.eos_token_id == 50256  # GPT-2 has no pad token: set silently
+    assert gen(tiny_gpt2, [SEED_SENTENCE], max_new_tokens=2)[0].prompt_tokens == len(SEED_IDS)
+
+
+def test_seed_makes_sampling_reproducible(tiny_gpt2):
+    kw = dict(num_return_sequences=3, max_new_tokens=12)
+    a = gen(tiny_gpt2, PROMPTS[:2], seed=0, **kw)
+    b = gen(tiny_gpt2, PROMPTS[:2], seed=0, **kw)
+    c = gen(tiny_gpt2, PROMPTS[:2], seed=1, **kw)
+    assert [g.completions for g in a] == [g.completions for g in b]
+    assert [g.completions for g in a] != [g.completions for g in c]
+    assert len(set(a[0].completions)) > 1  # several completions with auto strategy means sampling
+
+
+@pytest.mark.parametrize("max_length, max_new_tokens, expected", [
+    (12, None, 12 - 7),  # prompt + completion <= max_length
+    (None, 3, 3),
+    (12, 3, 3),          # both: the stricter holds ...
+    (9, 10, 2),          # ... whichever it is (HF's pipeline would give 10 here)
+    (None, None, 100),   # neither: 100 new tokens
+])
+def test_max_length_and_max_new_tokens(tiny_gpt2, max_length, max_new_tokens, expected):
+    g = gen(tiny_gpt2, [SEED_SENTENCE], max_length=max_length, max_new_tokens=max_new_tokens)[0]
+    assert (g.prompt_tokens, g.completion_tokens, g.finish_reasons) == (7, [expected], ["length"])
+
+
+def test_max_length_counts_each_prompts_own_tokens_in_a_batch(tiny_gpt2):
+    gens = gen(tiny_gpt2, PROMPTS, max_length=20, batch_size=4)
+    assert len({g.prompt_tokens for g in gens}) == len(PROMPTS)  # really padded
+    assert [g.prompt_tokens + g.completion_tokens[0] for g in gens] == [20] * len(PROMPTS)
+
+
+def test_batching_with_left_padding_matches_one_prompt_at_a_time(tiny_gpt2):
+    batched = gen(tiny_gpt2, PROMPTS, max_new_tokens=10, batch_size=4, strategy="greedy")
+    single = gen(tiny_gpt2, PROMPTS, max_new_tokens=10, batch_size=1)
+    assert [g.prompt for g in batched] == PROMPTS  # input order kept (batches are sorted by length inside)
+    assert [g.completions for g in batched] == [g.completions for g in single]
+    assert [g.completion_tokens for g in batched] == [[10]] * len(PROMPTS)
+
+
+def test_beam_search_returns_the_requested_sequences(tiny_gpt2):
+    g = gen(tiny_gpt2, PROMPTS[:2], num_beams=3, num_return_sequences=2, max_length=15)
+    assert [len(x.completions) for x in g] == [2, 2]
+    assert all(x.prompt_tokens + n <= 15 for x in g for n in x.completion_tokens)
+
+
+def test_stop_strings_end_the_completion_before_them(tiny_gpt2):
+    full = gen(tiny_gpt2, [SEED_SENTENCE], max_new_tokens=30, seed=3, strategy="sample")[0]
+    text = full.completions[0]
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert stop.strip(), f"pick another seed: {text!r}"
+    cut = gen(tiny_gpt2, [SEED_SENTENCE], max_new_tokens=30, seed=3, strategy="sample", stop=[stop])[0]
+    assert cut.completions == [text[:text.index(stop)]]
+    assert cut.finish_reasons == ["stop"]
+    assert 0 < cut.completion_tokens[0] < full.completion_tokens[0]
+
+
+def test_streaming_writes_tokens_as_they_come_and_the_same_text(tiny_gpt2):
+    from warmstart.tasks.generate import format_generations
+
+    class Recorder(io.StringIO):
+        writes = 0
+
+        def write(self, s: str) -> int:
+            self.writes += 1
+            return super().write(s)
+
+    out = Recorder()
+    base = gen(tiny_gpt2, PROMPTS[:2], max_new_tokens=25)
+    stop = base[1].completions[0][10:13]
+    gens = gen(tiny_gpt2, PROMPTS[:2], max_new_tokens=25, stop=[stop], stream_to=out)
+    assert gens[1].finish_reasons == ["stop"]
+    assert out.getvalue() == format_generations(gens, "text")
+    assert out.writes > 10  # piece by piece, not once at the end
+
+
+def test_jsonl_output_and_input_files(tiny_gpt2, tmp_path, capfd):
+    src = tmp_path / "prompts.jsonl"
+    src.write_text(json.dumps({"prompt": SEED_SENTENCE}) + "\n\n" + json.dumps("Hello") + "\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["generate", "--input", str(src), "--model", str(tiny_gpt2), "--format", "jsonl",
+                   "--max-new-tokens", "4", "--num-return-sequences", "2", "--seed", "0"])
+    out, err = capfd.readouterr()
+    assert rc == 0
+    assert err == "" and not caught  # no pad-token or generation-config warnings
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prompt"] for r in rows] == [SEED_SENTENCE, "Hello"]
+    assert set(rows[0]) == {"prompt", "completions", "prompt_tokens", "completion_tokens", "finish_reasons"}
+    assert rows[0]["prompt_tokens"] == 7 and rows[1]["prompt_tokens"] == 1
+    assert all(len(r["completions"]) == 2 and r["completion_tokens"] == [4, 4] for r in rows)
+
+    txt, dest = tmp_path / "prompts.txt", tmp_path / "out.jsonl"
+    txt.write_text(f"{SEED_SENTENCE}\n\nHello\n", encoding="utf-8")
+    assert main(["generate", "--input", str(txt), "--model", str(tiny_gpt2), "--format", "jsonl",
+                 "--max-new-tokens", "4", "--num-return-sequences", "2", "--seed", "0", "--out", str(dest)]) == 0
+    assert capfd.readouterr().out == ""
+    assert dest.read_text(encoding="utf-8") == out
+
+
+def test_text_output_shows_prompt_and_completion(tiny_gpt2, capsys):
+    assert main(["generate", "Hello", "The movie was", "--model", str(tiny_gpt2), "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    gens = gen(tiny_gpt2, ["Hello", "The movie was"], max_new_tokens=3)
+    assert out == f"--- prompt 1 ---\nHello{gens[0].completions[0]}\n\n--- prompt 2 ---\nThe movie was" \
+                  f"{gens[1].completions[0]}\n"
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tiny_gpt2, tiny_models, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": "ok"}\n{"prompt": "  "}\n', encoding="utf-8")
+    m = ["--model", str(tiny_gpt2)]
+    cases = {
+        "prompt 2 is empty": ["generate", "fine", "", *m],
+        "is not available offline": ["generate", "hi", "--model", "no-such-org/no-such-model"],
+        "not a causal language model": ["generate", "hi", "--model", str(tiny_models["bert"])],
+        "no chat template": ["generate", "hi", "--chat", *m],
+        "greedy decoding gives one completion": ["generate", "hi", "--strategy", "greedy",
+                                                 "--num-return-sequences", "2", *m],
+        "leaves no room": ["generate", SEED_SENTENCE, "--max-length", "7", *m],
+        "more than this model's limit of 128": ["generate", "hi", "--max-new-tokens", "200", *m],
+        "--temperature must be more than 0": ["generate", "hi", "--temperature", "0", *m],
+        "row 2": ["generate", "--input", str(empty), *m],
+        "does not exist": ["generate", "--input", str(tmp_path / "missing.txt"), *m],
+    }
+    for expected, argv in cases.items():
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (argv, captured.err)
+    with pytest.raises(UserError, match="is empty"):
+        gen(tiny_gpt2, [" "])
+
+
+# ---- the bundled SmolLM2-135M-Instruct ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> dict:
+    """Convert smollm2 once into a fresh WARMSTART_HOME, after first killing a conversion half-way through."""
+    from warmstart import lm
+
+    home = tmp_path_factory.mktemp("warmstart-home")
+    old = os.environ.get("WARMSTART_HOME")
+    os.environ["WARMSTART_HOME"] = str(home)
+    target = home / "models" / lm.SMOLLM2_DIR
+    proc = subprocess.Popen([sys.executable, "-c", "from warmstart import lm; lm.smollm2()"],
+                            stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 120
+    while not list(target.parent.glob(f".{target.name}.tmp*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it write into the temporary folder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    info = {"home": home, "target": target, "killed_left_target": target.exists(),
+            "killed_left_tmp": bool(list(target.parent.glob(f".{target.name}.tmp*")))}
+    started = time.perf_counter()
+    lm.smollm2()
+    info["convert_s"] = time.perf_counter() - started
+    info["stale_after"] = list(target.parent.glob(f".{target.name}.*"))
+    yield info
+    if old is None:
+        os.environ.pop("WARMSTART_HOME", None)
+    else:
+        os.environ["WARMSTART_HOME"] = old
+
+
+def test_smollm2_conversion_is_atomic_and_a_second_load_is_fast(smollm2):
+    from warmstart.lm import SOURCE_FILE, CausalLM
+
+    assert smollm2["killed_left_tmp"] and not smollm2["killed_left_target"]  # killed mid-way: no broken model
+    assert smollm2["stale_after"] == []  # the killed run's temporary folder was cleaned up
+    target = smollm2["target"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", SOURCE_FILE} <= {p.name for p in target.iterdir()}
+    stamp = (target / "model.safetensors").stat().st_mtime_ns
+    started = time.perf_counter()
+    lm = CausalLM.load("smollm2")
+    elapsed = time.perf_counter() - started
+    assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
+    assert lm.model.config.model_type == "llama" and lm.model.num_parameters() > 100_000_000
+    assert elapsed < 2.0, f"cached load took {elapsed:.2f} s (conversion: {smollm2['convert_s']:.1f} s)"
+
+
+def test_seed_example_with_the_default_model(smollm2, capsys):
+    argv = ["generate", "Humanity today is a ", "--max-length", "50", "--num-return-sequences", "5", "--seed", "0"]
+    assert main([*argv, "--format", "jsonl"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(row["completions"]) == 5 and len(set(row["completions"])) > 1
+    assert all(row["prompt_tokens"] + n <= 50 for n in row["completion_tokens"])
+    assert all(r == "eos" or row["prompt_tokens"] + n == 50
+               for n, r in zip(row["completion_tokens"], row["finish_reasons"]))
+
+
+def test_chat_uses_the_chat_template(smollm2):
+    from warmstart.lm import CausalLM
+
+    question = "What is the capital of France?"
+    g = gen("smollm2", [question], chat=True, max_new_tokens=20)[0]
+    tok = CausalLM.load("smollm2").tokenizer
+    templated = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        tokenize=False)
+    assert "<|im_start|>assistant" in templated
+    n_templated = len(tok(templated, add_special_tokens=False)["input_ids"])
+    assert g.prompt_tokens == n_templated > len(tok(question)["input_ids"])
+    assert "Paris" in g.completions[0]
