@@ -197,6 +197,15 @@ def read_config_file(path: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def absolute_paths(cfg: Any, *names: str) -> Any:
+    """Make the existing paths among ``names`` absolute, so config.yaml repeats a run from any folder."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value and Path(value).expanduser().exists():
+            setattr(cfg, name, str(Path(value).expanduser().resolve()))
+    return cfg
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 

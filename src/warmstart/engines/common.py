@@ -42,3 +42,15 @@ def schedule(cfg: FinetuneConfig, batches_per_epoch: int) -> tuple[int, int, int
     per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
     return per_epoch, total, math.ceil(cfg.warmup_ratio * total)
+
+
+def judge_epoch(cfg, state, value: float, epoch: int, save_best) -> None:
+    """Keep the best epoch (saving its model) and count epochs without improvement for --patience.
+    ``state`` has best_metric, best_epoch, bad_epochs and stopped_early (both engines' State)."""
+    if better(cfg.metric_for_best, value, state.best_metric):
+        state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
+        save_best()
+    else:
+        state.bad_epochs += 1
+        if cfg.patience is not None and state.bad_epochs >= cfg.patience:
+            state.stopped_early = True

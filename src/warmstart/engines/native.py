@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from warmstart.batching import LengthGroupedBatches
-from warmstart.engines.common import better, mixed_precision, optimizer_for, schedule
+from warmstart.engines.common import judge_epoch, mixed_precision, optimizer_for, schedule
 from warmstart.runs import Run, atomic_dir
 
 
@@ -179,14 +179,7 @@ def end_of_epoch(cfg: Any, state: State, model, accelerator: Accelerator, job: J
     if job.evaluate is not None:
         metrics = job.evaluate(accelerator.unwrap_model(model), accelerator.device, accelerator.autocast)
         rec.update({f"valid_{k}": v for k, v in metrics.items()})
-        key = f"valid_{cfg.metric_for_best}"
-        if better(cfg.metric_for_best, rec[key], state.best_metric):
-            state.best_metric, state.best_epoch, state.bad_epochs = rec[key], state.epoch + 1, 0
-            save_best()
-        else:
-            state.bad_epochs += 1
-            if cfg.patience is not None and state.bad_epochs >= cfg.patience:
-                state.stopped_early = True
+        judge_epoch(cfg, state, rec[f"valid_{cfg.metric_for_best}"], state.epoch + 1, save_best)
         model.train()
     rec["elapsed_seconds"] = round(time.time() - run.started, 2)
     run.log(rec)

@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from warmstart.batching import Encoded, collator
 from warmstart.config import FinetuneConfig
 from warmstart.data import LabelMap
-from warmstart.engines.common import better, mixed_precision, optimizer_for, schedule
+from warmstart.engines.common import judge_epoch, mixed_precision, optimizer_for, schedule
 from warmstart.engines.native import State
 from warmstart.metrics import classification_metrics
 from warmstart.runs import Run, atomic_dir, atomic_write_json
@@ -127,15 +127,8 @@ class RunCallback(TrainerCallback):
             return
         rec.update(valid_loss=metrics["eval_loss"], valid_accuracy=metrics["eval_accuracy"],
                    valid_f1_macro=metrics["eval_f1_macro"], epoch_seconds=round(time.time() - self.t_epoch, 2))
-        key = f"valid_{self.cfg.metric_for_best}"
-        s = self.stats
-        if better(self.cfg.metric_for_best, rec[key], s.best_metric):
-            s.best_metric, s.best_epoch, s.bad_epochs = rec[key], rec["epoch"], 0
-            self.save_best()
-        else:
-            s.bad_epochs += 1
-            if self.cfg.patience is not None and s.bad_epochs >= self.cfg.patience:
-                s.stopped_early = control.should_training_stop = True
+        judge_epoch(self.cfg, self.stats, rec[f"valid_{self.cfg.metric_for_best}"], rec["epoch"], self.save_best)
+        control.should_training_stop = control.should_training_stop or self.stats.stopped_early
         self._finish_epoch(state, control)
 
     def _finish_epoch(self, state, control) -> None:

@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 
 from warmstart import models, plots
 from warmstart.batching import Encoded, collator, encode
-from warmstart.config import FinetuneConfig, make, to_dict
+from warmstart.config import FinetuneConfig, absolute_paths, make, to_dict
 from warmstart.data import Examples, LabelMap, read_examples, split_examples
 from warmstart.errors import UserError
 from warmstart.inference import Classifier, predict_logits
@@ -54,13 +54,8 @@ def load_splits(cfg: FinetuneConfig) -> dict[str, Examples]:
 
 def resolved(cfg: FinetuneConfig) -> FinetuneConfig:
     """Absolute data paths, so config.yaml repeats the run from any folder."""
-    for name in ("data", "valid", "test"):
-        value = getattr(cfg, name)
-        if value and Path(value).expanduser().exists():
-            setattr(cfg, name, str(Path(value).expanduser().resolve()))
-    if Path(cfg.model).expanduser().is_dir():
-        cfg.model = str(Path(cfg.model).expanduser().resolve())
-    return cfg
+    # The model too when it is a folder (an alias or hub id does not exist as a path and stays as given).
+    return absolute_paths(cfg, "data", "valid", "test", "model")
 
 
 def classification_job(cfg: FinetuneConfig, tokenizer, train: Encoded, valid: Encoded | None, labels: LabelMap):

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from warmstart import models, objectives, plots, scratch
-from warmstart.config import PretrainConfig, make, to_dict
+from warmstart.config import PretrainConfig, absolute_paths, make, to_dict
 from warmstart.corpus import read_corpus
 from warmstart.engines import native
 from warmstart.errors import UserError
@@ -162,11 +162,7 @@ def evaluator(cfg: PretrainConfig, batches: list[dict]):
 def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     """Pre-train (or continue pre-training) on a raw-text corpus; returns the run folder and metrics."""
     t0 = time.time()
-    cfg = make(PretrainConfig, config, kwargs)
-    for name in ("data", "valid"):
-        value = getattr(cfg, name)
-        if value and Path(value).expanduser().exists():
-            setattr(cfg, name, str(Path(value).expanduser().resolve()))
+    cfg = absolute_paths(make(PretrainConfig, config, kwargs), "data", "valid", "model")
     objective = objectives.objective(cfg.objective)
     if not cfg.data:
         raise UserError("no corpus: pass --data FILE or FOLDER")
