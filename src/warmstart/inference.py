@@ -21,27 +21,48 @@ def pick_device(cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
-def predict_logits(model: torch.nn.Module, data: Encoded, batch_size: int, collate: Callable,
-                   device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                   progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Logits for every row of ``data``, in input order."""
-    was_training = model.training
-    model.eval()
+def batched_outputs(forward: Callable[[dict], torch.Tensor | np.ndarray], data: Encoded, batch_size: int,
+                    collate: Callable, device: torch.device | None = None, progress: bool = False,
+                    desc: str = "predict") -> np.ndarray:
+    """``forward(batch)`` over length-sorted, dynamically padded batches; one float32 row per input, in input order.
+
+    The one loop behind predict, evaluate, embed and zeroshot: ``forward`` gets a padded batch (moved to
+    ``device`` when given) and returns one row per text (logits, pooled hidden states, scores...).
+    """
     out: np.ndarray | None = None
     with torch.inference_mode(), tqdm(total=len(data), desc=desc, unit="text", disable=not progress,
                                        leave=False) as bar:
         for idx in sorted_batches(data.lengths, batch_size):
             batch = collate([{k: v[i] for k, v in data.features.items()} for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast() if autocast else contextlib.nullcontext():
-                logits = model(**batch).logits.float().cpu().numpy()
+            if device is not None:
+                batch = {k: v.to(device) for k, v in batch.items()}
+            rows = forward(batch)
+            if isinstance(rows, torch.Tensor):
+                rows = rows.float().cpu().numpy()
             if out is None:
-                out = np.empty((len(data), logits.shape[1]), dtype=np.float32)
-            out[idx] = logits
+                out = np.empty((len(data), *rows.shape[1:]), dtype=np.float32)
+            out[idx] = rows
             bar.update(len(idx))
-    model.train(was_training)
-    assert out is not None
+    if out is None:  # no rows at all
+        return np.empty((0, 0), dtype=np.float32)
     return out
+
+
+def predict_logits(model: torch.nn.Module, data: Encoded, batch_size: int, collate: Callable,
+                   device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                   progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Logits of a sequence classifier for every row of ``data``, in input order."""
+    was_training = model.training
+    model.eval()
+
+    def forward(batch: dict) -> torch.Tensor:
+        with autocast() if autocast else contextlib.nullcontext():
+            return model(**batch).logits
+
+    try:
+        return batched_outputs(forward, data, batch_size, collate, device, progress, desc)
+    finally:
+        model.train(was_training)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
