@@ -5,6 +5,7 @@ the same code path a user's model folder takes."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,11 +13,14 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pretrain caches token files; the tests keep theirs out of ~/.cache
+os.environ.setdefault("WARMSTART_TOKEN_CACHE", tempfile.mkdtemp(prefix="warmstart-tokens-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IMDB = SHARED / "data" / "imdb" / "movie_data.csv.gz"
 SST2 = SHARED / "data" / "sst2" / "train.tsv"
+GPT2_TOKENIZER = SHARED / "models" / "gpt2-tokenizer"
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +81,21 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         model_cls(config).save_pretrained(folder)
         out[name] = folder
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A random 2-layer GPT2LMHeadModel with GPT-2's real tokenizer files, saved like a user's model folder."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    assert (GPT2_TOKENIZER / "vocab.json").is_file(), f"{GPT2_TOKENIZER} is missing"
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    # A large init spread makes the random model's choices decisive, so batched and single runs cannot
+    # differ through float noise on a near-tie.
+    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder

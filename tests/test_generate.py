@@ -15,32 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
 from warmstart.cli import main
 from warmstart.errors import UserError
 
-GPT2_TOKENIZER = SHARED / "models" / "gpt2-tokenizer"
 SEED_SENTENCE = "This is another step towards true AI"
 SEED_IDS = [1212, 318, 1194, 2239, 3371, 2081, 9552]  # the seed's GPT-2 encoding of SEED_SENTENCE
 PROMPTS = ["Hello", "The movie was", SEED_SENTENCE, "Once upon a time, in a land far away, there lived"]
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory) -> Path:
-    """A random 2-layer GPT2LMHeadModel with GPT-2's real tokenizer files, saved like a user's model folder."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    assert (GPT2_TOKENIZER / "vocab.json").is_file(), f"{GPT2_TOKENIZER} is missing"
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tok = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    # A large init spread makes the random model's choices decisive, so batched and single runs cannot
-    # differ through float noise on a near-tie.
-    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
 
 
 def gen(model: Path | str, prompts: list[str], **kw):

@@ -24,6 +24,14 @@ _LAZY = {
     "pretrain": "warmstart.tasks.pretrain", "PretrainResult": "warmstart.tasks.pretrain",
     "GenerateConfig": "warmstart.config", "PretrainConfig": "warmstart.config",
     "FinetuneConfig": "warmstart.config", "EvaluateConfig": "warmstart.config", "PredictConfig": "warmstart.config",
+    "serve": "warmstart.serving", "ServeConfig": "warmstart.config",
+    "export": "warmstart.tasks.export", "ExportResult": "warmstart.tasks.export", "ExportConfig": "warmstart.config",
+    "embed": "warmstart.tasks.embed", "EmbedResult": "warmstart.tasks.embed", "EmbedConfig": "warmstart.config",
+    "probe": "warmstart.tasks.probe", "ProbeResult": "warmstart.tasks.probe", "ProbeConfig": "warmstart.config",
+    "zeroshot": "warmstart.tasks.zeroshot", "ZeroshotResult": "warmstart.tasks.zeroshot",
+    "ZeroshotConfig": "warmstart.config",
+    "fewshot": "warmstart.tasks.fewshot", "FewshotResult": "warmstart.tasks.fewshot",
+    "FewshotConfig": "warmstart.config",
     "UserError": "warmstart.errors",
 }
 
@@ -46,6 +54,9 @@ def __getattr__(name: str):
 __all__ = [
     "EvaluateConfig", "EvaluateResult", "FinetuneConfig", "FinetuneResult", "GenerateConfig", "Generation",
     "PredictConfig", "Prediction", "PretrainConfig", "PretrainResult", "UserError", "__version__", "evaluate",
-    "finetune", "generate", "predict", "pretrain",
+    "finetune", "generate", "predict", "pretrain", "serve", "ServeConfig",
+    "export", "ExportResult", "ExportConfig",
+    "embed", "EmbedResult", "EmbedConfig", "probe", "ProbeResult", "ProbeConfig",
+    "zeroshot", "ZeroshotResult", "ZeroshotConfig", "fewshot", "FewshotResult", "FewshotConfig",
 ]
 assert set(__all__) == {*_LAZY, "__version__"}

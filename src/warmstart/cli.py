@@ -14,11 +14,17 @@ from typing import Any
 
 from warmstart import __version__
 from warmstart.config import (
+    EmbedConfig,
     EvaluateConfig,
+    ExportConfig,
+    FewshotConfig,
     FinetuneConfig,
     GenerateConfig,
     PredictConfig,
     PretrainConfig,
+    ProbeConfig,
+    ServeConfig,
+    ZeroshotConfig,
     build,
     read_config_file,
 )
@@ -63,10 +69,18 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[st
                                 metavar=f.name.upper() if not meta.get("choices") else None, help=help_)
 
 
+def is_main() -> bool:
+    from warmstart.distributed import is_main
+
+    return is_main()
+
+
 def _finetune(cfg: FinetuneConfig) -> None:
     from warmstart.tasks.finetune import finetune
 
     result = finetune(cfg)
+    if not is_main():  # under accelerate launch the main process reports
+        return
     print(f"run folder: {result.run_dir}")
     if result.test_accuracy is not None:
         print(f"test accuracy: {result.test_accuracy:.4f}")
@@ -77,6 +91,8 @@ def _evaluate(cfg: EvaluateConfig) -> None:
     from warmstart.tasks.evaluate import evaluate
 
     result = evaluate(cfg)
+    if not is_main():  # under accelerate launch the main process reports
+        return
     print(format_table(result.metrics))
     if result.out:
         print(f"metrics written to {result.out}")
@@ -86,6 +102,8 @@ def _predict(cfg: PredictConfig) -> None:
     from warmstart.tasks.predict import format_predictions, predict
 
     preds = predict(cfg)
+    if not is_main():  # under accelerate launch the main process reports
+        return
     if not cfg.out and preds:
         sys.stdout.write(format_predictions(preds, cfg.format, list(preds[0].probabilities)))
 
@@ -104,10 +122,64 @@ def _pretrain(cfg: PretrainConfig) -> None:
     from warmstart.tasks.pretrain import pretrain
 
     result = pretrain(cfg)
+    if not is_main():  # under accelerate launch the main process reports
+        return
     print(f"run folder: {result.run_dir}")
     for when in ("valid_before", "valid_after"):
         if when in result.metrics:
             print(f"held-out {when[6:]}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics[when].items()))
+
+
+def _serve(cfg: ServeConfig) -> None:
+    from warmstart.serving import serve
+
+    serve(cfg)
+
+
+def _export(cfg: ExportConfig) -> None:
+    from warmstart.tasks.export import export
+
+    result = export(cfg)
+    print(("up to date: " if result.reused else "exported: ") + ", ".join(str(f) for f in result.files))
+
+
+def _embed(cfg: EmbedConfig) -> None:
+    from warmstart.tasks.embed import embed
+
+    r = embed(cfg)
+    if not is_main():  # under accelerate launch the main process reports
+        return
+    print(f"{r.rows} texts -> {r.dim} features each, written to {r.out} ({r.texts_per_s} texts/s)")
+
+
+def _probe(cfg: ProbeConfig) -> None:
+    from warmstart.tasks.probe import probe
+
+    r = probe(cfg)
+    print(f"run folder: {r.run_dir}")
+    if r.test_accuracy is not None:
+        print(f"test accuracy: {r.test_accuracy:.4f} (C = {r.metrics['c']})")
+
+
+def _zeroshot(cfg: ZeroshotConfig) -> None:
+    from warmstart.metrics import format_table
+    from warmstart.tasks.zeroshot import format_predictions, zeroshot
+
+    r = zeroshot(cfg)
+    if r.metrics is not None:
+        print(format_table(r.metrics))
+        print(f"{cfg.method}: accuracy {r.accuracy:.4f}, {r.texts_per_s} texts/s")
+    elif not cfg.out:
+        sys.stdout.write(format_predictions(r, "jsonl"))
+
+
+def _fewshot(cfg: FewshotConfig) -> None:
+    from warmstart.tasks.fewshot import fewshot
+
+    r = fewshot(cfg)
+    m = r.metrics
+    print(f"{m['method']}, {m['k']} per class: accuracy {m['accuracy_mean']:.4f} ± {m['accuracy_std']:.4f} "
+          f"over {len(m['repeats'])} draw(s); run folder {r.run_dir}")
 
 
 COMMANDS: dict[str, tuple[type, Callable, tuple[str, ...], str]] = {
@@ -116,6 +188,12 @@ COMMANDS: dict[str, tuple[type, Callable, tuple[str, ...], str]] = {
     "predict": (PredictConfig, _predict, ("model", "texts"), "label and class probabilities for texts"),
     "generate": (GenerateConfig, _generate, ("prompts",), "continue prompts with a causal language model"),
     "pretrain": (PretrainConfig, _pretrain, (), "self-supervised pre-training on raw text: clm, mlm, mlm+nsp, denoise"),
+    "embed": (EmbedConfig, _embed, (), "hidden-state features of texts from any encoder or decoder, to a file"),
+    "probe": (ProbeConfig, _probe, (), "logistic-regression probe on frozen features; same run folder as finetune"),
+    "zeroshot": (ZeroshotConfig, _zeroshot, ("texts",), "classify into unseen labels: nli, similarity or prompt"),
+    "fewshot": (FewshotConfig, _fewshot, (), "learn from k examples per class: setfit or in-context examples"),
+    "serve": (ServeConfig, _serve, ("model",), "serve a model over HTTP: predict, embed, zeroshot, generate"),
+    "export": (ExportConfig, _export, ("model",), "export a fine-tuned classifier to ONNX (fp32 and int8)"),
 }
 
 
@@ -143,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         values.update(args)
         if values.get("texts") == []:
             values.pop("texts")
-        run(build(cls, values, source="options"))
+        cfg = build(cls, values, source="options")
+        if getattr(cfg, "num_processes", 1) > 1:  # --num-processes N: this same command under accelerate launch
+            from warmstart.launch import relaunch
+
+            code = relaunch(sys.argv[1:] if argv is None else argv, cfg.num_processes)
+            if code is not None:
+                return code
+        run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

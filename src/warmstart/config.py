@@ -66,6 +66,8 @@ class TrainOptions:
     resume: bool = opt(False, "continue from the last checkpoint in --out")
     overwrite: bool = opt(False, "replace an existing run folder")
     progress: bool = opt(True, "show progress bars")
+    num_processes: int = opt(1, "train with N local processes: re-runs this command under `accelerate launch` "
+                                "(one per GPU, or gloo on the CPU); --batch-size is per process")
 
 
 @dataclass
@@ -117,7 +119,15 @@ class PretrainConfig(TrainOptions):
 class EvaluateConfig(DataOptions):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
     data: str = opt("", "labelled table to evaluate on")
-    batch_size: int = opt(32, "evaluation batch size")
+    batch_size: int | None = opt(None, "evaluation batch size (default: tuned for the device: up to 512 tokens a "
+                                       "batch on CPUs, 64 texts on GPUs)")
+    backend: str = opt("auto", "auto (ONNX Runtime on CPUs where onnxruntime is installed, else PyTorch), torch or "
+                               "onnx (exports once into the model folder's onnx/ and reuses it)",
+                       choices=("auto", "torch", "onnx"))
+    quantize: str = opt("auto", "int8: dynamic int8 weights (CPU); auto: int8 with the onnx backend, none with torch",
+                        choices=("auto", "none", "int8"))
+    precision: str = opt("auto", "torch backend: fp32 or bf16 weights (auto: bf16 on GPUs that support it)",
+                         choices=("auto", "fp32", "bf16"))
     out: str | None = opt(None, "write the metrics as JSON here")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(True, "show progress bars")
@@ -133,7 +143,15 @@ class PredictConfig:
     limit: int | None = opt(None, "read only the first N rows of --input")
     out: str | None = opt(None, "write predictions here (default: stdout)")
     format: str = opt("jsonl", "output format", choices=("jsonl", "csv"))
-    batch_size: int = opt(32, "batch size")
+    batch_size: int | None = opt(None, "batch size (default: tuned for the device: up to 512 tokens a batch on "
+                                       "CPUs, 64 texts on GPUs)")
+    backend: str = opt("auto", "auto (ONNX Runtime on CPUs where onnxruntime is installed, else PyTorch), torch or "
+                               "onnx (exports once into the model folder's onnx/ and reuses it)",
+                       choices=("auto", "torch", "onnx"))
+    quantize: str = opt("auto", "int8: dynamic int8 weights (CPU); auto: int8 with the onnx backend, none with torch",
+                        choices=("auto", "none", "int8"))
+    precision: str = opt("auto", "torch backend: fp32 or bf16 weights (auto: bf16 on GPUs that support it)",
+                         choices=("auto", "fp32", "bf16"))
     max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(False, "show a progress bar")
@@ -252,3 +270,156 @@ class GenerateConfig:
                              "one completion per prompt, no beam search)")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(False, "show a progress bar")
+
+
+@dataclass
+class ServeConfig:
+    model: str = opt("", "model to serve: a fine-tuned classifier (run folder or its model/ folder), an encoder "
+                         "(minilm), a causal LM (smollm2, a GPT-2 folder...), or a Hugging Face id in the local cache")
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every network interface)")
+    port: int = opt(8000, "port to listen on")
+    batching: bool = opt(True, "gather concurrent requests into one forward pass (off: one request at a time)")
+    max_batch_size: int = opt(32, "most texts in one forward pass")
+    max_wait_ms: float = opt(10.0, "how long the first request of a batch waits for others to join it")
+    max_texts_per_request: int = opt(64, "requests with more texts are refused (413)")
+    max_text_chars: int = opt(20_000, "longer texts and prompts are refused (413)")
+    max_body_bytes: int = opt(1_000_000, "larger request bodies are refused (413)")
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
+    max_new_tokens: int = opt(256, "most tokens /generate writes per completion")
+    backend: str = opt("auto", "classifier backend for /predict, as in predict: auto (ONNX Runtime on CPUs where "
+                               "onnxruntime is installed, else PyTorch), torch or onnx",
+                       choices=("auto", "torch", "onnx"))
+    quantize: str = opt("auto", "classifier weights for /predict: auto (int8 with onnx, none with torch), none or int8",
+                        choices=("auto", "none", "int8"))
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    log_level: str = opt("info", "server log level", choices=("critical", "error", "warning", "info", "debug"))
+
+
+@dataclass
+class FeatureOptions:
+    """Which hidden states become features (shared by embed, probe and the similarity methods)."""
+
+    pooling: str = opt("auto", "how token states become one vector: auto is the model's own (sentence-transformers "
+                               "config), else mean for encoders and last for decoders",
+                       choices=("auto", "cls", "mean", "max", "last"))
+    layers: str = opt("-1", "hidden layer(s): -1 (last), a list 2,4,6, or a range like -4: (0 is the embeddings)")
+    layer_mode: str = opt("concat", "combine several --layers by concatenating or averaging them",
+                          choices=("concat", "mean"))
+    normalize: bool = opt(False, "L2-normalise each feature vector")
+    precision: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32), fp32 or bf16",
+                         choices=("auto", "fp32", "bf16"))
+
+
+@dataclass
+class EmbedConfig(FeatureOptions):
+    model: str = opt("minilm", "encoder or causal LM: alias (minilm, smollm2), local folder, or cached id")
+    data: str = opt("", "texts to embed: .txt (one per line) or a table (CSV, TSV, JSONL, Parquet) with a text column")
+    out: str = opt("", "output: .parquet (id, embedding and --label-column), .npy or .safetensors")
+    text_column: str | None = opt(None, "text column of a table (auto-detected)")
+    id_column: str | None = opt(None, "column copied to the output's id (default: the row number, from 0)")
+    label_column: str | None = opt(None, "column copied to the output (.parquet), so `probe` can train on the file")
+    limit: int | None = opt(None, "read only the first N rows")
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
+    batch_size: int = opt(32, "texts per forward pass")
+    chunk_size: int = opt(4096, "texts per chunk written to disk; an interrupted run resumes after the last chunk")
+    overwrite: bool = opt(False, "replace an existing output (and discard a half-finished run's chunks)")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(True, "show a progress bar")
+
+
+@dataclass
+class ProbeConfig(FeatureOptions, DataOptions):
+    data: str | None = opt(None, "training table, or a .parquet written by `embed` (with its label column)")
+    train: str | None = opt(None, "the same as --data")
+    valid: str | None = opt(None, "validation table or feature file: picks C")
+    test: str | None = opt(None, "test table or feature file")
+    split: str | None = opt(None, "split DATA by position into train,valid,test as finetune does (35000,5000,10000)")
+    shuffle: bool = opt(False, "shuffle rows (with --seed) before splitting")
+    max_train_samples: int | None = opt(None, "keep only the first N training rows after splitting")
+    max_valid_samples: int | None = opt(None, "keep only the first N validation rows after splitting")
+    max_test_samples: int | None = opt(None, "keep only the first N test rows after splitting")
+    label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)")
+    model: str = opt("minilm", "model whose features are probed, for tables (alias, folder or cached id)")
+    c: float | None = opt(None, "inverse regularisation strength (default: the best on --valid, else by 5-fold CV)")
+    batch_size: int = opt(32, "texts per forward pass when embedding tables")
+    seed: int = opt(42, "random seed")
+    out: str = opt("runs/probe", "run folder to write")
+    overwrite: bool = opt(False, "replace an existing run folder")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(True, "show progress bars")
+
+
+@dataclass
+class ZeroshotConfig:
+    labels: str = opt("", "candidate labels, comma separated; with integer labels 0..K-1 in --label-column they "
+                          "name them in order (e.g. negative,positive)")
+    texts: list[str] = opt([], "texts to classify (else --data)")
+    data: str | None = opt(None, "table or .txt of texts; with a label column it is evaluated")
+    method: str = opt("similarity", "nli: entailment of 'This text is {label}.'; similarity: cosine to label "
+                                    "descriptions; prompt: a causal LM scores each label after a prompt",
+                      choices=("nli", "similarity", "prompt"))
+    model: str | None = opt(None, "model for the method (default: minilm for similarity, smollm2 for prompt; "
+                                  "nli needs a local NLI model)")
+    template: str | None = opt(None, "nli: hypothesis with {label}; similarity: label description with {label}; "
+                                     "prompt: the prompt with {text} (and optionally {labels}), the label follows it")
+    descriptions: list[str] = opt([], "similarity: LABEL=description, one per label (else the --template)")
+    multi_label: bool = opt(False, "labels are independent (nli, similarity): each gets its own probability")
+    calibrate: bool = opt(True, "prompt: divide by the label probabilities of content-free inputs")
+    chat: bool = opt(False, "prompt: send the template as a user message through the model's chat template; "
+                            "the reply starts with --answer-prefix, then the label")
+    answer_prefix: str = opt("The answer is", "prompt with --chat: the start of the model's reply")
+    text_column: str | None = opt(None, "text column of a table (auto-detected)")
+    label_column: str | None = opt(None, "label column: evaluate against it (auto-detected when present)")
+    limit: int | None = opt(None, "read only the first N rows")
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: 256 for prompt, else "
+                                       "the model's limit)")
+    batch_size: int = opt(16, "sequences per forward pass")
+    out: str | None = opt(None, "write predictions (.jsonl or .csv) or, when evaluating, metrics (.json)")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(True, "show a progress bar")
+
+
+@dataclass
+class FewshotConfig:
+    method: str = opt("setfit", "setfit: contrastive fine-tuning of a sentence encoder on pairs, then a logistic "
+                                "head; incontext: k examples per class in a causal LM's prompt",
+                      choices=("setfit", "incontext"))
+    data: str = opt("", "labelled table the k examples per class are drawn from")
+    test: str = opt("", "labelled table to evaluate on")
+    labels: str | None = opt(None, "label names; with integer labels 0..K-1 they name them in order")
+    k: int = opt(8, "examples per class")
+    repeats: int = opt(1, "draw the k examples R times (seeds seed..seed+R-1) and report mean ± std")
+    seed: int = opt(42, "random seed for drawing examples and training")
+    model: str | None = opt(None, "default: minilm for setfit, smollm2 for incontext")
+    text_column: str | None = opt(None, "text column (auto-detected)")
+    label_column: str | None = opt(None, "label column (auto-detected)")
+    limit: int | None = opt(None, "read only the first N rows of each table")
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: 256)")
+    # incontext
+    select: str = opt("random", "incontext: the examples are a seeded random draw, or the k most similar "
+                                "(MiniLM cosine) of each class for every query", choices=("random", "similar"))
+    template: str | None = opt(None, "incontext: how one text is shown, with {text}; its label follows")
+    example_max_length: int = opt(64, "incontext: tokens kept of each example text")
+    calibrate: bool = opt(True, "incontext: divide by the label probabilities of a content-free input")
+    chat: bool = opt(False, "incontext: the examples as earlier chat turns (user: --template with the text; "
+                            "assistant: --answer-prefix and the label), then the query")
+    answer_prefix: str = opt("The answer is", "incontext with --chat: the start of each answer")
+    # setfit
+    pairs_per_example: int = opt(20, "setfit: contrastive pairs drawn per example (half same-class)")
+    epochs: float = opt(1.0, "setfit: passes over the pairs")
+    lr: float = opt(2e-5, "setfit: learning rate of the encoder")
+    batch_size: int = opt(16, "pairs per training step, texts per inference pass")
+    out: str = opt("runs/fewshot", "run folder to write")
+    overwrite: bool = opt(False, "replace an existing run folder")
+    cpu: bool = opt(False, "run on the CPU even when a GPU is present")
+    progress: bool = opt(True, "show progress bars")
+
+
+@dataclass
+class ExportConfig:
+    model: str = opt("", "fine-tuned classifier: run folder, its model/ folder, or cached id")
+    onnx: bool = opt(False, "export to ONNX (fp32, plus int8 with --quantize int8); the only format so far")
+    out: str | None = opt(None, "folder to write (default: the model folder's onnx/, where --backend onnx looks)")
+    quantize: str = opt("int8", "also write an int8 (dynamic quantisation) model, or only fp32",
+                        choices=("int8", "none"))
+    overwrite: bool = opt(False, "export again even when an up-to-date export is there")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from warmstart import models
+from warmstart import backends, models
 from warmstart.batching import Encoded, collator, encode, sorted_batches
 from warmstart.data import Examples, LabelMap
+from warmstart.errors import UserError
 
 
 def pick_device(cpu: bool = False) -> torch.device:
@@ -23,16 +26,19 @@ def pick_device(cpu: bool = False) -> torch.device:
 
 def batched_outputs(forward: Callable[[dict], torch.Tensor | np.ndarray], data: Encoded, batch_size: int,
                     collate: Callable, device: torch.device | None = None, progress: bool = False,
-                    desc: str = "predict") -> np.ndarray:
+                    desc: str = "predict", max_tokens: int | None = None) -> np.ndarray:
     """``forward(batch)`` over length-sorted, dynamically padded batches; one float32 row per input, in input order.
 
     The one loop behind predict, evaluate, embed and zeroshot: ``forward`` gets a padded batch (moved to
     ``device`` when given) and returns one row per text (logits, pooled hidden states, scores...).
+    With ``max_tokens``, a batch also stops growing at that many (padded) tokens: see ``budget_batches``.
     """
     out: np.ndarray | None = None
+    order = (budget_batches(data.lengths, batch_size, max_tokens) if max_tokens
+             else sorted_batches(data.lengths, batch_size))
     with torch.inference_mode(), tqdm(total=len(data), desc=desc, unit="text", disable=not progress,
                                        leave=False) as bar:
-        for idx in sorted_batches(data.lengths, batch_size):
+        for idx in order:
             batch = collate([{k: v[i] for k, v in data.features.items()} for i in idx])
             if device is not None:
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -45,6 +51,22 @@ def batched_outputs(forward: Callable[[dict], torch.Tensor | np.ndarray], data: 
             bar.update(len(idx))
     if out is None:  # no rows at all
         return np.empty((0, 0), dtype=np.float32)
+    return out
+
+
+def budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Length-sorted batches (longest first) of at most ``batch_size`` texts and ``max_tokens`` padded tokens.
+
+    On a CPU, throughput falls once a batch's activations leave the cache (measured on MiniLM, 2 cores:
+    512-token reviews run fastest one at a time), while short texts still gain from being batched.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    out: list[list[int]] = []
+    for i in order.tolist():
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * max(int(lengths[out[-1][0]]), 1) <= max_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
     return out
 
 
@@ -73,27 +95,74 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Classifier:
-    """A saved sequence classifier with its tokenizer, ready for batched prediction."""
+    """A saved sequence classifier with its tokenizer, ready for batched prediction on one of the backends."""
 
     path: str
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # the PyTorch model; None on the onnx backend
     tokenizer: object
     labels: LabelMap
     device: torch.device
     max_length: int
+    forward: Callable[[dict], torch.Tensor | np.ndarray] | None = None
+    plan: backends.Plan | None = None
 
     @classmethod
-    def load(cls, name: str, max_length: int | None = None, cpu: bool = False) -> Classifier:
-        path = models.resolve(name)
-        tokenizer = models.load_tokenizer(path)
-        model = models.load_classifier(path)
-        device = pick_device(cpu)
-        model.to(device)
-        return cls(path, model, tokenizer, LabelMap.from_model_config(model.config), device,
-                   models.max_length_of(tokenizer, model.config, max_length))
+    def load(cls, name: str, max_length: int | None = None, cpu: bool = False, backend: str = "torch",
+             quantize: str = "none", precision: str = "fp32") -> Classifier:
+        """Load ``name`` for ``backend`` (auto|torch|onnx), ``quantize`` (auto|none|int8) and ``precision``.
 
-    def probabilities(self, ex: Examples, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        The defaults keep the fine-tuned model exactly as trained (fp32 PyTorch); predict and evaluate pass
+        auto, which picks the fastest backend for the device (see backends.plan).
+        """
+        from warmstart.tasks import export as onnx_export
+
+        path = models.resolve(name)
+        if onnx_export.is_export(path):
+            if backend == "torch":
+                raise UserError(f"'{name}' is an ONNX export: run it with --backend onnx (or auto)")
+            backend = "onnx"
+        p = backends.plan(backend, quantize, precision, pick_device(cpu))
+        tokenizer = models.load_tokenizer(path)
+        if p.backend == "onnx":
+            try:
+                forward, config = _onnx_backend(path, p)
+            except UserError:
+                raise
+            except Exception as e:
+                if backend != "auto":
+                    raise
+                # auto promised the fastest working backend, not ONNX: a model the exporter cannot handle runs on torch
+                print(f"note: running on PyTorch, the ONNX export failed ({str(e).strip().splitlines()[0][:200]})",
+                      file=sys.stderr)
+                p = backends.plan("torch", "none" if quantize == "auto" else quantize, precision, pick_device(cpu))
+        if p.backend == "torch":
+            forward = backends.TorchBackend(models.load_classifier(path), p)
+            config = forward.model.config
+        model = forward.model if isinstance(forward, backends.TorchBackend) else None
+        return cls(path, model, tokenizer, LabelMap.from_model_config(config), p.device,
+                   models.max_length_of(tokenizer, config, max_length), forward, p)
+
+    def probabilities(self, ex: Examples, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """Class probabilities, one row per example; ``batch_size`` None: tuned for the device."""
         data = encode(self.tokenizer, ex, self.max_length)
-        logits = predict_logits(self.model, data, batch_size, collator(self.tokenizer), self.device,
-                                progress=progress)
+        p = self.plan or backends.plan("torch", "none", "fp32", self.device)
+        forward = self.forward or backends.TorchBackend(self.model, p)
+        size, max_tokens = backends.auto_batching(p, batch_size)
+        logits = batched_outputs(forward, data, size, collator(self.tokenizer), self.device, progress,
+                                 max_tokens=max_tokens)
         return softmax(logits)
+
+
+def _onnx_backend(path: str, p: backends.Plan) -> tuple[backends.OnnxBackend, object]:
+    """The ONNX Runtime session for ``path``: an export folder itself, else its (cached) export."""
+    from transformers import AutoConfig
+
+    from warmstart.tasks import export as onnx_export
+
+    # The cache holds both precisions, so switching --quantize never exports again.
+    folder = Path(path) if onnx_export.is_export(path) else onnx_export.ensure_export(path, int8=True)[0]
+    file = onnx_export.onnx_file(folder, p.quantize)
+    if not file.is_file():
+        raise UserError(f"the export '{folder}' has no {file.name}: export it again with "
+                        f"`warmstart export MODEL --onnx --quantize {p.quantize}`")
+    return backends.OnnxBackend(file, p), AutoConfig.from_pretrained(folder, local_files_only=True)

@@ -67,6 +67,10 @@ class Run:
         self.started = time.time()
         self.tensorboard_dir = tensorboard_dir
         self._writer = None
+        # Under `accelerate launch` every process holds a Run; only the main one writes or prints.
+        from warmstart import distributed
+
+        self.main = distributed.is_main()
 
     # paths
     @property
@@ -85,13 +89,17 @@ class Run:
         return (self.dir / "metrics.json").is_file()
 
     def write_config(self, cfg: dict) -> None:
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        if self.main:
+            atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
     def write_metrics(self, metrics: dict) -> None:
-        atomic_write_json(self.dir / "metrics.json", metrics)
+        if self.main:
+            atomic_write_json(self.dir / "metrics.json", metrics)
 
     # history
     def log(self, record: dict) -> None:
+        if not self.main:
+            return
         with open(self.history_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.tensorboard_dir:
@@ -119,35 +127,50 @@ class Run:
     def truncate_history(self, step: int) -> None:
         """On resume: keep what was logged up to the checkpoint, drop what the lost work logged."""
         kept = [r for r in self.history() if r.get("step", 0) <= step]
-        atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in kept))
+        if self.main:
+            atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # checkpoints
     def checkpoints(self) -> list[Path]:
         found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if (p / "state.json").is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
-    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict, keep: int) -> Path:
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict, keep: int,
+                        barrier: Callable[[], None] = lambda: None) -> Path:
+        """``write`` fills the checkpoint folder; called by every process (sharded optimizers and per-process
+        RNG states are written by their own process), then the main one marks it complete with state.json
+        and swaps it in. ``barrier`` waits for all processes (a no-op for one)."""
         target = self.checkpoints_dir / f"checkpoint-{step}"
-
-        def fill(tmp: Path) -> None:
-            write(tmp)
+        tmp = self.checkpoints_dir / f".checkpoint-{step}.tmp"  # one name all processes agree on
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        write(tmp)
+        barrier()
+        if self.main:
             atomic_write_json(tmp / "state.json", state)  # last: marks the checkpoint complete
-
-        atomic_dir(target, fill)
-        for old in self.checkpoints()[:-keep] if keep > 0 else []:
+            old = self.checkpoints_dir / f".checkpoint-{step}.old"
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
+            for stale in self.checkpoints()[:-keep] if keep > 0 else []:
+                shutil.rmtree(stale, ignore_errors=True)
+        barrier()
         return target
 
     def say(self, msg: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.main:
             from tqdm.auto import tqdm
 
             tqdm.write(msg, file=sys.stderr)
 
 
-# Options that do not change what a run computes, so a resumed run may differ in them.
+# Options that do not change what a run computes, so a resumed run may differ in them. (The process count
+# may change too: a resumed run keeps the global batch of the run it continues, see engines/native.py.)
 NOT_COMPARED = {"out", "resume", "overwrite", "progress", "logging_steps", "logging_dir", "save_steps",
-                "save_total_limit"}
+                "save_total_limit", "num_processes"}
 
 
 def prepare_run_folder(run: Run, cfg: dict, resume: bool, overwrite: bool) -> None:
@@ -170,4 +193,10 @@ def prepare_run_folder(run: Run, cfg: dict, resume: bool, overwrite: bool) -> No
         if not overwrite:
             raise UserError(f"run folder '{run.dir}' already holds a run; pass --resume to continue it or "
                             "--overwrite to replace it")
-        shutil.rmtree(run.dir)
+        from warmstart import distributed
+
+        # Every process has checked the folder above; only then may the main one delete it.
+        distributed.barrier()
+        if run.main:
+            shutil.rmtree(run.dir)
+        distributed.barrier()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -11,10 +12,16 @@ from warmstart.errors import UserError
 
 
 def mixed_precision(precision: str, cpu: bool) -> str:
-    """'auto' picks bf16 only on GPUs that support it. On CPUs autocast to bf16 was measured *slower*
-    than fp32 (MiniLM train step 1.46 s vs 0.79 s at 128 tokens on this AVX512-BF16 Xeon), so fp32."""
+    """Accelerate's mixed_precision for ``--precision``: fp32 → no, bf16, fp16 (GPUs only); 'auto' picks the
+    launcher's bf16/fp16 if it set one, else bf16 only on GPUs that support it. On CPUs autocast to bf16
+    was measured *slower* than fp32 (MiniLM train step 1.46 s vs 0.79 s at 128 tokens on this AVX512-BF16
+    Xeon), so fp32."""
     on_gpu = torch.cuda.is_available() and not cpu
     if precision == "auto":
+        # Under `accelerate launch --mixed_precision X` (or a config file saying so), auto follows the launcher.
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if on_gpu and launched in ("bf16", "fp16"):
+            return launched
         return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
     if precision == "fp16" and not on_gpu:
         raise UserError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")

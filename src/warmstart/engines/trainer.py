@@ -17,6 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from warmstart import distributed
 from warmstart.batching import Encoded, collator
 from warmstart.config import FinetuneConfig
 from warmstart.data import LabelMap
@@ -146,7 +147,9 @@ class RunCallback(TrainerCallback):
 def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: Encoded, valid_data: Encoded | None,
           labels: LabelMap, run: Run) -> State:
     precision = mixed_precision(cfg.precision, cfg.cpu)
-    per_epoch, total_steps, warmup_steps = schedule(cfg, -(-len(train_data) // cfg.batch_size))
+    # Under `accelerate launch` / torchrun the Trainer runs DDP itself: batch_size is per process.
+    global_batch = cfg.batch_size * distributed.world_size()
+    per_epoch, total_steps, warmup_steps = schedule(cfg, -(-len(train_data) // global_batch))
     args = TrainingArguments(
         output_dir=str(run.checkpoints_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -160,7 +163,7 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: En
         max_grad_norm=cfg.max_grad_norm or 0.0,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=cfg.cpu,
+        use_cpu=distributed.use_cpu(cfg.cpu),
         seed=cfg.seed,
         train_sampling_strategy="group_by_length",
         logging_strategy="steps",
@@ -173,6 +176,7 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: En
         report_to="none",
         disable_tqdm=not cfg.progress,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # classifiers use every parameter; the search costs a graph pass
         dataloader_pin_memory=torch.cuda.is_available() and not cfg.cpu,
     )
     stats = State()
@@ -196,7 +200,9 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, tokenizer, train_data: En
     if last:
         callback.restore(last)
     run.say(f"training {len(train_data)} texts with the HF Trainer: {total_steps} optimizer steps, "
-            f"batch {cfg.batch_size}x{cfg.grad_accum}, device {args.device}, precision {cfg.precision}→{precision}"
+            f"batch {cfg.batch_size}x{cfg.grad_accum}"
+            + (f" per process x {distributed.world_size()} processes" if distributed.is_distributed() else "")
+            + f", device {args.device}, precision {cfg.precision}→{precision}"
             + (f"; resuming from {last}" if last else ""))
     out = trainer.train(resume_from_checkpoint=last)
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from warmstart import distributed
 from warmstart.config import EvaluateConfig, make
 from warmstart.data import read_examples
 from warmstart.errors import UserError
@@ -29,14 +30,14 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs) -> EvaluateResult:
     if not cfg.data:
         raise UserError("no data to evaluate on: pass --data FILE")
     ex = read_examples(cfg.data, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=cfg.limit)
-    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu)
+    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision)
     y = clf.labels.encode(ex)
     t0 = time.time()
-    probs = clf.probabilities(ex, cfg.batch_size, progress=cfg.progress)
+    probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)  # sharded under accelerate launch
     metrics = classification_metrics(y, probs.argmax(1), clf.labels.names)
-    metrics.update(model=clf.path, data=str(Path(cfg.data).resolve()), seconds=round(time.time() - t0, 2),
-                   texts_per_s=round(len(ex) / max(time.time() - t0, 1e-9), 2))
+    metrics.update(model=clf.path, data=str(Path(cfg.data).resolve()), backend=clf.plan.name,
+                   seconds=round(time.time() - t0, 2), texts_per_s=round(len(ex) / max(time.time() - t0, 1e-9), 2))
     out = Path(cfg.out) if cfg.out else None
-    if out:
+    if out and distributed.is_main():
         atomic_write_json(out, metrics)
     return EvaluateResult(metrics, out)

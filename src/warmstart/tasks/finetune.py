@@ -9,7 +9,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from warmstart import models, plots
+from warmstart import distributed, models, plots
 from warmstart.batching import Encoded, collator, encode
 from warmstart.config import FinetuneConfig, absolute_paths, make, to_dict
 from warmstart.data import Examples, LabelMap, read_examples, split_examples
@@ -65,8 +65,10 @@ def classification_job(cfg: FinetuneConfig, tokenizer, train: Encoded, valid: En
     collate = collator(tokenizer)
 
     def evaluate(model, device, autocast) -> dict:
-        logits = predict_logits(model, valid, cfg.eval_batch_size, collate, device, autocast, progress=cfg.progress,
-                                desc="valid")
+        # Under `accelerate launch` each process scores its shard; all get every row back, once, in order.
+        logits = distributed.gather_rows(len(valid), lambda idx: predict_logits(
+            model, distributed.take(valid, idx), cfg.eval_batch_size, collate, device, autocast,
+            progress=cfg.progress and distributed.is_main(), desc="valid"))
         m = classification_metrics(valid.labels, logits.argmax(1), labels.names)
         return {"loss": cross_entropy(logits, valid.labels), "accuracy": m["accuracy"], "f1_macro": m["f1_macro"]}
 
@@ -74,7 +76,8 @@ def classification_job(cfg: FinetuneConfig, tokenizer, train: Encoded, valid: En
         return int((out.logits.argmax(-1) == batch["labels"]).sum()), len(batch["labels"])
 
     return Job(train=train, lengths=train.lengths, collate=collate,
-               save=lambda model, folder: (model.save_pretrained(folder), tokenizer.save_pretrained(folder)),
+               save=lambda model, folder, weights=None: (model.save_pretrained(folder, state_dict=weights),
+                                                             tokenizer.save_pretrained(folder)),
                evaluate=evaluate if valid is not None else None, accuracy=accuracy)
 
 
@@ -127,12 +130,14 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
         # Reload from disk through the same path `evaluate` uses: proves the saved model is complete.
         clf = Classifier.load(str(run.model_dir), cfg.max_length, cfg.cpu)
         t1 = time.time()
-        probs = clf.probabilities(parts["test"], cfg.eval_batch_size, progress=cfg.progress)
+        probs = distributed.gather_rows(len(parts["test"]), lambda idx: clf.probabilities(
+            parts["test"].take(idx), cfg.eval_batch_size, progress=cfg.progress and distributed.is_main()))
         metrics["test"] = classification_metrics(y["test"], probs.argmax(1), labels.names)
         metrics["test_seconds"] = round(time.time() - t1, 2)
-        plots.confusion_matrix(metrics["test"]["confusion_matrix"], labels.names, run.dir / "confusion_matrix.png")
+        if run.main:
+            plots.confusion_matrix(metrics["test"]["confusion_matrix"], labels.names, run.dir / "confusion_matrix.png")
         run.say("test set:\n" + format_table(metrics["test"]))
-    if state.epochs_log:
+    if state.epochs_log and run.main:
         plots.training_curves(state.epochs_log, run.dir / "training_curves.png")
     metrics["total_seconds"] = round(time.time() - t0, 2)
     run.write_metrics(metrics)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from warmstart import distributed
 from warmstart.config import PredictConfig, make
 from warmstart.data import Examples, read_examples
 from warmstart.errors import UserError
@@ -60,12 +61,12 @@ def format_predictions(preds: list[Prediction], fmt: str, names: list[str]) -> s
 def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction]:
     cfg = make(PredictConfig, config, kwargs)
     ex = _inputs(cfg)
-    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu)
-    probs = clf.probabilities(ex, cfg.batch_size, progress=cfg.progress)
+    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision)
+    probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)  # sharded under accelerate launch
     names = clf.labels.names
     preds = [Prediction(text, names[int(p.argmax())], float(p.max()), {n: float(v) for n, v in zip(names, p)})
              for text, p in zip(ex.texts, probs)]
     text = format_predictions(preds, cfg.format, names)
-    if cfg.out:
+    if cfg.out and distributed.is_main():
         atomic_write_text(Path(cfg.out), text)
     return preds

@@ -2,7 +2,8 @@
 
 Corpus → documents → objective (clm, mlm, mlm+nsp, denoise: warmstart.objectives) → the native engine
 (the same loop, checkpoints and --resume as `finetune`) → a run folder whose model/ plugs into the
-other commands: a clm model into `generate`, an mlm encoder into `finetune`."""
+other commands: a clm model into `generate`, an mlm encoder into `finetune`. clm and mlm stream the
+corpus into a cached token file (objectives/stream.py), so memory stays bounded whatever its size."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -26,9 +28,9 @@ from transformers import (
     AutoModelForSeq2SeqLM,
 )
 
-from warmstart import models, objectives, plots, scratch
+from warmstart import distributed, models, objectives, plots, scratch
 from warmstart.config import PretrainConfig, absolute_paths, make, to_dict
-from warmstart.corpus import read_corpus
+from warmstart.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
 from warmstart.engines import native
 from warmstart.errors import UserError
 from warmstart.inference import pick_device
@@ -39,6 +41,7 @@ from warmstart.runs import Run, prepare_run_folder
 AUTO = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM,
         "AutoModelForPreTraining": AutoModelForPreTraining, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM}
 TOKENIZER_KIND = {"gpt2": "bpe", "bart": "bpe", "bert": "wordpiece"}
+TOKENIZER_SAMPLE_CHARS = 100_000_000
 
 
 @dataclass
@@ -77,20 +80,67 @@ def split_documents(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
     docs = read_corpus(cfg.data, cfg.text_column, cfg.limit)
     if cfg.valid:
         return docs, read_corpus(cfg.valid, cfg.text_column, cfg.limit)
-    n_valid = max(1, int(round(cfg.valid_fraction * len(docs)))) if cfg.valid_fraction > 0 else 0
-    if n_valid and len(docs) - n_valid < 1:
-        raise UserError(f"file '{cfg.data}' has {len(docs)} document(s): too few to hold some out for validation")
-    order = np.random.default_rng(cfg.seed).permutation(len(docs))
-    held = set(order[:n_valid].tolist())
+    held = held_out(len(docs), cfg.valid_fraction, cfg.seed, cfg.data)
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+def streamed(cfg: PretrainConfig) -> bool:
+    """clm and mlm train on packed blocks of a token stream, which can live on disk (objectives.stream); the
+    sentence-aware objectives (mlm+nsp, denoise) and whole-word masking need documents in memory."""
+    return cfg.objective in ("clm", "mlm") and not cfg.whole_word_mask
+
+
+def sample(docs, chars: int = TOKENIZER_SAMPLE_CHARS) -> list[str]:
+    """The first documents, up to ``chars`` characters: what a from-scratch tokenizer learns from."""
+    out, n = [], 0
+    for d in docs:
+        out.append(d)
+        n += len(d)
+        if n >= chars:
+            break
+    return out
+
+
+def stream_dataset(cfg: PretrainConfig, tokenizer, split: StreamedSplit, run: Run):
+    """Training blocks memory-mapped from the token cache (written once by the main process), and the
+    objective's collator."""
+    from warmstart.objectives import clm, mlm, separator_id, stream
+
+    if cfg.objective == "mlm":
+        mlm.check_tokenizer(tokenizer)
+        sep = separator_id(tokenizer)
+        cls_sep = (tokenizer.cls_token_id, tokenizer.sep_token_id)
+        wrap = cls_sep if None not in cls_sep else None
+    else:
+        sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else separator_id(tokenizer)
+        wrap = None
+    key = stream.cache_key(tokenizer, sep, data=fingerprint(cfg.data), text_column=cfg.text_column, limit=cfg.limit,
+                           held=split.held)
+    fresh = distributed.is_main() and stream.cached(key) is None
+    if fresh:  # the bar shows only if tokenising takes a while (a small corpus errs with nothing printed before)
+        with tqdm(total=split.n_train, desc="tokenise", unit="doc", disable=not cfg.progress, delay=2) as bar:
+            stream.write_tokens(tokenizer, split.train(), sep, key, progress=bar.update)
+    distributed.barrier()
+    tokens = stream.cached(key)
+    data = stream.StreamBlocks(tokens.ids, cfg.block_size, wrap, labels=cfg.objective == "clm",
+                               source=f"file '{cfg.data}'")
+    run.say(f"{'tokenised' if fresh else 'tokens from the cache'}: {tokens.documents} documents, {tokens.tokens} "
+            f"tokens in {tokens.path}" + (" (kept for later runs)" if fresh else ""))
+    if cfg.objective == "clm":
+        return data, clm.collator()
+    return data, mlm.collator(tokenizer, whole_word_mask=False, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
 
 
 def load_model(cfg: PretrainConfig, objective: objectives.Objective, train_docs: list[str]):
     """A fresh model from a preset + a tokenizer trained on the corpus, or a checkpoint to continue."""
     auto = AUTO[objective.model_class]
     if cfg.from_scratch:
+        # Under accelerate launch the main process trains it and the others receive it: every process must
+        # hold the very same vocabulary (training is not guaranteed to break ties alike everywhere).
         tokenizer = scratch.train_tokenizer(TOKENIZER_KIND[objective.arch], train_docs, vocab_size=cfg.vocab_size,
-                                            max_length=cfg.block_size, arch=objective.arch)
+                                            max_length=cfg.block_size, arch=objective.arch) \
+            if distributed.is_main() else None
+        tokenizer = distributed.broadcast(tokenizer, cfg.cpu)
         return auto.from_config(scratch.preset(objective.arch, cfg.size, tokenizer, cfg.block_size)), tokenizer
     from warmstart import lm
 
@@ -135,7 +185,8 @@ def evaluator(cfg: PretrainConfig, batches: list[dict]):
         model.eval()
         loss_sum = correct = counted = nsp_correct = nsp_seen = 0.0
         with torch.inference_mode():
-            for batch in batches:
+            for i in distributed.shard(len(batches)):  # under accelerate launch: this process's batches
+                batch = batches[i]
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast():
                     out = model(**batch)
@@ -150,6 +201,8 @@ def evaluator(cfg: PretrainConfig, batches: list[dict]):
                 else:
                     loss_sum += out.loss.item() * n  # the models average over predicted tokens
                 correct, counted = correct + c, counted + n
+        loss_sum, correct, counted, nsp_correct, nsp_seen = distributed.sum_all(
+            [loss_sum, correct, counted, nsp_correct, nsp_seen], cfg.cpu)
         loss = loss_sum / max(counted, 1)
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "accuracy": correct / max(counted, 1)}
         if nsp_seen:
@@ -169,17 +222,30 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     if not cfg.from_scratch and not cfg.model:
         raise UserError("pass --model to continue pre-training a model, or --from-scratch for a new one")
     run = Run(cfg.out, tensorboard_dir=cfg.logging_dir)
-    train_docs, valid_docs = split_documents(cfg)
+    if streamed(cfg):  # corpora larger than memory: the training documents are only ever streamed
+        split = split_stream(cfg.data, cfg.valid, cfg.text_column, cfg.limit, cfg.valid_fraction, cfg.seed)
+        n_train, valid_docs = split.n_train, split.valid
+    else:
+        train_docs, valid_docs = split_documents(cfg)
+        n_train = len(train_docs)
     prepare_run_folder(run, to_dict(cfg), cfg.resume, cfg.overwrite)
     if cfg.resume and run.finished():
         run.say(f"run in '{run.dir}' has already finished; nothing to resume")
         return PretrainResult(run.dir, run.model_dir, json.loads((run.dir / "metrics.json").read_text()))
 
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg, objective, train_docs)
+    if streamed(cfg):
+        # A from-scratch tokenizer learns from the first 100 MB of text (only the main process trains one).
+        model, tokenizer = load_model(cfg, objective, sample(split.train()) if cfg.from_scratch and
+                                      distributed.is_main() else [])
+    else:
+        model, tokenizer = load_model(cfg, objective, train_docs)
     common = dict(seed=cfg.seed, whole_word_mask=cfg.whole_word_mask, mlm_probability=cfg.mlm_probability)
-    train_data, collate = objectives.prepare(cfg.objective, tokenizer, train_docs, cfg.block_size,
-                                             source=f"file '{cfg.data}'", **common)
+    if streamed(cfg):
+        train_data, collate = stream_dataset(cfg, tokenizer, split, run)
+    else:
+        train_data, collate = objectives.prepare(cfg.objective, tokenizer, train_docs, cfg.block_size,
+                                                 source=f"file '{cfg.data}'", **common)
     collate = SeededBatches(collate, cfg.seed)
     batches: list[dict] = []
     if valid_docs:
@@ -193,23 +259,25 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")})
     n_params = sum(p.numel() for p in model.parameters())
     run.say(f"{cfg.objective}: {objective.description}; model {type(model).__name__} ({n_params / 1e6:.1f}M "
-            f"parameters{', from scratch' if cfg.from_scratch else ''}); {len(train_docs)} training documents → "
+            f"parameters{', from scratch' if cfg.from_scratch else ''}); {n_train} training documents → "
             f"{len(train_data)} sequences of ≤{cfg.block_size} tokens; {len(valid_docs)} held out")
 
     evaluate = evaluator(cfg, batches) if batches else None
-    metrics: dict = {"objective": cfg.objective, "documents": {"train": len(train_docs), "valid": len(valid_docs)},
+    metrics: dict = {"objective": cfg.objective, "documents": {"train": n_train, "valid": len(valid_docs)},
                      "sequences": len(train_data), "parameters": n_params}
     if evaluate and not cfg.resume:
         device = pick_device(cfg.cpu)
         metrics["valid_before"] = evaluate(model.to(device), device, contextlib.nullcontext)
         run.say("held-out before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_before"].items()))
-    lengths = np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))])
+    lengths = (np.full(len(train_data), cfg.block_size) if hasattr(train_data, "block_size") else
+               np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))]))
     job = native.Job(train=train_data, lengths=lengths, collate=collate, unit="sequences",
-                     save=lambda m, folder: (m.save_pretrained(folder), tokenizer.save_pretrained(folder)),
+                     save=lambda m, folder, weights=None: (m.save_pretrained(folder, state_dict=weights),
+                                                           tokenizer.save_pretrained(folder)),
                      evaluate=evaluate, accuracy=lambda out, batch: token_accuracy(cfg.objective, out, batch),
                      on_epoch=collate.set_epoch)
     state = native.train(cfg, model, job, run)
-    if state.epochs_log:
+    if state.epochs_log and run.main:
         plots.training_curves(state.epochs_log, run.dir / "training_curves.png")
     metrics.update(best_epoch=state.best_epoch, stopped_early=state.stopped_early, epochs=state.epochs_log,
                    train_loop_seconds=round(state.train_seconds, 2),

@@ -1,0 +1,135 @@
+"""Running as one of several processes (`accelerate launch`, torchrun): who am I, which rows are mine,
+and putting every process's results back together in input order.
+
+Rank and world size come from the environment the launchers set (RANK, WORLD_SIZE), so asking costs
+nothing and a plain single-process run never initialises torch.distributed. The process group is set up
+(through Accelerate's PartialState: gloo on CPUs, nccl on GPUs) only when a collective is first needed.
+
+Sharding is by contiguous, near-equal row ranges (``np.array_split``): results are gathered to every
+process and written back at their row indices, so nothing is counted twice however uneven the last
+shard is, and every process ends with the same full result (and so takes the same decisions).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def use_cpu(cpu: bool = False) -> bool:
+    """Whether to run on the CPU. Launched processes on a machine without CUDA must say so to Accelerate:
+    asked for a GPU there, it falls back to a single, non-distributed process."""
+    if cpu or not is_distributed():
+        return cpu
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def state(cpu: bool = False):
+    """Accelerate's process state (initialises the process group on first use; the first call decides)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu(cpu))
+
+
+def barrier() -> None:
+    if is_distributed():
+        state().wait_for_everyone()
+
+
+def shard(n: int, index: int | None = None, size: int | None = None) -> np.ndarray:
+    """Row indices of ``n`` rows that process ``index`` (default: this one) of ``size`` handles."""
+    index = rank() if index is None else index
+    size = world_size() if size is None else size
+    return np.array_split(np.arange(n), size)[index]
+
+
+def gather_rows(n: int, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``compute(indices)`` on this process's shard of ``n`` rows, gathered from all processes and put
+    back in input order; one process: just ``compute(arange(n))``. Every process gets the whole result."""
+    if not is_distributed():
+        return compute(np.arange(n))
+    import torch
+
+    state()  # the process group must exist before the collective
+    idx = shard(n)
+    rows = compute(idx) if len(idx) else None
+    parts: list = [None] * world_size()
+    torch.distributed.all_gather_object(parts, (idx, rows))
+    filled = [(i, r) for i, r in parts if r is not None and len(i)]
+    first = filled[0][1]
+    out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+    for i, r in filled:
+        out[i] = r
+    return out
+
+
+def sum_all(values: list[float], cpu: bool = False) -> list[float]:
+    """Element-wise sum of ``values`` over all processes (identity for one process)."""
+    if not is_distributed():
+        return list(values)
+    import torch
+
+    st = state(cpu)
+    t = torch.tensor(values, dtype=torch.float64, device=st.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast(obj, cpu: bool = False):
+    """The main process's ``obj`` on every process."""
+    if not is_distributed():
+        return obj
+    import torch
+
+    state(cpu)
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def batch_part(batch: list[int], index: int, size: int) -> tuple[list[int], float]:
+    """This process's part of one global training batch, and the weight of its loss.
+
+    Each process gets a contiguous, near-equal slice. The model's loss is a mean over the slice, and DDP
+    averages gradients over processes, so weighting each loss by ``len(part) * size / len(batch)`` makes
+    the average exactly the gradient of the mean over the whole batch (as one process would compute).
+    A process left without rows (a batch smaller than the world) repeats one row with weight 0: it still
+    has to take part in the gradient all-reduce."""
+    part = np.array_split(np.asarray(batch), size)[index].tolist()
+    if not part:
+        return [batch[0]], 0.0
+    return part, len(part) * size / len(batch)
+
+
+def take(data, idx: np.ndarray):
+    """Rows ``idx`` of an :class:`~warmstart.batching.Encoded` (features and labels)."""
+    from warmstart.batching import Encoded
+
+    features = {k: [v[i] for i in idx] for k, v in data.features.items()}
+    return Encoded(features, None if data.labels is None else np.asarray(data.labels)[idx])
+
+
+def probabilities(clf, ex, batch_size: int, progress: bool = False) -> np.ndarray:
+    """``clf.probabilities(ex)`` with each process scoring its shard of the examples (see gather_rows)."""
+    return gather_rows(len(ex), lambda idx: clf.probabilities(ex.take(idx), batch_size,
+                                                              progress=progress and is_main()))

@@ -1,0 +1,275 @@
+"""The FastAPI app: one route per thing the model can do, limits, and JSON errors that name the field.
+
+Every error is ``{"error": sentence, "field": name-or-null}``: 413 for too much (texts, characters, bytes),
+422 for a malformed request, 404 for an endpoint this model does not serve. A request that fails inside
+the model gets a 500 of the same shape; the server keeps answering the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from warmstart import __version__
+from warmstart.config import ServeConfig
+from warmstart.errors import UserError
+from warmstart.serving import generation
+from warmstart.serving.batcher import Batcher
+from warmstart.serving.model import ENDPOINTS, ZEROSHOT_METHOD, ServedModel
+from warmstart.serving.schemas import (
+    ERRORS,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorBody,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    PredictResponse,
+    TextsRequest,
+    ZeroshotRequest,
+    ZeroshotResponse,
+)
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a sentence and the request field it is about."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(status, message)
+        self.field = field
+
+
+def _error(status: int, message: str, field: str | None = None, errors: list | None = None) -> JSONResponse:
+    body = ErrorBody(error=message, field=field, errors=errors).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status)
+
+
+def _field(loc: tuple) -> str:
+    """('body', 'texts', 2) -> 'texts[2]'."""
+    name = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = []
+    for e in exc.errors():
+        field = _field(tuple(e.get("loc", ())))
+        if e.get("type") == "json_invalid":
+            field, message = "body", "the request body is not valid JSON"
+        elif field == "body" and e.get("type") in ("missing", "dict_type", "model_attributes_type"):
+            message = "the request body must be a JSON object"
+        else:
+            message = f"{field}: {str(e.get('msg', 'invalid')).removeprefix('Value error, ')}"
+        errors.append({"field": field, "message": message})
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    return _error(422, first["message"], first["field"], errors)
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, whether or not they announce their length."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"the request body is larger than this server's limit of {self.max_bytes} bytes"
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await _error(413, message, "body")(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:  # FastAPI passes an HTTPException raised while reading the body through
+                raise ApiError(413, message, "body")
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
+    """The app serving ``served`` with ``cfg``'s limits and batching (host and port are uvicorn's business)."""
+    cfg = cfg or ServeConfig(model=served.name)
+    forward = ThreadPoolExecutor(1, thread_name_prefix="warmstart-forward")  # one pass at a time: all cores each
+    generate_pool = ThreadPoolExecutor(1, thread_name_prefix="warmstart-generate")
+    bs = cfg.max_batch_size
+
+    def batcher(fn) -> Batcher:
+        return Batcher(fn, forward, max_batch_size=bs, max_wait_ms=cfg.max_wait_ms, enabled=cfg.batching)
+
+    batchers = {
+        "predict": batcher(lambda texts, key: served.predict(texts)),
+        "embed": batcher(lambda texts, key: served.embed(texts, batch_size=bs)),
+        "zeroshot": batcher(lambda texts, key: served.zeroshot(texts, list(key[0]), key[1], batch_size=bs)),
+    }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        # uvicorn has stopped accepting and drained the requests in flight (SIGTERM) before this runs.
+        for b in batchers.values():
+            await b.close()
+
+    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,
+                  description=f"Serving `{served.name}` ({served.kind}): "
+                              f"{', '.join('/' + e for e in served.endpoints)}.")
+    app.state.served, app.state.config, app.state.batchers = served, cfg, batchers
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document_limits(FastAPI.openapi(app), cfg)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "field", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        # Logged by uvicorn with its traceback; the client gets one line and the server goes on.
+        return _error(500, f"the model failed on this request: {type(exc).__name__}: {exc}")
+
+    def check_texts(texts: list[str]) -> None:
+        if len(texts) > cfg.max_texts_per_request:
+            raise ApiError(413, f"{len(texts)} texts is more than this server's limit of "
+                                f"{cfg.max_texts_per_request} per request", "texts")
+        for i, t in enumerate(texts):
+            if len(t) > cfg.max_text_chars:
+                raise ApiError(413, f"texts[{i}] has {len(t)} characters, more than this server's limit of "
+                                    f"{cfg.max_text_chars}", f"texts[{i}]")
+
+    async def run(endpoint: str, texts: list[str], key: Hashable = None) -> np.ndarray:
+        try:
+            return await batchers[endpoint].submit(texts, key)
+        except UserError as e:  # e.g. the embedder or zero-shot method cannot load for this model
+            raise ApiError(400, str(e)) from None
+
+    @app.get("/health", response_model=Health, tags=["server"])
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/info", tags=["server"])
+    async def info() -> dict:
+        """The model, what it serves, its labels, and this server's limits."""
+        return {
+            "model": served.name, "path": served.path, "kind": served.kind, "version": __version__,
+            "endpoints": [f"/{e}" for e in served.endpoints], "labels": served.labels, "backend": served.backend,
+            "limits": {"max_texts_per_request": cfg.max_texts_per_request, "max_text_chars": cfg.max_text_chars,
+                       "max_body_bytes": cfg.max_body_bytes, "max_tokens": served.token_limit,
+                       "max_new_tokens": cfg.max_new_tokens if served.causal_lm is not None else None},
+            "batching": {"enabled": cfg.batching, "max_batch_size": bs, "max_wait_ms": cfg.max_wait_ms,
+                         "forward_passes": {k: b.passes for k, b in batchers.items() if k in served.endpoints}},
+        }
+
+    if "predict" in served.endpoints:
+        @app.post("/predict", response_model=PredictResponse, responses=ERRORS, tags=["model"])
+        async def predict(req: TextsRequest) -> dict:
+            """Label and class probabilities for each text."""
+            check_texts(req.texts)
+            probs = await run("predict", req.texts)
+            names = served.labels or []
+            return {"model": served.name, "predictions": [
+                {"label": names[int(p.argmax())], "score": float(p.max()),
+                 "probabilities": {n: float(v) for n, v in zip(names, p)}} for p in probs]}
+
+    if "embed" in served.endpoints:
+        @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, tags=["model"])
+        async def embed(req: EmbedRequest) -> dict:
+            """One vector per text: the model's pooled hidden states."""
+            check_texts(req.texts)
+            rows = await run("embed", req.texts)
+            if req.normalize:
+                rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+            return {"model": served.name, "dim": int(rows.shape[1]), "embeddings": rows.tolist()}
+
+    if "zeroshot" in served.endpoints:
+        @app.post("/zeroshot", response_model=ZeroshotResponse, responses=ERRORS, tags=["model"])
+        async def zeroshot(req: ZeroshotRequest) -> dict:
+            """Scores of candidate labels for each text, with no training."""
+            check_texts(req.texts)
+            labels = [label.strip() for label in req.labels]
+            twice = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+            if twice is not None:
+                raise ApiError(422, f"labels: '{twice}' is given twice", "labels")
+            # Scores over one label would all be 1: a single label is scored on its own (as HF's pipeline does).
+            multi_label = req.multi_label or len(labels) == 1
+            if multi_label and served.kind == "causal-lm":  # prompt scoring picks one label among several
+                raise ApiError(422, "a causal LM scores labels against each other: give two or more labels and "
+                                    "no multi_label (that needs an NLI model or an encoder)",
+                               "multi_label" if req.multi_label else "labels")
+            # Requests with the same labels share a forward pass.
+            scores = await run("zeroshot", req.texts, (tuple(labels), multi_label))
+            return {"model": served.name, "method": ZEROSHOT_METHOD[served.kind], "results": [
+                {"label": labels[int(s.argmax())], "score": float(s.max()),
+                 "scores": {label: float(v) for label, v in zip(labels, s)}} for s in scores]}
+
+    if "generate" in served.endpoints:
+        @app.post("/generate", response_model=GenerateResponse, responses={
+            **ERRORS, 200: {"content": {"text/event-stream": {}},
+                            "description": "the result; with stream, server-sent events (token..., done)"}},
+            tags=["model"])
+        async def generate(req: GenerateRequest):
+            """Continue a prompt (greedy, sampling or beam search); ``stream: true`` sends tokens as they come."""
+            if len(req.prompt) > cfg.max_text_chars:
+                raise ApiError(413, f"prompt has {len(req.prompt)} characters, more than this server's limit of "
+                                    f"{cfg.max_text_chars}", "prompt")
+            loop = asyncio.get_running_loop()
+            try:
+                # In the generation thread too: a fast tokenizer must not be used from two threads at once.
+                prepared = await loop.run_in_executor(generate_pool, generation.prepare, served.causal_lm,
+                                                      req.model_dump(), cfg.max_new_tokens)
+            except generation.RequestError as e:
+                raise ApiError(e.status, e.message, e.field) from None
+            if req.stream:
+                return StreamingResponse(generation.stream_events(served.causal_lm, prepared, generate_pool),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            result = await loop.run_in_executor(generate_pool, generation.run, served.causal_lm, prepared)
+            return asdict(result)
+
+    # The other endpoints answer 404 with the reason, rather than a bare "Not Found".
+    for endpoint in sorted({e for es in ENDPOINTS.values() for e in es} - set(served.endpoints)):
+        app.add_api_route(f"/{endpoint}", _unsupported(served, endpoint), methods=["POST"], include_in_schema=False)
+    return app
+
+
+def _document_limits(schema: dict, cfg: ServeConfig) -> dict:
+    """Put this server's limits into the OpenAPI schema, so that a request the schema allows is one we accept."""
+    comps = schema.get("components", {}).get("schemas", {})
+    for name in ("TextsRequest", "EmbedRequest", "ZeroshotRequest"):
+        texts = comps.get(name, {}).get("properties", {}).get("texts")
+        if texts:
+            texts["maxItems"] = cfg.max_texts_per_request
+            texts["items"]["maxLength"] = cfg.max_text_chars
+    props = comps.get("GenerateRequest", {}).get("properties", {})
+    if props:
+        props["prompt"]["maxLength"] = cfg.max_text_chars
+        for branch in props["max_new_tokens"].get("anyOf", []):
+            if branch.get("type") == "integer":
+                branch["maximum"] = cfg.max_new_tokens
+    return schema
+
+
+def _unsupported(served: ServedModel, endpoint: str):
+    async def handler() -> None:
+        raise ApiError(404, served.unsupported(endpoint))
+
+    return handler

@@ -1,0 +1,129 @@
+"""/generate: one prompt through `warmstart generate`'s own pieces (limits, decoding options, stop strings,
+finish reasons) with the model loaded once, and server-sent events for streaming."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from warmstart.config import GenerateConfig, build
+from warmstart.errors import UserError
+from warmstart.lm import CausalLM
+from warmstart.tasks import generate as g
+
+# isort: off
+from transformers import set_seed  # after warmstart.lm (offline environment, quiet logging)
+# isort: on
+
+OPTIONS = ("max_length", "max_new_tokens", "strategy", "temperature", "top_k", "top_p", "typical_p",
+           "repetition_penalty", "no_repeat_ngram_size", "num_beams", "num_return_sequences", "stop", "seed",
+           "chat", "system")
+
+
+class RequestError(Exception):
+    """A request the model cannot honour: answered with ``status`` and a sentence naming ``field``."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422):
+        super().__init__(message)
+        self.message, self.field, self.status = message, field, status
+
+
+@dataclass
+class Prepared:
+    cfg: GenerateConfig
+    stops: list[str]
+    prompt: str
+    ids: list[int]
+    budget: int
+
+
+def field_of(message: str, default: str | None = None) -> str | None:
+    """The request field a generate UserError is about: its ``--flag``, else the prompt or chat."""
+    m = re.search(r"--([a-z][a-z-]*)", message)
+    if m:
+        return m.group(1).replace("-", "_")
+    if "chat" in message:
+        return "chat"
+    if "prompt" in message or "tokens" in message:
+        return "prompt"
+    return default
+
+
+def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) -> Prepared:
+    """Check one request's options the way `warmstart generate` checks its flags; tokenise the prompt."""
+    prompt = options["prompt"]
+    values = {k: options[k] for k in OPTIONS if options.get(k) is not None}
+    if values.get("max_new_tokens", 0) > max_new_tokens_limit:
+        raise RequestError(f"max_new_tokens must be at most {max_new_tokens_limit} on this server, "
+                           f"got {values['max_new_tokens']}", "max_new_tokens")
+    try:
+        cfg = build(GenerateConfig, {**values, "prompts": [prompt], "model": lm.name, "stream": False},
+                    source="the request")
+        stops = g._check(cfg)
+        if options.get("stream") and (cfg.num_return_sequences > 1 or g._strategy(cfg) == "beam"):
+            raise RequestError("stream needs one completion per prompt and no beam search", "stream")
+        text = lm.chat_text(prompt, cfg.system) if cfg.chat else prompt
+        ids = lm.tokenizer(text, add_special_tokens=not cfg.chat)["input_ids"]
+        budget = g._budget(cfg, len(ids), lm.max_positions, "the prompt")
+    except UserError as e:
+        # The CLI's flags (--top-p) become the request's field names (top_p).
+        message = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(e))
+        raise RequestError(message, field_of(str(e))) from None
+    return Prepared(cfg, stops, prompt, ids, min(budget, max_new_tokens_limit))
+
+
+def run(lm: CausalLM, p: Prepared, streamer: g.Streamer | None = None) -> g.Generation:
+    """Generate for one prepared request (in the generation thread: it blocks while the model runs)."""
+    if p.cfg.seed is not None:
+        set_seed(p.cfg.seed)
+    gen_config = g._generation_config(p.cfg, lm.model.generation_config, p.stops)
+    with torch.inference_mode():
+        rows = g._run(lm, [p.ids], [p.budget], gen_config, p.stops, streamer)
+    eos = g._eos_ids(lm)
+    outs = [g._finish(lm.tokenizer, p.ids, row, p.budget, p.stops, eos) for row in rows]
+    return g.Generation(p.prompt, [o[0] for o in outs], len(p.ids), [o[1] for o in outs], [o[2] for o in outs])
+
+
+class _QueueWriter:
+    """A text stream whose writes become queue items: what `generate`'s Streamer writes to."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue = queue.Queue()
+
+    def write(self, s: str) -> int:
+        if s:
+            self.items.put(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+_END = object()
+
+
+def sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def stream_events(lm: CausalLM, p: Prepared, executor: Executor) -> Iterator[str]:
+    """Server-sent events: ``token`` with each new piece of text, then ``done`` with the whole result (or
+    ``error``). `generate`'s Streamer holds back text that may begin a stop string, so the pieces always
+    add up to the final completion. A sync iterator: Starlette runs it in its thread pool."""
+    out = _QueueWriter()
+    streamer = g.Streamer(lm.tokenizer, out, p.stops)
+    future = executor.submit(run, lm, p, streamer)
+    future.add_done_callback(lambda _: out.items.put(_END))
+    while (piece := out.items.get()) is not _END:
+        yield sse("token", {"text": piece})
+    try:
+        yield sse("done", asdict(future.result()))
+    except Exception as e:  # noqa: BLE001 - headers are sent already: the error goes in the stream
+        yield sse("error", {"error": f"generation failed: {type(e).__name__}: {e}"})

@@ -1,0 +1,120 @@
+"""Request and response bodies: the OpenAPI schema at /docs is generated from these."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+# Some character that is not white space (str.isspace), spelt out so that the JSON schema's regex engine and
+# Python's agree on what "blank" means.
+NOT_BLANK = "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+
+
+def _not_blank(s: str) -> str:
+    if not re.search(NOT_BLANK, s):
+        raise ValueError("is empty")
+    return s
+
+
+Text = Annotated[str, AfterValidator(_not_blank), WithJsonSchema({"type": "string", "pattern": NOT_BLANK})]
+Strict = ConfigDict(extra="forbid")  # a misspelt option is an error, not silently ignored
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong, in one sentence")
+    field: str | None = Field(None, description="the request field it is about, e.g. texts[2]")
+    errors: list[dict] | None = Field(None, description="every problem found, for malformed requests")
+
+
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (400, "the model cannot do this (e.g. two labels tokenise the same way for a causal LM)"),
+    (404, "this model does not serve this endpoint"),
+    (413, "too many texts, too long a text, or too large a body"),
+    (422, "malformed request: the field is named"),
+    (500, "the model failed on this request (the server keeps running)"),
+)}
+
+
+class TextsRequest(BaseModel):
+    model_config = Strict
+    texts: list[Text] = Field(min_length=1, description="texts to process, answered in the same order",
+                              examples=[["A wonderful, moving film.", "Two hours I will never get back."]])
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="probability of the predicted label")
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class EmbedRequest(TextsRequest):
+    normalize: bool = Field(False, description="scale each vector to length 1 (cosine similarity = dot product)")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    embeddings: list[list[float]]
+
+
+class ZeroshotRequest(TextsRequest):
+    labels: list[Text] = Field(min_length=1, max_length=100, description="candidate labels, each once",
+                               examples=[["positive", "negative"]], json_schema_extra={"uniqueItems": True})
+    multi_label: bool = Field(False, description="score each label on its own (else the scores sum to 1); "
+                                                 "always so with a single label")
+
+
+class ZeroshotResult(BaseModel):
+    label: str = Field(description="the best-scoring label")
+    score: float
+    scores: dict[str, float] = Field(description="every label's score, in the request's label order")
+
+
+class ZeroshotResponse(BaseModel):
+    model: str
+    method: str
+    results: list[ZeroshotResult]
+
+
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Mass = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class GenerateRequest(BaseModel):
+    model_config = Strict
+    prompt: Text = Field(description="text to continue (a user message with chat)", examples=["Once upon a time"])
+    max_new_tokens: int | None = Field(None, ge=1, description="most tokens of the completion (capped by the server)")
+    max_length: int | None = Field(None, ge=1, description="most tokens of prompt + completion")
+    strategy: Literal["auto", "greedy", "sample", "beam"] = "auto"
+    temperature: Positive | None = None
+    top_k: int | None = Field(None, ge=0)
+    top_p: Mass | None = None
+    typical_p: Mass | None = None
+    repetition_penalty: Positive | None = None
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
+    num_beams: int | None = Field(None, ge=1, le=16)
+    num_return_sequences: int = Field(1, ge=1, le=16)
+    stop: list[str] = Field([], max_length=16, description="stop strings: a completion ends just before one")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="makes sampling reproducible")
+    chat: bool = Field(False, description="send the prompt through the model's chat template")
+    system: str | None = Field(None, description="system message (with chat)")
+    stream: bool = Field(False, description="answer with server-sent events: token pieces, then the result")
+
+
+class GenerateResponse(BaseModel):
+    prompt: str
+    completions: list[str]
+    prompt_tokens: int
+    completion_tokens: list[int]
+    finish_reasons: list[Literal["eos", "stop", "length"]]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,138 @@
+"""`warmstart zeroshot`: classify texts into labels no model was trained on (nli, similarity or prompt).
+
+With a label column in --data it evaluates (accuracy, per-class F1, confusion matrix); without one, or
+with texts given directly, it predicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from warmstart.config import ZeroshotConfig, make, to_dict
+from warmstart.data import LABEL_COLUMNS, _label_value, examples_from_table, find_column, read_table
+from warmstart.errors import UserError, where
+from warmstart.metrics import classification_metrics
+from warmstart.runs import atomic_write_json, atomic_write_text
+from warmstart.zeroshot_methods import check_labels, load_method
+
+
+@dataclass
+class ZeroshotResult:
+    texts: list[str]
+    labels: list[str]
+    probabilities: np.ndarray
+    multi_label: bool
+    metrics: dict | None
+    texts_per_s: float
+
+    @property
+    def predictions(self) -> list[str] | list[list[str]]:
+        if self.multi_label:
+            return [[lab for lab, p in zip(self.labels, row) if p >= 0.5] for row in self.probabilities]
+        return [self.labels[int(i)] for i in self.probabilities.argmax(1)]
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.metrics is None else self.metrics["accuracy"]
+
+
+def parse_descriptions(items: list[str], labels: list[str]) -> dict[str, list[str]]:
+    """'LABEL=text' items -> {label: [texts]}; a label given several times gets an ensemble."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        label, sep, text = item.partition("=")
+        if not sep or not label.strip() or not text.strip():
+            raise UserError(f"--descriptions '{item}' must look like LABEL=description")
+        if label.strip() not in labels:
+            raise UserError(f"--descriptions '{item}': '{label.strip()}' is not one of the labels "
+                            f"({', '.join(labels)})")
+        out.setdefault(label.strip(), []).append(text.strip())
+    return out
+
+
+def gold_ids(values: list[str], labels: list[str], source: str, column: str) -> np.ndarray:
+    """Label ids of raw values: integers 0..K-1 in --labels order, else the label names (any case)."""
+    ints = all(v.lstrip("-").isdigit() for v in values)
+    lookup = {lab.lower(): i for i, lab in enumerate(labels)}
+    ids = np.empty(len(values), dtype=np.int64)
+    for row, v in enumerate(values):
+        i = int(v) if ints else lookup.get(v.lower(), -1)
+        if not 0 <= i < len(labels):
+            known = f"0..{len(labels) - 1}" if ints else ", ".join(labels)
+            raise UserError(f"{where(source, row + 1, column)}: label '{v}' is not one of the labels ({known})")
+        ids[row] = i
+    return ids
+
+
+def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
+    cfg = make(ZeroshotConfig, config, kwargs)
+    labels = check_labels(cfg.labels.split(",")) if cfg.labels.strip() else check_labels([])
+    if len(labels) < 2 and not cfg.multi_label:
+        raise UserError("--labels needs at least two labels (or --multi-label for yes/no per label)")
+    descriptions = parse_descriptions(cfg.descriptions, labels)
+    if descriptions and cfg.method != "similarity":
+        raise UserError("--descriptions is for --method similarity")
+    if cfg.chat and cfg.method != "prompt":
+        raise UserError("--chat is for --method prompt")
+    y, column = None, None
+    if cfg.texts and cfg.data:
+        raise UserError("give texts as arguments or with --data, not both")
+    if cfg.data:
+        df = read_table(cfg.data, cfg.limit)
+        texts = examples_from_table(df, cfg.data, cfg.text_column, labelled=False).texts
+        column = find_column(df, cfg.data, cfg.label_column, LABEL_COLUMNS, "label", "--label-column",
+                             required=False)
+        if column is not None:
+            raw = [_label_value(v) for v in df[column].tolist()]
+            if None in raw:
+                raise UserError(f"{where(cfg.data, raw.index(None) + 1, column)}: label is missing")
+            if cfg.multi_label:
+                raise UserError("evaluation with --multi-label is not supported; drop the label column to predict")
+            y = gold_ids(raw, labels, cfg.data, column)
+    else:
+        texts = [t for t in cfg.texts]
+        if not texts:
+            raise UserError("no texts: pass them as arguments or with --data FILE")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise UserError(f"text {i + 1} of the arguments is empty")
+    method = load_method(cfg.method, cfg.model, template=cfg.template, cpu=cfg.cpu, max_length=cfg.max_length,
+                         descriptions=descriptions, calibrate=cfg.calibrate, chat=cfg.chat,
+                         answer_prefix=cfg.answer_prefix)
+    t0 = time.perf_counter()
+    probs = method.scores(texts, labels, cfg.multi_label, cfg.batch_size, cfg.progress)
+    speed = round(len(texts) / max(time.perf_counter() - t0, 1e-9), 2)
+    metrics = None
+    if y is not None:
+        metrics = classification_metrics(y, probs.argmax(1), labels)
+        metrics.update(method=cfg.method, model=cfg.model or "default", data=str(Path(cfg.data).resolve()),
+                       label_column=column, texts_per_s=speed, config=to_dict(cfg))  # repeatable from the file
+    result = ZeroshotResult(texts, labels, probs, cfg.multi_label, metrics, speed)
+    if cfg.out:
+        out = Path(cfg.out)
+        if metrics is not None:
+            atomic_write_json(out, metrics)
+        else:
+            atomic_write_text(out, format_predictions(result, "csv" if out.suffix == ".csv" else "jsonl"))
+    return result
+
+
+def format_predictions(r: ZeroshotResult, fmt: str) -> str:
+    preds = r.predictions
+    if fmt == "jsonl":
+        return "".join(json.dumps({"text": t, "label": p, "probabilities": {
+            lab: round(float(v), 6) for lab, v in zip(r.labels, row)}}, ensure_ascii=False) + "\n"
+            for t, p, row in zip(r.texts, preds, r.probabilities))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["text", "label", *(f"p_{lab}" for lab in r.labels)])
+    for t, p, row in zip(r.texts, preds, r.probabilities):
+        w.writerow([t, ";".join(p) if isinstance(p, list) else p, *(f"{v:.6f}" for v in row)])
+    return buf.getvalue()
