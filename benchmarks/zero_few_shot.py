@@ -119,9 +119,12 @@ def main() -> None:
                      m["test_rows"]))
 
     if "setfit" in only:
-        fewshot("setfit", ["--method", "setfit", "--repeats", str(a.repeats), "--max-length", "256"], files["test"])
+        fewshot("setfit", ["--method", "setfit", "--repeats", str(a.repeats), "--max-length", "256", "--lr", "5e-5"],
+                files["test"])
     if "incontext" in only:
-        fewshot("incontext", ["--method", "incontext", "--max-length", "256", "--example-max-length", "64"], lm_test)
+        fewshot("incontext", ["--method", "incontext", "--chat", "--template", CHAT_TEMPLATE, "--answer-prefix",
+                              "The sentiment of the review is", "--max-length", "256", "--example-max-length", "64",
+                              "--batch-size", "8"], lm_test)
 
     print("\n| method | accuracy | macro F1 | texts/s | test rows |\n|---|---|---|---|---|")
     for r in rows:

@@ -405,7 +405,8 @@ class FewshotConfig:
                             "assistant: --answer-prefix and the label), then the query")
     answer_prefix: str = opt("The answer is", "incontext with --chat: the start of each answer")
     # setfit
-    pairs_per_example: int = opt(20, "setfit: contrastive pairs drawn per example (half same-class)")
+    pairs_per_example: int = opt(40, "setfit: contrastive pairs drawn per example, half same-class (SetFit's "
+                                     "default of 20 iterations makes 40)")
     epochs: float = opt(1.0, "setfit: passes over the pairs")
     lr: float = opt(2e-5, "setfit: learning rate of the encoder")
     batch_size: int = opt(16, "pairs per training step, texts per inference pass")
