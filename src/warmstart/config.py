@@ -116,10 +116,10 @@ class PretrainConfig(TrainOptions):
 
 
 @dataclass
-class EvaluateConfig(DataOptions):
-    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
-    data: str = opt("", "labelled table to evaluate on")
-    batch_size: int | None = opt(None, "evaluation batch size (default: tuned for the device: up to 512 tokens a "
+class InferenceOptions:
+    """How a saved classifier runs (shared by evaluate and predict)."""
+
+    batch_size: int | None = opt(None, "texts per forward pass (default: tuned for the device: up to 512 tokens a "
                                        "batch on CPUs, 64 texts on GPUs)")
     backend: str = opt("auto", "auto (ONNX Runtime on CPUs where onnxruntime is installed, else PyTorch), torch or "
                                "onnx (exports once into the model folder's onnx/ and reuses it)",
@@ -128,13 +128,19 @@ class EvaluateConfig(DataOptions):
                         choices=("auto", "none", "int8"))
     precision: str = opt("auto", "torch backend: fp32 or bf16 weights (auto: bf16 on GPUs that support it)",
                          choices=("auto", "fp32", "bf16"))
+
+
+@dataclass
+class EvaluateConfig(InferenceOptions, DataOptions):
+    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
+    data: str = opt("", "labelled table to evaluate on")
     out: str | None = opt(None, "write the metrics as JSON here")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(True, "show progress bars")
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(InferenceOptions):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
     texts: list[str] = opt([], "texts to classify (else --input, else stdin, one per line)")
     input: str | None = opt(None, "file of texts: .txt (one per line) or a table with a text column")
@@ -143,15 +149,6 @@ class PredictConfig:
     limit: int | None = opt(None, "read only the first N rows of --input")
     out: str | None = opt(None, "write predictions here (default: stdout)")
     format: str = opt("jsonl", "output format", choices=("jsonl", "csv"))
-    batch_size: int | None = opt(None, "batch size (default: tuned for the device: up to 512 tokens a batch on "
-                                       "CPUs, 64 texts on GPUs)")
-    backend: str = opt("auto", "auto (ONNX Runtime on CPUs where onnxruntime is installed, else PyTorch), torch or "
-                               "onnx (exports once into the model folder's onnx/ and reuses it)",
-                       choices=("auto", "torch", "onnx"))
-    quantize: str = opt("auto", "int8: dynamic int8 weights (CPU); auto: int8 with the onnx backend, none with torch",
-                        choices=("auto", "none", "int8"))
-    precision: str = opt("auto", "torch backend: fp32 or bf16 weights (auto: bf16 on GPUs that support it)",
-                         choices=("auto", "fp32", "bf16"))
     max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(False, "show a progress bar")

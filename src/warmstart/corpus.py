@@ -36,11 +36,7 @@ def read_corpus(path: str | Path, text_column: str | None = None, limit: int | N
     Raises UserError for a missing path, an unknown format, undecodable bytes, a missing column, a
     ``text_column`` given for plain text, or a corpus without any text.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"{where(path)} does not exist")
-    if limit is not None and limit < 1:
-        raise UserError(f"the document limit must be at least 1 (got {limit})")
+    path = _checked(path, limit)
     if path.is_dir():
         docs = _read_folder(path, text_column, limit)
     else:
@@ -132,15 +128,20 @@ def iter_txt(path: Path) -> Iterator[str]:
         yield doc
 
 
-def iter_corpus(path: str | Path, text_column: str | None = None, limit: int | None = None) -> Iterator[str]:
-    """The documents of :func:`read_corpus`, in the same order, as a stream: plain-text files and folders of
-    them are read line by line, so a corpus larger than memory can be tokenised; tables are read whole.
-    The same UserErrors as read_corpus (checked before the first document is yielded where possible)."""
+def _checked(path: str | Path, limit: int | None) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{where(path)} does not exist")
     if limit is not None and limit < 1:
         raise UserError(f"the document limit must be at least 1 (got {limit})")
+    return path
+
+
+def iter_corpus(path: str | Path, text_column: str | None = None, limit: int | None = None) -> Iterator[str]:
+    """The documents of :func:`read_corpus`, in the same order, as a stream: plain-text files and folders of
+    them are read line by line, so a corpus larger than memory can be tokenised; tables are read whole.
+    The same UserErrors as read_corpus (checked before the first document is yielded where possible)."""
+    path = _checked(path, limit)
     if path.is_dir():
         if text_column is not None:
             raise UserError(f"folder '{path}' holds plain-text files, which have no columns; drop --text-column")
