@@ -76,6 +76,7 @@ def _incontext_repeat(cfg: FewshotConfig, method, texts: list[str], y: np.ndarra
 
     t = time.perf_counter()
     prefix, query_template = prefix_and_template(texts, example_labels)
+    prompt_tokens = len(prefix)
     queries = [scorer.prompt_ids(query_template, q) for q in test_texts]
     cf_queries = [scorer.prompt_ids(query_template, q) for q in CONTENT_FREE]
     if cfg.select == "random":
@@ -99,7 +100,7 @@ def _incontext_repeat(cfg: FewshotConfig, method, texts: list[str], y: np.ndarra
                     0, keepdims=True))
             probs[i] = p[0]
     return probs.argmax(1), {"predict_seconds": round(time.perf_counter() - t, 2),
-                             "prompt_tokens": len(prefix_and_template(texts, example_labels)[0])}
+                             "prompt_tokens": prompt_tokens}
 
 
 def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
