@@ -52,6 +52,26 @@ def test_onnx_fp32_matches_torch_fp32(classifiers, reviews, arch):
     np.testing.assert_allclose(onnx, ref, atol=1e-4)
 
 
+def test_export_computes_only_the_first_query_in_a_bert_last_layer_with_the_same_logits(classifiers, reviews):
+    import onnx
+
+    bert = onnx_export._load_eager(classifiers["bert"])
+    assert isinstance(bert.base_model.encoder.layer[-1], onnx_export._FirstQueryLayer)
+    full = models.load_classifier(classifiers["bert"]).eval()
+    texts = ["a fine film", *reviews.texts[:5]]
+    batch = models.load_tokenizer(classifiers["bert"])(texts, truncation=True, max_length=64, padding=True,
+                                                        return_tensors="pt")
+    assert int(batch["attention_mask"].sum(1).min()) < batch["input_ids"].shape[1]  # really padded rows
+    with torch.no_grad():
+        torch.testing.assert_close(bert(**batch).logits, full(**batch).logits, atol=1e-5, rtol=1e-5)
+    # DistilBERT's layers are shaped otherwise: exported whole (and still equal to torch, above).
+    assert not isinstance(onnx_export._load_eager(classifiers["distilbert"]).base_model.transformer.layer[-1],
+                          onnx_export._FirstQueryLayer)
+    folder, _ = onnx_export.ensure_export(classifiers["bert"], quiet=True)
+    ops = {n.op_type for n in onnx.load(str(folder / onnx_export.INT8_FILE)).graph.node}
+    assert "SkipLayerNormalization" not in ops and "DynamicQuantizeLinear" in ops
+
+
 @pytest.mark.parametrize("kw", [dict(backend="onnx", quantize="int8"), dict(backend="torch", quantize="int8"),
                                 dict(backend="torch", precision="bf16")], ids=["onnx-int8", "torch-int8", "torch-bf16"])
 def test_quantised_and_bf16_backends_stay_close_to_fp32(classifiers, reviews, kw):

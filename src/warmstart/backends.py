@@ -28,6 +28,8 @@ ONNX_HINT = "install it with `pip install 'warmstart[onnx]'` (or `make setup`), 
 # Tokens per CPU batch: long reviews run one at a time, short texts many at once. Larger padded batches are
 # slower on a 2-core CPU (activations spill out of cache), smaller ones pay per-call overhead.
 CPU_MAX_TOKENS = 512
+# ONNX Runtime graph fusions left off: SkipLayerNormalization is ~4x slower than Add + LayerNormalization.
+DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 CPU_MAX_BATCH = 64
 GPU_BATCH = 64
 
@@ -155,7 +157,9 @@ class OnnxBackend:
         if threads and threads.isdigit():  # else onnxruntime uses one thread per physical core
             so.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
+            # Not re-fused at load either (see tasks/export.py: the fused kernel is the slower one).
+            self.session = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=DISABLED_FUSIONS)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable or corrupt files
             raise UserError(f"cannot load the ONNX model '{onnx_file}': {str(e).strip().splitlines()[0]}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]

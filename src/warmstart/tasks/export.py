@@ -8,6 +8,10 @@ prediction exports once, later ones reuse the export until the model's files cha
 Steps: trace the model with eager attention (the pattern ONNX Runtime's transformer optimizer recognises),
 fuse attention, embedding and layer-norm subgraphs, then quantise the weights of the fused graph to int8
 (dynamic quantisation: activations are quantised per batch, so no calibration data is needed).
+
+A classifier reads only the first token's final state, so the last layer is traced for that one query
+(keys and values still come from every token): same logits, a sixth less work in a 6-layer model. The
+export checks that the logits match the full model and traces the full model where they would not.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from warmstart.config import ExportConfig, make
 from warmstart.errors import UserError
 from warmstart.runs import atomic_dir, atomic_write_json
 
-EXPORT_FORMAT = 2  # bump when the export steps change, so cached exports are redone
+EXPORT_FORMAT = 3  # bump when the export steps change, so cached exports are redone
 MARKER = "warmstart-onnx.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -152,8 +156,69 @@ def _load_eager(model_dir: str):
     from transformers import AutoModelForSequenceClassification
 
     models.load_classifier(model_dir)  # same checks and messages as the torch path (has a head, loads)
-    return AutoModelForSequenceClassification.from_pretrained(
+    model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, local_files_only=True, attn_implementation="eager").eval()
+    cls_only_last_layer(model)
+    return model
+
+
+class _FirstQueryLayer(torch.nn.Module):
+    """A BERT-style layer that computes only the first position's output: queries from token 0, keys and
+    values from all tokens. The [CLS]-pooled heads of BERT, RoBERTa, ELECTRA... read nothing else of it."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        sa = self.layer.attention.self
+        heads, size = sa.num_attention_heads, sa.attention_head_size
+        b, n, _ = hidden_states.shape
+        first = hidden_states[:, :1]
+        q = sa.query(first).view(b, 1, heads, size).transpose(1, 2)
+        k = sa.key(hidden_states).view(b, n, heads, size).transpose(1, 2)
+        v = sa.value(hidden_states).view(b, n, heads, size).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(2, 3)) * sa.scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask[:, :, :1, :]
+        context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, 1, heads * size)
+        return self.layer.feed_forward_chunk(self.layer.attention.output(context, first))
+
+
+def cls_only_last_layer(model: torch.nn.Module, atol: float = 1e-4) -> bool:
+    """Swap the last encoder layer of a first-token-pooled classifier for ``_FirstQueryLayer``, in place,
+    when the logits stay the same (checked on two padded texts); False (model unchanged) otherwise."""
+    base = getattr(model, "base_model", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    last = layers[-1] if layers else None
+    parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output")
+    if last is None or not all(_has(last, p) for p in parts) or not hasattr(last, "feed_forward_chunk"):
+        return False  # not a BERT-style layer (DistilBERT, ...): exported whole
+    if getattr(model.config, "is_decoder", False) or getattr(last, "add_cross_attention", False):
+        return False
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, min(1000, model.config.vocab_size), (2, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        layers[-1] = _FirstQueryLayer(last)
+        try:
+            after = model(input_ids=ids, attention_mask=mask).logits
+            same = after.shape == before.shape and torch.allclose(after, before, atol=atol, rtol=1e-4)
+        except Exception:  # an architecture whose head or layer does not fit the assumption
+            same = False
+    if not same:
+        layers[-1] = last
+    return same
+
+
+def _has(module: torch.nn.Module, dotted: str) -> bool:
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return False
+    return True
 
 
 class _Logits(torch.nn.Module):
@@ -175,39 +240,37 @@ def _optimize(raw: Path, out: Path, config) -> None:
     if config.model_type not in FUSABLE:
         onnx.save(onnx.load(str(raw)), str(out))
         return
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    options = FusionOptions("bert")
+    # Residual add + LayerNormalization stay two ops: the fused SkipLayerNormalization CPU kernel took 330 us
+    # on (300, 384) with 2 threads, Add + LayerNormalization 84 us (12 of them per MiniLM pass: ~14% of it).
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # opt_level 0: our fusions only; the session applies ONNX Runtime's own graph optimisations at load.
-        optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden,
-                       opt_level=0).save_model_to_file(str(out))
+        optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                       optimization_options=options).save_model_to_file(str(out))
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of MatMul/Attention weights (VNNI on x86 CPUs that have it), leaving the
-    matrices with outlier channels in fp32 (backends.OUTLIER_RATIO)."""
+    """Dynamic int8 quantisation of every MatMul/Attention weight (VNNI on x86 CPUs that have it), with one
+    scale per output channel. Fine-tuned BERTs have FFN output matrices whose largest channel is 18-43x the
+    median one (MiniLM on IMDb, layers 0-3): one scale per matrix flipped 4.7% of labels on 1,000 reviews,
+    one per channel 1.7%, at the speed of the per-matrix scheme with those matrices left in fp32."""
     import logging
 
     import onnx
-    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from warmstart.backends import OUTLIER_RATIO, outlier_ratio
-
-    graph = onnx.load(str(src)).graph
-    weights = {i.name: i for i in graph.initializer}
-    keep = [n.name for n in graph.node if n.op_type in ("MatMul", "Attention") and len(n.input) > 1
-            and n.input[1] in weights and len(weights[n.input[1]].dims) == 2
-            and outlier_ratio(numpy_helper.to_array(weights[n.input[1]])) > OUTLIER_RATIO]
 
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # "please run pre-processing" advice on every call
     try:
         # DefaultTensorType: shape inference cannot type the outputs of fused (com.microsoft) ops.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.getLogger().setLevel(quiet)
