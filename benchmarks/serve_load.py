@@ -58,8 +58,10 @@ def start(model: str, port: int, extra: list[str]) -> subprocess.Popen:
     raise SystemExit("server did not start within 120 s")
 
 
-async def load(port: int, texts: list[str], clients: int, requests: int, limit_s: float) -> dict:
-    """``clients`` workers share ``requests`` requests; each waits for its answer before sending the next."""
+async def load(port: int, texts: list[str], clients: int, requests: int, limit_s: float,
+               endpoint: str = "/predict") -> dict:
+    """``clients`` workers share ``requests`` requests; each waits for its answer before sending the next.
+    ``endpoint`` "/health" sends the same load without a model: what HTTP alone costs on this machine."""
     latencies: list[float] = []
     errors = 0
     next_i = 0
@@ -71,8 +73,12 @@ async def load(port: int, texts: list[str], clients: int, requests: int, limit_s
             i, next_i = next_i, next_i + 1
             t = time.perf_counter()
             try:
-                r = await c.post("/predict", json={"texts": [texts[i % len(texts)]]})
-                ok = r.status_code == 200 and len(r.json()["predictions"]) == 1
+                if endpoint == "/health":
+                    r = await c.get("/health")
+                    ok = r.status_code == 200
+                else:
+                    r = await c.post(endpoint, json={"texts": [texts[i % len(texts)]]})
+                    ok = r.status_code == 200 and len(r.json()["predictions"]) == 1
             except httpx.HTTPError:
                 ok = False
             latencies.append(time.perf_counter() - t)
@@ -126,6 +132,9 @@ def main() -> None:
             for name in modes:
                 results[name].append(asyncio.run(load(servers[name][0], texts, args.clients, per_round,
                                                       args.limit_s)))
+        # The ceiling no batching can lift: the same clients and server, GET /health, no model at all.
+        floor = asyncio.run(load(next(iter(servers.values()))[0], texts, args.clients, args.requests, args.limit_s,
+                                 "/health"))
     finally:
         for _, proc in servers.values():
             proc.send_signal(signal.SIGTERM)
@@ -141,6 +150,8 @@ def main() -> None:
               f"ms  errors {sum(r['errors'] for r in rounds)}/{n}  forward passes {sum(r['passes'] for r in rounds)}"
               f"  (rounds: {each} req/s)")
     off, on = summary.values()
+    print(f"{'HTTP alone (GET /health, no model)':<42} {floor['rps']:7.1f} req/s  "
+          f"p50 {np.percentile(floor['latencies'], 50):7.1f} ms  errors {floor['errors']}/{floor['requests']}")
     print(f"throughput ratio (batching / one at a time): {on / off:.2f}x; load average now {os.getloadavg()[0]:.1f}")
 
 

@@ -1,6 +1,6 @@
 """Every way of using a pre-trained model without (much) fine-tuning, on one fixed IMDb test slice.
 
-    .venv/bin/python benchmarks/zero_few_shot.py [--only probe,similarity,prompt,setfit,incontext]
+    .venv/bin/python benchmarks/zero_few_shot.py [--only probe,similarity,prompt,setfit,fewprompt,incontext]
 
 Test: the 1,000 reviews from row 40,000 of ../shared/data/imdb/movie_data.csv.gz (the seed's test part);
 valid (picks the probe's C): 500 reviews from row 35,000; training examples: rows 0-34,999 only.
@@ -56,12 +56,14 @@ def run(args: list[str], log: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="probe,similarity,prompt,setfit,incontext")
+    p.add_argument("--only", default="probe,similarity,prompt,setfit,fewprompt,incontext")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-zero-few"))
     p.add_argument("--train-rows", type=int, default=4000, help="probe training rows (from row 0)")
     p.add_argument("--test-rows", type=int, default=1000)
     p.add_argument("--prompt-test-rows", type=int, default=None, help="fewer test rows for the LM methods")
     p.add_argument("--repeats", type=int, default=3, help="draws of the k examples for setfit")
+    p.add_argument("--prompt-repeats", type=int, default=5, help="draws for fewshot prompt (the test texts are "
+                                                                 "scored once for all draws, so draws are cheap)")
     p.add_argument("--k", type=int, default=16, help="examples per class for few-shot")
     p.add_argument("--layers", default="1:", help="MiniLM layers whose mean-pooled states the probe gets")
     p.add_argument("--reuse-features", action="store_true", help="keep feature files of an earlier run")
@@ -121,6 +123,10 @@ def main() -> None:
     if "setfit" in only:
         fewshot("setfit", ["--method", "setfit", "--repeats", str(a.repeats), "--max-length", "256", "--lr", "5e-5"],
                 files["test"])
+    if "fewprompt" in only:
+        fewshot("prompt", ["--method", "prompt", "--repeats", str(a.prompt_repeats), "--chat", "--template",
+                           CHAT_TEMPLATE, "--answer-prefix", "The sentiment of the review is", "--max-length", "256",
+                           "--truncate", "head+tail", "--batch-size", "8"], lm_test)
     if "incontext" in only:
         fewshot("incontext", ["--method", "incontext", "--chat", "--template", CHAT_TEMPLATE, "--answer-prefix",
                               "The sentiment of the review is", "--max-length", "256", "--example-max-length", "64",

@@ -1,4 +1,4 @@
-"""zeroshot (nli, similarity, prompt) and fewshot (setfit, incontext) on tiny random models."""
+"""zeroshot (nli, similarity, prompt) and fewshot (setfit, prompt, incontext) on tiny random models."""
 
 from __future__ import annotations
 
@@ -261,3 +261,61 @@ def test_incontext_chat_puts_examples_in_earlier_turns(tiny_gpt2, pool_and_test,
     with pytest.raises(UserError, match="no chat template"):
         fewshot(method="incontext", chat=True, data=str(pool), test=str(test), k=2, model=str(tiny_gpt2),
                 max_length=16, out=str(tmp_path / "fs2"), progress=False)
+
+
+def test_prompt_head_learns_a_biased_prompts_offset_from_the_examples():
+    from warmstart.fewshot_methods import score_features, score_head
+
+    # A prompt whose log-odds carry the label (signal) but are shifted 3 nats towards "positive": argmax
+    # says positive for almost every text; a head fitted on 16 examples per class removes the shift.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    logodds = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 0.8, len(y)) + 3.0
+    probs = np.stack([1 / (1 + np.exp(logodds)), 1 / (1 + np.exp(-logodds))], axis=1)
+    np.testing.assert_allclose(score_features(probs)[:, 0], logodds, rtol=1e-6)
+    assert (probs.argmax(1) == 1).mean() > 0.95
+    shots = sample_k(y[:100], 16, seed=0)
+    head = score_head(probs[shots], y[shots], seed=0)
+    best = (np.where(logodds > 3.0, 1, 0) == y)[100:].mean()  # the threshold that knows the shift
+    assert (head.predict(score_features(probs[100:])) == y[100:]).mean() > best - 0.05
+
+
+def test_fewshot_prompt_scores_the_test_texts_once_for_all_draws(tiny_gpt2, pool_and_test, tmp_path, monkeypatch):
+    from warmstart import fewshot
+    from warmstart.zeroshot_methods import PromptMethod
+
+    scored: list[int] = []
+    real = PromptMethod.label_probabilities
+
+    def spy(self, texts, *a, **kw):
+        scored.append(len(texts))
+        return real(self, texts, *a, **kw)
+
+    monkeypatch.setattr(PromptMethod, "label_probabilities", spy)
+    pool, test = pool_and_test
+    r = fewshot(method="prompt", data=str(pool), test=str(test), k=3, repeats=3, model=str(tiny_gpt2),
+                labels="negative,positive", max_length=20, out=str(tmp_path / "fs"), progress=False)
+    m = json.loads((r.run_dir / "metrics.json").read_text())
+    assert m["method"] == "prompt" and m["shots"] == 6 and len(m["repeats"]) == 3
+    rows = [set(x["example_rows"]) for x in m["repeats"]]
+    # the 40 test texts once, then each draw's examples that no earlier draw had
+    assert scored[0] == 40 and sum(scored[1:]) == len(set.union(*rows)) and len(scored) <= 4
+    assert all(0 <= x["accuracy"] <= 1 for x in m["repeats"])
+    assert "method: prompt" in (r.run_dir / "config.yaml").read_text() and 0 <= m["zero_shot_accuracy"] <= 1
+
+
+def test_head_tail_truncation_keeps_the_first_quarter_and_the_end(tiny_gpt2):
+    from warmstart.zeroshot_methods import load_method
+
+    head = load_method("prompt", str(tiny_gpt2), template="{text} Answer:", max_length=12).scorer
+    both = load_method("prompt", str(tiny_gpt2), template="{text} Answer:", max_length=12, truncate="head+tail").scorer
+    ids = list(range(100, 140))
+    assert head.cut(ids, 12) == ids[:12]
+    assert both.cut(ids, 12) == ids[:3] + ids[-9:] and both.cut(ids[:10], 12) == ids[:10]
+    text = " ".join(f"w{i}" for i in range(60))
+    tail = both.ids(" Answer:")
+    q = both.prompt_ids("{text} Answer:", text)
+    assert len(q) == 12 + len(tail) and q[-len(tail):] == tail
+    assert q[:3] == both.ids(text)[:3] and q[3:12] == both.ids(text)[-9:]
+    with pytest.raises(UserError, match="head or head\\+tail"):
+        load_method("prompt", str(tiny_gpt2), max_length=12, truncate="middle")

@@ -24,6 +24,11 @@ def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, shor
     return field(default=default, metadata=meta)
 
 
+# How prompt scoring cuts an overlong text (prompting.PromptScorer): head+tail keeps the first quarter and
+# the last three quarters, the best of the cuts Sun et al. (2019) compared for BERT on IMDb.
+TRUNCATIONS = ("head", "head+tail")
+
+
 @dataclass
 class DataOptions:
     """Where the labelled table is and which columns hold text and labels (shared by finetune/evaluate)."""
@@ -365,6 +370,9 @@ class ZeroshotConfig:
     chat: bool = opt(False, "prompt: send the template as a user message through the model's chat template; "
                             "the reply starts with --answer-prefix, then the label")
     answer_prefix: str = opt("The answer is", "prompt with --chat: the start of the model's reply")
+    truncate: str = opt("head", "prompt: which tokens of an overlong text are kept: the first ones, or the first "
+                                "quarter and last three quarters (head+tail: where reviews give their verdict)",
+                        choices=TRUNCATIONS)
     text_column: str | None = opt(None, "text column of a table (auto-detected)")
     label_column: str | None = opt(None, "label column: evaluate against it (auto-detected when present)")
     limit: int | None = opt(None, "read only the first N rows")
@@ -379,28 +387,32 @@ class ZeroshotConfig:
 @dataclass
 class FewshotConfig:
     method: str = opt("setfit", "setfit: contrastive fine-tuning of a sentence encoder on pairs, then a logistic "
-                                "head; incontext: k examples per class in a causal LM's prompt",
-                      choices=("setfit", "incontext"))
+                                "head; incontext: k examples per class in a causal LM's prompt; prompt: a causal "
+                                "LM's label scores after a prompt, calibrated on the k examples per class",
+                      choices=("setfit", "incontext", "prompt"))
     data: str = opt("", "labelled table the k examples per class are drawn from")
     test: str = opt("", "labelled table to evaluate on")
     labels: str | None = opt(None, "label names; with integer labels 0..K-1 they name them in order")
     k: int = opt(8, "examples per class")
     repeats: int = opt(1, "draw the k examples R times (seeds seed..seed+R-1) and report mean ± std")
     seed: int = opt(42, "random seed for drawing examples and training")
-    model: str | None = opt(None, "default: minilm for setfit, smollm2 for incontext")
+    model: str | None = opt(None, "default: minilm for setfit, smollm2 for incontext and prompt")
     text_column: str | None = opt(None, "text column (auto-detected)")
     label_column: str | None = opt(None, "label column (auto-detected)")
     limit: int | None = opt(None, "read only the first N rows of each table")
     max_length: int | None = opt(None, "truncate texts to this many tokens (default: 256)")
-    # incontext
+    # incontext and prompt
     select: str = opt("random", "incontext: the examples are a seeded random draw, or the k most similar "
                                 "(MiniLM cosine) of each class for every query", choices=("random", "similar"))
-    template: str | None = opt(None, "incontext: how one text is shown, with {text}; its label follows")
+    template: str | None = opt(None, "incontext, prompt: how one text is shown, with {text}; its label follows")
     example_max_length: int = opt(64, "incontext: tokens kept of each example text")
-    calibrate: bool = opt(True, "incontext: divide by the label probabilities of a content-free input")
+    calibrate: bool = opt(True, "incontext, prompt: divide by the label probabilities of a content-free input")
     chat: bool = opt(False, "incontext: the examples as earlier chat turns (user: --template with the text; "
-                            "assistant: --answer-prefix and the label), then the query")
-    answer_prefix: str = opt("The answer is", "incontext with --chat: the start of each answer")
+                            "assistant: --answer-prefix and the label), then the query; prompt: the template "
+                            "in the model's chat format")
+    answer_prefix: str = opt("The answer is", "incontext, prompt with --chat: the start of each answer")
+    truncate: str = opt("head", "incontext, prompt: which tokens of an overlong text are kept: the first ones, "
+                                "or the first quarter and last three quarters (head+tail)", choices=TRUNCATIONS)
     # setfit
     pairs_per_example: int = opt(40, "setfit: contrastive pairs drawn per example, half same-class (SetFit's "
                                      "default of 20 iterations makes 40)")

@@ -1,4 +1,5 @@
-"""The two few-shot learners: SetFit-style contrastive fine-tuning, and in-context examples in a prompt.
+"""The few-shot learners: SetFit-style contrastive fine-tuning, prompt scores calibrated on the examples,
+and in-context examples in a prompt.
 
 Both see exactly k labelled texts per class (``sample_k``), drawn with a seed.
 """
@@ -99,6 +100,23 @@ def logistic_head(x: np.ndarray, y: np.ndarray, seed: int):
     return LogisticRegression(max_iter=2000, random_state=seed).fit(x, y)
 
 
+# --- Prompt scores calibrated on the examples -------------------------------------------------------------
+
+def score_features(probs: np.ndarray) -> np.ndarray:
+    """Label probabilities -> log-odds against the first label (K-1 features; one for two labels)."""
+    logp = np.log(np.clip(probs, 1e-12, None))
+    return logp[:, 1:] - logp[:, :1]
+
+
+def score_head(probs: np.ndarray, y: np.ndarray, seed: int):
+    """A logistic regression on the prompt's label log-odds, fitted on the k examples per class: it learns
+    the prompt's bias (the intercept) and how far to trust its scores (the slope) from labelled texts, where
+    content-free calibration can only guess the bias from inputs like "N/A"."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000, random_state=seed).fit(score_features(probs), y)
+
+
 # --- In-context examples -------------------------------------------------------------------------------
 
 def incontext_prefix(scorer, template: str, texts: list[str], labels: list[str], example_tokens: int,
@@ -119,7 +137,7 @@ def chat_incontext(lm, scorer, template: str, texts: list[str], labels: list[str
     before, after = template.split("{text}")
     history = []
     for text, label in zip(texts, labels):
-        cut = lm.tokenizer.decode(scorer.ids(text)[:example_tokens])
+        cut = lm.tokenizer.decode(scorer.cut(scorer.ids(text), example_tokens))
         history += [{"role": "user", "content": before + cut + after},
                     {"role": "assistant", "content": f"{answer_prefix} {label}."}]
     prefix = lm.tokenizer.apply_chat_template(history, tokenize=False) if history else ""

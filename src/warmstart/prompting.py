@@ -36,7 +36,7 @@ def split_template(template: str) -> tuple[str, str]:
 class PromptScorer:
     """A causal LM (warmstart.lm.CausalLM) that scores label continuations of prompts."""
 
-    def __init__(self, lm, max_length: int = 256):
+    def __init__(self, lm, max_length: int = 256, truncate: str = "head"):
         self.lm = lm
         self.model = lm.model
         self.tok = lm.tokenizer
@@ -49,6 +49,9 @@ class PromptScorer:
             raise UserError(f"model '{lm.name}' rescales its logits after the head, which prompt scoring does "
                             "not support yet")
         self.max_length = max_length
+        if truncate not in ("head", "head+tail"):
+            raise UserError(f"--truncate must be head or head+tail, got {truncate!r}")
+        self.truncate = truncate
 
     def ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -61,8 +64,16 @@ class PromptScorer:
         room = self.max_length
         if self.lm.max_positions:
             room = min(room, self.lm.max_positions - len(head) - len(tail) - LABEL_ROOM)
-        cut = self.ids(text)[: max(0, min(max_text_tokens or room, room))]
-        return head + cut + tail
+        return head + self.cut(self.ids(text), max(0, min(max_text_tokens or room, room))) + tail
+
+    def cut(self, ids: list[int], n: int) -> list[int]:
+        """At most ``n`` of a text's tokens: the first n, or with head+tail the first n/4 and the last 3n/4."""
+        if len(ids) <= n:
+            return ids
+        if self.truncate == "head+tail":
+            first = n // 4
+            return ids[:first] + ids[len(ids) - (n - first):]
+        return ids[:n]
 
     def label_ids(self, verbalised: list[str]) -> list[list[int]]:
         out = [self.ids(v) for v in verbalised]

@@ -122,12 +122,12 @@ class PromptMethod(ZeroShotMethod):
     method = "prompt"
 
     def __init__(self, name: str, template: str | None, cpu: bool, max_length: int | None, calibrate: bool = True,
-                 chat: bool = False, answer_prefix: str = "The answer is"):
+                 chat: bool = False, answer_prefix: str = "The answer is", truncate: str = "head"):
         from warmstart.lm import CausalLM
         from warmstart.prompting import PromptScorer, split_template
 
         self.lm = CausalLM.load(name, cpu)
-        self.scorer = PromptScorer(self.lm, max_length or 256)
+        self.scorer = PromptScorer(self.lm, max_length or 256, truncate)
         self.template = template or (DEFAULT_CHAT_TEMPLATE if chat else DEFAULT_TEMPLATES["prompt"])
         split_template(self.template)
         if chat:  # an instruction-tuned model answers best inside its own chat format
@@ -163,7 +163,8 @@ class PromptMethod(ZeroShotMethod):
 
 def load_method(method: str, model: str | None = None, *, template: str | None = None, cpu: bool = False,
                 max_length: int | None = None, descriptions: dict[str, list[str]] | None = None,
-                calibrate: bool = True, chat: bool = False, answer_prefix: str = "The answer is") -> ZeroShotMethod:
+                calibrate: bool = True, chat: bool = False, answer_prefix: str = "The answer is",
+                truncate: str = "head") -> ZeroShotMethod:
     """The zero-shot method with its model loaded (``model`` None: the method's bundled default)."""
     if method not in DEFAULT_MODELS:
         raise UserError(f"unknown zero-shot method '{method}' (nli, similarity or prompt)")
@@ -175,4 +176,4 @@ def load_method(method: str, model: str | None = None, *, template: str | None =
         return NLIMethod(name, template, cpu, max_length)
     if method == "similarity":
         return SimilarityMethod(name, template, cpu, max_length, descriptions)
-    return PromptMethod(name, template, cpu, max_length, calibrate, chat, answer_prefix)
+    return PromptMethod(name, template, cpu, max_length, calibrate, chat, answer_prefix, truncate)

@@ -2,6 +2,8 @@
 
     setfit      contrastive fine-tuning of the sentence encoder on pairs of the k-shot examples, then a
                 logistic-regression head on its embeddings (SetFit, Tunstall et al. 2022; our own code)
+    prompt      `zeroshot --method prompt` (a causal LM scores each label after the prompt), with a logistic
+                regression on the label log-odds fitted on the k examples: the examples calibrate the prompt
     incontext   the examples placed in a causal LM's prompt before each test text (GPT-3 style), the
                 labels scored and calibrated as in `zeroshot --method prompt`
 
@@ -20,11 +22,19 @@ import numpy as np
 from warmstart.config import FewshotConfig, absolute_paths, make, to_dict
 from warmstart.data import LabelMap, read_examples
 from warmstart.errors import UserError
-from warmstart.fewshot_methods import chat_incontext, incontext_prefix, logistic_head, sample_k, setfit_train
+from warmstart.fewshot_methods import (
+    chat_incontext,
+    incontext_prefix,
+    logistic_head,
+    sample_k,
+    score_features,
+    score_head,
+    setfit_train,
+)
 from warmstart.metrics import classification_metrics
 from warmstart.runs import Run, prepare_run_folder
 
-DEFAULT_MODELS = {"setfit": "minilm", "incontext": "smollm2"}
+DEFAULT_MODELS = {"setfit": "minilm", "incontext": "smollm2", "prompt": "smollm2"}
 DEFAULT_EXAMPLE_TEMPLATE = "Review: {text}\nSentiment:"
 DEFAULT_CHAT_TEMPLATE = "{text}\n\nWhich label fits the text above?"
 
@@ -57,6 +67,26 @@ def _setfit_repeat(cfg: FewshotConfig, model: str, texts: list[str], y: np.ndarr
     pred = head.predict(emb.embed(test_texts, cfg.batch_size, cfg.progress))
     return pred, {"train_seconds": round(train_seconds, 2), "final_pair_loss": round(loss, 5),
                   "predict_seconds": round(time.perf_counter() - t, 2)}
+
+
+class _PromptScores:
+    """`fewshot --method prompt`: label probabilities of every test text (computed once, whatever the number
+    of draws) and of the drawn examples (each pool row once), then one logistic head per draw."""
+
+    def __init__(self, cfg: FewshotConfig, method, names: list[str], test_texts: list[str]):
+        self.cfg, self.method, self.names = cfg, method, names
+        t = time.perf_counter()
+        self.test = method.label_probabilities(test_texts, names, None, cfg.batch_size, cfg.progress)
+        self.test_seconds = time.perf_counter() - t
+        self.pool: dict[int, np.ndarray] = {}
+
+    def repeat(self, rows: list[int], texts: list[str], y: np.ndarray) -> tuple[np.ndarray, dict]:
+        new = [i for i, r in enumerate(rows) if r not in self.pool]
+        if new:
+            probs = self.method.label_probabilities([texts[i] for i in new], self.names, None, self.cfg.batch_size)
+            self.pool.update({rows[i]: p for i, p in zip(new, probs)})
+        head = score_head(np.stack([self.pool[r] for r in rows]), y, self.cfg.seed)
+        return head.predict(score_features(self.test)), {"predict_seconds": round(self.test_seconds, 2)}
 
 
 def _incontext_repeat(cfg: FewshotConfig, method, texts: list[str], y: np.ndarray, test_texts: list[str],
@@ -120,19 +150,30 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
     model = cfg.model or DEFAULT_MODELS[cfg.method]
-    method = None
+    method = prompt_scores = None
+    if cfg.method == "prompt":
+        from warmstart.zeroshot_methods import load_method
+
+        # Calibrated on content-free inputs first (--calibrate), so a head shrunk by regularisation still
+        # starts from unbiased scores.
+        method = load_method("prompt", model, template=cfg.template, cpu=cfg.cpu, max_length=cfg.max_length or 256,
+                             calibrate=cfg.calibrate, chat=cfg.chat, answer_prefix=cfg.answer_prefix,
+                             truncate=cfg.truncate)
+        prompt_scores = _PromptScores(cfg, method, labels.names, test.texts)
     if cfg.method == "incontext":
         from warmstart.zeroshot_methods import load_method
 
         template = cfg.template or (DEFAULT_CHAT_TEMPLATE if cfg.chat else DEFAULT_EXAMPLE_TEMPLATE)
         method = load_method("prompt", model, template=template, cpu=cfg.cpu,
-                             max_length=cfg.max_length or 256, calibrate=cfg.calibrate)
+                             max_length=cfg.max_length or 256, calibrate=cfg.calibrate, truncate=cfg.truncate)
     repeats = []
     for r, idx in enumerate(draws):
         texts, y = [pool.texts[i] for i in idx], y_pool[idx]
         t = time.perf_counter()
         if cfg.method == "setfit":
             pred, extra = _setfit_repeat(cfg, model, texts, y, test.texts, labels.names)
+        elif prompt_scores is not None:
+            pred, extra = prompt_scores.repeat([int(i) for i in idx], texts, y)
         else:
             pred, extra = _incontext_repeat(cfg, method, texts, y, test.texts, labels.names)
         seconds = time.perf_counter() - t
@@ -149,6 +190,9 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
                "accuracy_mean": round(float(acc.mean()), 6), "accuracy_std": round(float(acc.std()), 6),
                "f1_macro_mean": round(float(f1.mean()), 6), "f1_macro_std": round(float(f1.std()), 6),
                "total_seconds": round(time.time() - t0, 2)}
+    if prompt_scores is not None:
+        # The same prompt with no examples (content-free calibration only): what the k examples add.
+        metrics["zero_shot_accuracy"] = round(float((prompt_scores.test.argmax(1) == y_test).mean()), 6)
     run.write_metrics(metrics)
     run.say(f"{cfg.method}, {cfg.k} per class: accuracy {acc.mean():.4f} ± {acc.std():.4f} over {cfg.repeats} "
             f"draw(s) of examples; macro F1 {f1.mean():.4f}; run folder {run.dir}")

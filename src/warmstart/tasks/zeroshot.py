@@ -105,7 +105,7 @@ def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
                 raise UserError(f"text {i + 1} of the arguments is empty")
     method = load_method(cfg.method, cfg.model, template=cfg.template, cpu=cfg.cpu, max_length=cfg.max_length,
                          descriptions=descriptions, calibrate=cfg.calibrate, chat=cfg.chat,
-                         answer_prefix=cfg.answer_prefix)
+                         answer_prefix=cfg.answer_prefix, truncate=cfg.truncate)
     t0 = time.perf_counter()
     probs = method.scores(texts, labels, cfg.multi_label, cfg.batch_size, cfg.progress)
     speed = round(len(texts) / max(time.perf_counter() - t0, 1e-9), 2)
