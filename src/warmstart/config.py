@@ -124,8 +124,8 @@ class PretrainConfig(TrainOptions):
 class InferenceOptions:
     """How a saved classifier runs (shared by evaluate and predict)."""
 
-    batch_size: int | None = opt(None, "texts per forward pass (default: tuned for the device: up to 512 tokens a "
-                                       "batch on CPUs, 64 texts on GPUs)")
+    batch_size: int | None = opt(None, "texts per forward pass (default: tuned for the device: up to 2,048 tokens "
+                                       "a batch on CPUs, 64 texts on GPUs)")
     backend: str = opt("auto", "auto (ONNX Runtime on CPUs where onnxruntime is installed, else PyTorch), torch or "
                                "onnx (exports once into the model folder's onnx/ and reuses it)",
                        choices=("auto", "torch", "onnx"))

@@ -58,7 +58,7 @@ def budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> lis
     """Length-sorted batches (longest first) of at most ``batch_size`` texts and ``max_tokens`` padded tokens.
 
     On a CPU, throughput falls once a batch's activations leave the cache (measured on MiniLM, 2 cores:
-    512-token reviews run fastest one at a time), while short texts still gain from being batched.
+    512-token reviews run best a few at a time), while short texts gain from large batches (backends.CPU_MAX_TOKENS).
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
     out: list[list[int]] = []
