@@ -108,7 +108,8 @@ def main() -> None:
                                 *[x for d in desc for x in ("--descriptions", d)]], files["test"])
     if "prompt" in only:
         zeroshot("prompt", ["--method", "prompt", "--chat", "--template", CHAT_TEMPLATE, "--answer-prefix",
-                            "The sentiment of the review is", "--max-length", "256", "--batch-size", "8"], lm_test)
+                            "The sentiment of the review is", "--max-length", "256", "--truncate", "head+tail",
+                            "--batch-size", "8"], lm_test)
 
     def fewshot(name: str, extra: list[str], test: Path) -> None:
         out = work / f"fewshot-{name}"

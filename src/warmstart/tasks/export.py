@@ -10,7 +10,7 @@ fuse attention, embedding and layer-norm subgraphs, then quantise the weights of
 (dynamic quantisation: activations are quantised per batch, so no calibration data is needed).
 
 A classifier reads only the first token's final state, so the last layer is traced for that one query
-(keys and values still come from every token): same logits, a sixth less work in a 6-layer model. The
+(keys and values still come from every token): same logits, about a sixth less work in a 6-layer model. The
 export checks that the logits match the full model and traces the full model where they would not.
 """
 
