@@ -102,8 +102,8 @@ def main() -> None:
         m = json.loads(out.read_text())
         rows.append((f"zero-shot {name}", m["accuracy"], m["f1_macro"], m["texts_per_s"], m["n"]))
 
+    desc = [f"negative={d}" for d in NEG] + [f"positive={d}" for d in POS]
     if "similarity" in only:
-        desc = [f"negative={d}" for d in NEG] + [f"positive={d}" for d in POS]
         zeroshot("similarity", ["--method", "similarity", "--max-length", "256",
                                 *[x for d in desc for x in ("--descriptions", d)]], files["test"])
     if "prompt" in only:
@@ -127,7 +127,8 @@ def main() -> None:
     if "fewprompt" in only:
         fewshot("prompt", ["--method", "prompt", "--repeats", str(a.prompt_repeats), "--chat", "--template",
                            CHAT_TEMPLATE, "--answer-prefix", "The sentiment of the review is", "--max-length", "256",
-                           "--truncate", "head+tail", "--batch-size", "8"], lm_test)
+                           "--truncate", "head+tail", "--batch-size", "8",
+                           *[x for d in desc for x in ("--descriptions", d)]], lm_test)
     if "incontext" in only:
         fewshot("incontext", ["--method", "incontext", "--chat", "--template", CHAT_TEMPLATE, "--answer-prefix",
                               "The sentiment of the review is", "--max-length", "256", "--example-max-length", "64",

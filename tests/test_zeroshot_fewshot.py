@@ -319,3 +319,27 @@ def test_head_tail_truncation_keeps_the_first_quarter_and_the_end(tiny_gpt2):
     assert q[:3] == both.ids(text)[:3] and q[3:12] == both.ids(text)[-9:]
     with pytest.raises(UserError, match="head or head\\+tail"):
         load_method("prompt", str(tiny_gpt2), max_length=12, truncate="middle")
+
+
+def test_fewshot_prompt_weighs_a_similarity_score_when_given_descriptions(tiny_gpt2, tiny_models, pool_and_test,
+                                                                          tmp_path, monkeypatch):
+    from warmstart import fewshot
+    from warmstart.fewshot_methods import score_head
+
+    heads = []
+    monkeypatch.setattr("warmstart.tasks.fewshot.score_head", lambda *a: heads.append(score_head(*a)) or heads[-1])
+    monkeypatch.setattr("warmstart.features.resolve_any", lambda name: str(tiny_models["bert"]))  # for MiniLM
+    pool, test = pool_and_test
+    kw = dict(method="prompt", data=str(pool), test=str(test), k=3, model=str(tiny_gpt2), labels="negative,positive",
+              max_length=20, progress=False)
+    r = fewshot(out=str(tmp_path / "fs"), descriptions=["negative=A bad film.", "positive=A good film.",
+                                                        "positive=I loved it."], **kw)
+    assert heads[-1].coef_.shape == (1, 2)  # the prompt's log-odds and the similarity's
+    assert 0 <= r.metrics["similarity_zero_shot_accuracy"] <= 1 and 0 <= r.metrics["zero_shot_accuracy"] <= 1
+    fewshot(out=str(tmp_path / "plain"), **kw)
+    assert heads[-1].coef_.shape == (1, 1) and "similarity_zero_shot_accuracy" not in json.loads(
+        (tmp_path / "plain" / "metrics.json").read_text())
+    with pytest.raises(UserError, match="'neutral' is not one of the labels"):
+        fewshot(out=str(tmp_path / "bad"), descriptions=["neutral=So-so."], **kw)
+    with pytest.raises(UserError, match="--descriptions is for --method prompt"):
+        fewshot(**{**kw, "method": "setfit"}, out=str(tmp_path / "bad2"), descriptions=["negative=A bad film."])

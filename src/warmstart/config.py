@@ -413,6 +413,9 @@ class FewshotConfig:
     answer_prefix: str = opt("The answer is", "incontext, prompt with --chat: the start of each answer")
     truncate: str = opt("head", "incontext, prompt: which tokens of an overlong text are kept: the first ones, "
                                 "or the first quarter and last three quarters (head+tail)", choices=TRUNCATIONS)
+    descriptions: list[str] = opt([], "prompt: LABEL=description (repeatable, several per label average): the "
+                                      "MiniLM similarity of each text to them becomes a second feature of the "
+                                      "head, which the k examples weigh against the prompt's score")
     # setfit
     pairs_per_example: int = opt(40, "setfit: contrastive pairs drawn per example, half same-class (SetFit's "
                                      "default of 20 iterations makes 40)")

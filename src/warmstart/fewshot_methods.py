@@ -102,16 +102,18 @@ def logistic_head(x: np.ndarray, y: np.ndarray, seed: int):
 
 # --- Prompt scores calibrated on the examples -------------------------------------------------------------
 
-def score_features(probs: np.ndarray) -> np.ndarray:
-    """Label probabilities -> log-odds against the first label (K-1 features; one for two labels)."""
-    logp = np.log(np.clip(probs, 1e-12, None))
-    return logp[:, 1:] - logp[:, :1]
+def score_features(probs: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """Label probabilities -> log-odds against the first label (K-1 features; one for two labels). A list of
+    (n, K) arrays, one per scorer (the prompt, the similarity method), gives their features side by side."""
+    parts = [probs] if isinstance(probs, np.ndarray) else probs
+    logp = [np.log(np.clip(p, 1e-12, None)) for p in parts]
+    return np.concatenate([lp[:, 1:] - lp[:, :1] for lp in logp], axis=1)
 
 
-def score_head(probs: np.ndarray, y: np.ndarray, seed: int):
-    """A logistic regression on the prompt's label log-odds, fitted on the k examples per class: it learns
-    the prompt's bias (the intercept) and how far to trust its scores (the slope) from labelled texts, where
-    content-free calibration can only guess the bias from inputs like "N/A"."""
+def score_head(probs: np.ndarray | list[np.ndarray], y: np.ndarray, seed: int):
+    """A logistic regression on the label log-odds, fitted on the k examples per class: it learns the prompt's
+    bias (the intercept) and how far to trust its scores (the slope) from labelled texts, where content-free
+    calibration can only guess the bias from inputs like "N/A"; with several scorers, how to weigh them."""
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(max_iter=2000, random_state=seed).fit(score_features(probs), y)

@@ -71,21 +71,36 @@ def _setfit_repeat(cfg: FewshotConfig, model: str, texts: list[str], y: np.ndarr
 
 class _PromptScores:
     """`fewshot --method prompt`: label probabilities of every test text (computed once, whatever the number
-    of draws) and of the drawn examples (each pool row once), then one logistic head per draw."""
+    of draws) and of the drawn examples (each pool row once), then one logistic head per draw. With
+    --descriptions, the MiniLM similarity to the label descriptions is a second score beside the prompt's."""
 
     def __init__(self, cfg: FewshotConfig, method, names: list[str], test_texts: list[str]):
+        from warmstart.tasks.zeroshot import parse_descriptions
+        from warmstart.zeroshot_methods import load_method
+
         self.cfg, self.method, self.names = cfg, method, names
+        descriptions = parse_descriptions(cfg.descriptions, names)
+        self.similarity = (load_method("similarity", None, cpu=cfg.cpu, max_length=cfg.max_length or 256,
+                                       descriptions=descriptions) if descriptions else None)
         t = time.perf_counter()
-        self.test = method.label_probabilities(test_texts, names, None, cfg.batch_size, cfg.progress)
+        self.test = self.scores(test_texts, cfg.progress)
         self.test_seconds = time.perf_counter() - t
-        self.pool: dict[int, np.ndarray] = {}
+        self.pool: dict[int, list[np.ndarray]] = {}
+
+    def scores(self, texts: list[str], progress: bool = False) -> list[np.ndarray]:
+        """Label probabilities of ``texts``: the prompt's, then (with descriptions) the similarity method's."""
+        out = [self.method.label_probabilities(texts, self.names, None, self.cfg.batch_size, progress)]
+        if self.similarity is not None:
+            out.append(self.similarity.scores(texts, self.names, batch_size=self.cfg.batch_size))
+        return out
 
     def repeat(self, rows: list[int], texts: list[str], y: np.ndarray) -> tuple[np.ndarray, dict]:
         new = [i for i, r in enumerate(rows) if r not in self.pool]
         if new:
-            probs = self.method.label_probabilities([texts[i] for i in new], self.names, None, self.cfg.batch_size)
-            self.pool.update({rows[i]: p for i, p in zip(new, probs)})
-        head = score_head(np.stack([self.pool[r] for r in rows]), y, self.cfg.seed)
+            got = self.scores([texts[i] for i in new])
+            self.pool.update({rows[i]: [g[j] for g in got] for j, i in enumerate(new)})
+        examples = [np.stack([self.pool[r][s] for r in rows]) for s in range(len(self.test))]
+        head = score_head(examples, y, self.cfg.seed)
         return head.predict(score_features(self.test)), {"predict_seconds": round(self.test_seconds, 2)}
 
 
@@ -151,6 +166,8 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
     model = cfg.model or DEFAULT_MODELS[cfg.method]
     method = prompt_scores = None
+    if cfg.descriptions and cfg.method != "prompt":
+        raise UserError("--descriptions is for --method prompt (the similarity score beside the prompt's)")
     if cfg.method == "prompt":
         from warmstart.zeroshot_methods import load_method
 
@@ -192,7 +209,10 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
                "total_seconds": round(time.time() - t0, 2)}
     if prompt_scores is not None:
         # The same prompt with no examples (content-free calibration only): what the k examples add.
-        metrics["zero_shot_accuracy"] = round(float((prompt_scores.test.argmax(1) == y_test).mean()), 6)
+        alone = [round(float((p.argmax(1) == y_test).mean()), 6) for p in prompt_scores.test]
+        metrics["zero_shot_accuracy"] = alone[0]
+        if len(alone) > 1:
+            metrics["similarity_zero_shot_accuracy"] = alone[1]
     run.write_metrics(metrics)
     run.say(f"{cfg.method}, {cfg.k} per class: accuracy {acc.mean():.4f} ± {acc.std():.4f} over {cfg.repeats} "
             f"draw(s) of examples; macro F1 {f1.mean():.4f}; run folder {run.dir}")
