@@ -161,13 +161,16 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
     labels = LabelMap.from_examples(pool, names)
     y_pool, y_test = labels.encode(pool), labels.encode(test)
     draws = [sample_k(y_pool, cfg.k, cfg.seed + r, labels.names) for r in range(cfg.repeats)]  # fail early
+    if cfg.descriptions and cfg.method != "prompt":
+        raise UserError("--descriptions is for --method prompt (the similarity score beside the prompt's)")
+    from warmstart.tasks.zeroshot import parse_descriptions
+
+    parse_descriptions(cfg.descriptions, labels.names)  # a bad one fails before the run folder is written
     run = Run(cfg.out)
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
     model = cfg.model or DEFAULT_MODELS[cfg.method]
     method = prompt_scores = None
-    if cfg.descriptions and cfg.method != "prompt":
-        raise UserError("--descriptions is for --method prompt (the similarity score beside the prompt's)")
     if cfg.method == "prompt":
         from warmstart.zeroshot_methods import load_method
 
