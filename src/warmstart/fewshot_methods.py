@@ -1,7 +1,7 @@
 """The few-shot learners: SetFit-style contrastive fine-tuning, prompt scores calibrated on the examples,
 and in-context examples in a prompt.
 
-Both see exactly k labelled texts per class (``sample_k``), drawn with a seed.
+Each sees exactly k labelled texts per class (``sample_k``), drawn with a seed.
 """
 
 from __future__ import annotations

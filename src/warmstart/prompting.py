@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from warmstart.batching import Encoded
+from warmstart.config import TRUNCATIONS
 from warmstart.errors import UserError
 from warmstart.inference import batched_outputs
 
@@ -49,8 +50,8 @@ class PromptScorer:
             raise UserError(f"model '{lm.name}' rescales its logits after the head, which prompt scoring does "
                             "not support yet")
         self.max_length = max_length
-        if truncate not in ("head", "head+tail"):
-            raise UserError(f"--truncate must be head or head+tail, got {truncate!r}")
+        if truncate not in TRUNCATIONS:
+            raise UserError(f"--truncate must be {' or '.join(TRUNCATIONS)}, got {truncate!r}")
         self.truncate = truncate
 
     def ids(self, text: str) -> list[int]:

@@ -74,12 +74,11 @@ class _PromptScores:
     of draws) and of the drawn examples (each pool row once), then one logistic head per draw. With
     --descriptions, the MiniLM similarity to the label descriptions is a second score beside the prompt's."""
 
-    def __init__(self, cfg: FewshotConfig, method, names: list[str], test_texts: list[str]):
-        from warmstart.tasks.zeroshot import parse_descriptions
+    def __init__(self, cfg: FewshotConfig, method, names: list[str], test_texts: list[str],
+                 descriptions: dict[str, list[str]]):
         from warmstart.zeroshot_methods import load_method
 
         self.cfg, self.method, self.names = cfg, method, names
-        descriptions = parse_descriptions(cfg.descriptions, names)
         self.similarity = (load_method("similarity", None, cpu=cfg.cpu, max_length=cfg.max_length or 256,
                                        descriptions=descriptions) if descriptions else None)
         t = time.perf_counter()
@@ -165,7 +164,7 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
         raise UserError("--descriptions is for --method prompt (the similarity score beside the prompt's)")
     from warmstart.tasks.zeroshot import parse_descriptions
 
-    parse_descriptions(cfg.descriptions, labels.names)  # a bad one fails before the run folder is written
+    descriptions = parse_descriptions(cfg.descriptions, labels.names)  # a bad one fails before any output
     run = Run(cfg.out)
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
@@ -179,7 +178,7 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
         method = load_method("prompt", model, template=cfg.template, cpu=cfg.cpu, max_length=cfg.max_length or 256,
                              calibrate=cfg.calibrate, chat=cfg.chat, answer_prefix=cfg.answer_prefix,
                              truncate=cfg.truncate)
-        prompt_scores = _PromptScores(cfg, method, labels.names, test.texts)
+        prompt_scores = _PromptScores(cfg, method, labels.names, test.texts, descriptions)
     if cfg.method == "incontext":
         from warmstart.zeroshot_methods import load_method
 
