@@ -57,7 +57,7 @@ def main() -> None:
     from transformers import pipeline
 
     from warmstart.data import Examples, LabelMap
-    from warmstart.inference import Classifier
+    from warmstart.inference.classifier import Classifier
 
     df = pd.read_csv(args.data).iloc[args.start:args.start + args.rows]
     texts = df["review"].astype(str).tolist()

@@ -99,3 +99,7 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2)
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
+
+
+TEXTS = ["A wonderful film with a moving story.", "Dull and far too long.", "The actors did what they could.",
+         "I would watch it again tomorrow, and the day after."]

@@ -92,7 +92,7 @@ def test_every_command_has_help(command, capsys):
     assert e.value.code == 0 and "--config" in capsys.readouterr().out
 
 
-def test_version(capsys):
+def test_version_flag_prints_the_package_version(capsys):
     import warmstart
 
     with pytest.raises(SystemExit):

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from warmstart import models
-from warmstart.batching import LengthGroupedBatches, collator, encode, sorted_batches
 from warmstart.data import read_examples
-from warmstart.inference import predict_logits
+from warmstart.data.batching import LengthGroupedBatches, collator, encode, sorted_batches
+from warmstart.inference.batched import predict_logits
 
 
 def test_length_grouped_batches_cover_each_row_once_and_depend_only_on_seed_and_epoch():

@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import pytest
 
-from warmstart.corpus import read_corpus, sentence_spans, sentences
+from warmstart.data.corpus import read_corpus, sentence_spans, sentences
 from warmstart.errors import UserError
 from warmstart.objectives import pack
 
@@ -23,21 +23,21 @@ def _error(fn, *args, **kwargs) -> str:
     return message
 
 
-def test_txt_one_document_per_line(tmp_path):
+def test_txt_file_gives_one_stripped_document_per_line(tmp_path):
     path = tmp_path / "docs.txt"
     path.write_text("First document.\n  Second one, indented.  \r\nThird\n", encoding="utf-8")
     assert read_corpus(path) == ["First document.", "Second one, indented.", "Third"]
     assert read_corpus(path, limit=2) == ["First document.", "Second one, indented."]
 
 
-def test_txt_blank_line_separated(tmp_path):
+def test_txt_file_with_blank_lines_gives_one_document_per_paragraph(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text("\n\nA paragraph wrapped\nover two lines.\n\n  \nSecond paragraph.\n\n\nThird\nparagraph.\n",
                     encoding="utf-8")
     assert read_corpus(path) == ["A paragraph wrapped\nover two lines.", "Second paragraph.", "Third\nparagraph."]
 
 
-def test_csv_column_of_the_real_imdb_file(imdb, imdb_head):
+def test_csv_text_column_of_the_real_imdb_file_is_found_by_its_name(imdb, imdb_head):
     # The .csv.gz file goes through the table reader; the text column is found by its name "review".
     expected = pd.read_csv(imdb, nrows=50)["review"].str.strip().tolist()
     assert read_corpus(imdb, limit=50) == expected
@@ -57,7 +57,7 @@ def test_jsonl_and_parquet_skip_missing_cells(tmp_path):
     assert "row 1, column 'n'" in _error(read_corpus, parquet, text_column="n")
 
 
-def test_folder_of_txt_files_sorted_and_recursive(tmp_path):
+def test_folder_reads_its_txt_files_recursively_in_sorted_order(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "deep").mkdir(parents=True)
     (tmp_path / "b" / "2.txt").write_text("from b/2", encoding="utf-8")
@@ -69,13 +69,13 @@ def test_folder_of_txt_files_sorted_and_recursive(tmp_path):
     assert read_corpus(tmp_path, limit=3) == ["line one", "line two", "para one"]
 
 
-def test_gzipped_txt(tmp_path):
+def test_gzipped_txt_is_decompressed_and_read_as_utf8(tmp_path):
     path = tmp_path / "docs.txt.gz"
     path.write_bytes(gzip.compress("é première\nsecond\n".encode()))
     assert read_corpus(path) == ["é première", "second"]
 
 
-def test_corpus_errors(tmp_path, imdb_head):
+def test_corpus_errors_are_one_sentence_naming_the_file_and_the_line_row_or_column(tmp_path, imdb_head):
     missing = tmp_path / "nope.txt"
     assert "nope.txt" in _error(read_corpus, missing) and "does not exist" in _error(read_corpus, missing)
 
@@ -115,14 +115,14 @@ def _write(path, data: bytes):
     return path
 
 
-def test_corpus_shorter_than_one_block():
+def test_corpus_shorter_than_one_block_is_refused_with_its_token_count():
     message = _error(pack, [[5, 6, 7], [8]], 10, 0, source="file 'tiny.txt'")
     # 4 tokens and 2 separators: the count tells the user how far from one block they are.
     assert "file 'tiny.txt' has 6 tokens" in message and "one block of 10" in message
     assert pack([[5, 6, 7], [8]], 6, 0).tolist() == [[5, 6, 7, 0, 8, 0]]
 
 
-def test_sentences():
+def test_sentences_split_at_end_marks_but_not_after_abbreviations_or_initials():
     doc = ('He said "Stop." Then he left! Mr. Smith met J. R. R. Tolkien in the U.S. Army. Was it 1955? '
            "No... it was 1954.<br /><br />The end (really). e.g. this stays in one piece.")
     assert sentences(doc) == ['He said "Stop."', "Then he left!", "Mr. Smith met J. R. R. Tolkien in the U.S. Army.",
@@ -134,7 +134,7 @@ def test_sentences():
     assert all(e1 < s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
 
 
-def test_sentences_of_real_reviews(imdb):
+def test_sentences_of_real_reviews_lose_nothing_but_the_gaps_between_them(imdb):
     docs = read_corpus(imdb, limit=200)
     counts = [len(sentences(d)) for d in docs]
     # IMDb reviews average about ten sentences; a splitter that never (or always) split would be far off.

@@ -10,8 +10,7 @@ import pytest
 
 from conftest import SST2
 from warmstart.config import FinetuneConfig
-from warmstart.data import LabelMap, read_examples, split_examples, split_sizes
-from warmstart.tasks.finetune import load_splits
+from warmstart.data import LabelMap, load_splits, read_examples, split_examples, split_sizes
 
 
 @pytest.fixture()
@@ -44,7 +43,7 @@ def test_columns_are_detected_from_common_names_including_sst2_header():
     assert ex.labels == ["0", "0", "1", "0", "0"]
 
 
-def test_explicit_columns_and_text_pairs(tmp_path):
+def test_explicit_text_pair_and_label_columns_are_read(tmp_path):
     path = tmp_path / "pairs.csv"
     pd.DataFrame({"premise": ["a cat", "a dog"], "hypo": ["an animal", "a car"], "y": ["yes", "no"]}).to_csv(
         path, index=False)
@@ -98,6 +97,6 @@ def test_fraction_split_with_shuffle_is_seeded(imdb_head):
     assert sorted(a[0].rows + a[1].rows + a[2].rows) == list(range(1, 601))
 
 
-def test_split_sizes_validation():
+def test_split_sizes_turn_fractions_into_row_counts_and_keep_given_counts():
     assert split_sizes("0.5,0.5", 11, "f") == [6, 5]
     assert split_sizes("3,2", 10, "f") == [3, 2]

@@ -11,7 +11,7 @@ import torch
 
 from warmstart.cli import main
 from warmstart.errors import UserError
-from warmstart.features import Embedder, parse_layers, pool
+from warmstart.inference.features import Embedder, parse_layers, pool
 
 
 def test_pooling_matches_hand_computed_values():
@@ -24,7 +24,7 @@ def test_pooling_matches_hand_computed_values():
     assert pool(h, mask, "last").tolist() == [[5.0, 6.0], [7.0, 1.0]]
 
 
-def test_layer_specs():
+def test_layer_specs_select_by_index_slice_or_list_and_refuse_missing_layers():
     assert parse_layers("-1", 6) == [6]
     assert parse_layers("-4:", 6) == [3, 4, 5, 6]
     assert parse_layers("0,2", 6) == [0, 2]
@@ -50,7 +50,7 @@ def test_embedder_pools_the_models_own_hidden_states(tiny_models, pooling):
         np.testing.assert_allclose(x[i], np.concatenate(ref), rtol=1e-4, atol=1e-5)
 
 
-def test_decoder_last_token_pooling_and_order(tiny_gpt2):
+def test_decoders_pool_the_last_token_and_batching_never_changes_a_row(tiny_gpt2):
     e = Embedder.load(str(tiny_gpt2), max_length=64)
     assert e.pooling == "last" and e.decoder
     texts = ["Hello there", "The movie was long and the ending made no sense at all", "Fine", "Okay then, fine"]

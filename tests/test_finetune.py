@@ -143,7 +143,7 @@ def test_best_epoch_is_the_model_kept(tiny_models, imdb_head, tmp_path):
     assert ev.accuracy == pytest.approx(best["valid_accuracy"])
 
 
-def test_gradient_accumulation_and_max_steps(tiny_models, imdb_head, tmp_path):
+def test_gradient_accumulation_counts_optimizer_steps_and_max_steps_ends_training(tiny_models, imdb_head, tmp_path):
     result = warmstart.finetune(data=str(imdb_head), split="320,80", model=str(tiny_models["bert"]),
                                 batch_size=8, grad_accum=4, max_steps=7, logging_steps=1, out=str(tmp_path / "ga"),
                                 progress=False, optimizer="adam", scheduler="constant", max_grad_norm=None)
@@ -172,8 +172,8 @@ def test_sentence_pairs_train_and_evaluate_with_a_second_text_column(tiny_models
     assert ev.accuracy == pytest.approx(result.test_accuracy)
     # the pair really reaches the model: segment ids 0 then 1
     from warmstart import models
-    from warmstart.batching import encode
     from warmstart.data import read_examples
+    from warmstart.data.batching import encode
 
     ex = read_examples(str(tmp_path / "pairs.jsonl"), "premise", "hypothesis", limit=2)
     data = encode(models.load_tokenizer(str(result.model_dir)), ex, 128)

@@ -30,7 +30,7 @@ def gen(model: Path | str, prompts: list[str], **kw):
 
 
 def test_gpt2_tokenizer_gives_the_seeds_ids(tiny_gpt2):
-    from warmstart.lm import CausalLM
+    from warmstart.models.causal import CausalLM
 
     lm = CausalLM.load(str(tiny_gpt2))
     assert lm.tokenizer(SEED_SENTENCE)["input_ids"] == SEED_IDS
@@ -55,7 +55,7 @@ def test_seed_makes_sampling_reproducible(tiny_gpt2):
     (9, 10, 2),          # ... whichever it is (HF's pipeline would give 10 here)
     (None, None, 100),   # neither: 100 new tokens
 ])
-def test_max_length_and_max_new_tokens(tiny_gpt2, max_length, max_new_tokens, expected):
+def test_the_stricter_of_max_length_and_max_new_tokens_holds(tiny_gpt2, max_length, max_new_tokens, expected):
     g = gen(tiny_gpt2, [SEED_SENTENCE], max_length=max_length, max_new_tokens=max_new_tokens)[0]
     assert (g.prompt_tokens, g.completion_tokens, g.finish_reasons) == (7, [expected], ["length"])
 
@@ -110,7 +110,7 @@ def test_streaming_writes_tokens_as_they_come_and_the_same_text(tiny_gpt2):
     assert out.writes > 10  # piece by piece, not once at the end
 
 
-def test_jsonl_output_and_input_files(tiny_gpt2, tmp_path, capfd):
+def test_jsonl_and_txt_input_files_give_the_same_jsonl_rows_without_warnings(tiny_gpt2, tmp_path, capfd):
     src = tmp_path / "prompts.jsonl"
     src.write_text(json.dumps({"prompt": SEED_SENTENCE}) + "\n\n" + json.dumps("Hello") + "\n", encoding="utf-8")
     with warnings.catch_warnings(record=True) as caught:
@@ -142,7 +142,7 @@ def test_text_output_shows_prompt_and_completion(tiny_gpt2, capsys):
                   f"{gens[1].completions[0]}\n"
 
 
-def test_bad_input_is_one_line_and_exit_code_2(tiny_gpt2, tiny_models, tmp_path, capsys):
+def test_generate_bad_input_exits_2_with_one_error_line_and_no_output(tiny_gpt2, tiny_models, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"prompt": "ok"}\n{"prompt": "  "}\n', encoding="utf-8")
     m = ["--model", str(tiny_gpt2)]
@@ -174,13 +174,13 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_gpt2, tiny_models, tmp_path,
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory) -> dict:
     """Convert smollm2 once into a fresh WARMSTART_HOME, after first killing a conversion half-way through."""
-    from warmstart import lm
+    from warmstart.models import bundled as lm
 
     home = tmp_path_factory.mktemp("warmstart-home")
     old = os.environ.get("WARMSTART_HOME")
     os.environ["WARMSTART_HOME"] = str(home)
     target = home / "models" / lm.SMOLLM2_DIR
-    proc = subprocess.Popen([sys.executable, "-c", "from warmstart import lm; lm.smollm2()"],
+    proc = subprocess.Popen([sys.executable, "-c", "from warmstart.models import bundled; bundled.smollm2()"],
                             stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.time() + 120
     while not list(target.parent.glob(f".{target.name}.tmp*")) and proc.poll() is None and time.time() < deadline:
@@ -202,7 +202,8 @@ def smollm2(tmp_path_factory) -> dict:
 
 
 def test_smollm2_conversion_is_atomic_and_a_second_load_is_fast(smollm2):
-    from warmstart.lm import SOURCE_FILE, CausalLM
+    from warmstart.models.bundled import SOURCE_FILE
+    from warmstart.models.causal import CausalLM
 
     assert smollm2["killed_left_tmp"] and not smollm2["killed_left_target"]  # killed mid-way: no broken model
     assert smollm2["stale_after"] == []  # the killed run's temporary folder was cleaned up
@@ -217,7 +218,7 @@ def test_smollm2_conversion_is_atomic_and_a_second_load_is_fast(smollm2):
     assert elapsed < 2.0, f"cached load took {elapsed:.2f} s (conversion: {smollm2['convert_s']:.1f} s)"
 
 
-def test_seed_example_with_the_default_model(smollm2, capsys):
+def test_seed_example_gives_different_completions_within_max_length(smollm2, capsys):
     argv = ["generate", "Humanity today is a ", "--max-length", "50", "--num-return-sequences", "5", "--seed", "0"]
     assert main([*argv, "--format", "jsonl"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -228,7 +229,7 @@ def test_seed_example_with_the_default_model(smollm2, capsys):
 
 
 def test_chat_uses_the_chat_template(smollm2):
-    from warmstart.lm import CausalLM
+    from warmstart.models.causal import CausalLM
 
     question = "What is the capital of France?"
     g = gen("smollm2", [question], chat=True, max_new_tokens=20)[0]

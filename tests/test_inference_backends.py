@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from warmstart import backends, cli, models
+from warmstart import cli, models
 from warmstart.data import read_examples
+from warmstart.data.batching import budget_batches
 from warmstart.errors import UserError
-from warmstart.inference import Classifier, budget_batches
-from warmstart.tasks import export as onnx_export
+from warmstart.inference import backends
+from warmstart.inference import export as onnx_export
+from warmstart.inference.classifier import Classifier
 
 
 @pytest.fixture(scope="module")

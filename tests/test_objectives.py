@@ -13,9 +13,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
-from warmstart import scratch
-from warmstart.corpus import read_corpus, sentence_spans, sentences
+from warmstart.data.corpus import read_corpus, sentence_spans, sentences
 from warmstart.errors import UserError
+from warmstart.models import scratch
 from warmstart.objectives import OBJECTIVES, clm, denoise, mlm, nsp, prepare, tokenize
 
 GAPS = re.compile(r"(?:\s|<br\s*/?>)+")
@@ -72,12 +72,12 @@ def test_trained_tokenizers_have_their_family_special_tokens(toks, reviews, tmp_
         assert again(review[:300], "And a pair.")["input_ids"] == tok(review[:300], "And a pair.")["input_ids"]
 
 
-def test_tokenizer_arguments_are_checked(reviews):
+def test_train_tokenizer_refuses_a_mismatched_model_and_empty_texts(reviews):
     assert "wordpiece" in _error(scratch.train_tokenizer, "bpe", reviews[:5], arch="bert")
     assert "no text" in _error(scratch.train_tokenizer, "wordpiece", ["  ", ""])
 
 
-def test_presets_sizes(toks):
+def test_tiny_and_small_presets_have_their_intended_parameter_counts(toks):
     counts = {}
     for arch, cls in (("gpt2", transformers.GPT2LMHeadModel), ("bert", transformers.BertForPreTraining),
                       ("bart", transformers.BartForConditionalGeneration)):
@@ -112,7 +112,7 @@ def test_each_objective_trains_a_tiny_model_from_scratch(name, toks, reviews):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() == 2)
 
 
-def test_objective_errors(toks, reviews):
+def test_objectives_refuse_unsuitable_tokenizers_short_corpora_and_unknown_options(toks, reviews):
     assert "mask token" in _error(mlm.dataset, toks["gpt2"], reviews[:5], 64)
     assert "<s>" in _error(denoise.dataset, toks["bert"], reviews[:5], 64)
     assert "two documents" in _error(nsp.dataset, toks["bert"], reviews[:1], 64)
@@ -195,7 +195,7 @@ def _check_bert_masking(tok, orig, inputs, labels, rate_tolerance):
     return chosen
 
 
-def test_mlm_masking_rates(toks, reviews):
+def test_mlm_masks_15_percent_of_tokens_80_10_10_and_the_seed_fixes_the_masks(toks, reviews):
     # ~115k maskable tokens: the 15% rate has a standard error of 0.1 point, the 80/10/10 split (over ~17k
     # chosen tokens) 0.3 point; tolerances of 0.5 and 2 points are 5 standard errors and more.
     tok = toks["bert"]
@@ -316,7 +316,7 @@ def test_nsp_collator_pads_masks_and_keeps_labels(toks, reviews, whole_word):
 
 # --- denoising ------------------------------------------------------------------------------------------------
 
-def test_poisson_spans_statistics():
+def test_poisson_spans_mask_30_percent_with_poisson_3_lengths_placed_uniformly():
     rng = np.random.default_rng(0)
     drawn, first_half, masked_total = [], 0, 0
     for _ in range(1500):

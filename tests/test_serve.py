@@ -81,7 +81,7 @@ def test_model_kind_decides_the_endpoints(tiny_clf, tiny_models, tiny_gpt2, tmp_
 
 
 def test_predict_equals_the_classifier_and_info_describes_the_server(clf_served, tiny_clf):
-    from warmstart.inference import Classifier
+    from warmstart.inference.classifier import Classifier
 
     with client(clf_served) as c:
         r = c.post("/predict", json={"texts": TEXTS})
@@ -99,7 +99,7 @@ def test_predict_equals_the_classifier_and_info_describes_the_server(clf_served,
 
 
 def test_embed_equals_the_embedder_and_normalizes_on_request(clf_served, tiny_models):
-    from warmstart.features import Embedder
+    from warmstart.inference.features import Embedder
 
     encoder = ServedModel.load(str(tiny_models["distilbert"]), cpu=True)
     for served, path in ((clf_served, clf_served.path), (encoder, str(tiny_models["distilbert"]))):

@@ -53,7 +53,7 @@ def test_trainer_engine_resumes_from_its_own_checkpoint_to_the_same_metrics(tiny
         [json.loads(x)["step"] for x in (full / "history.jsonl").read_text().splitlines()]
 
 
-def test_trainer_engine_early_stopping_and_tensorboard(tiny_models, imdb_head, tmp_path):
+def test_trainer_engine_stops_early_and_logs_to_tensorboard(tiny_models, imdb_head, tmp_path):
     pytest.importorskip("tensorboard")
     result = warmstart.finetune(engine="trainer", data=str(imdb_head), split="200,100",
                                 model=str(tiny_models["distilbert"]), epochs=6, lr=0.0, patience=2,

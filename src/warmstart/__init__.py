@@ -11,38 +11,51 @@ Every CLI command is a function here, taking a config dataclass and/or keyword a
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
+
+from warmstart.commands import COMMANDS
 
 __version__ = "0.1.0"
 
-# Imported on first use, so `warmstart --help` does not wait for torch and transformers.
-_LAZY = {
-    "finetune": "warmstart.tasks.finetune", "FinetuneResult": "warmstart.tasks.finetune",
-    "evaluate": "warmstart.tasks.evaluate", "EvaluateResult": "warmstart.tasks.evaluate",
-    "predict": "warmstart.tasks.predict", "Prediction": "warmstart.tasks.predict",
-    "generate": "warmstart.tasks.generate", "Generation": "warmstart.tasks.generate",
-    "pretrain": "warmstart.tasks.pretrain", "PretrainResult": "warmstart.tasks.pretrain",
-    "GenerateConfig": "warmstart.config", "PretrainConfig": "warmstart.config",
-    "FinetuneConfig": "warmstart.config", "EvaluateConfig": "warmstart.config", "PredictConfig": "warmstart.config",
-    "serve": "warmstart.serving", "ServeConfig": "warmstart.config",
-    "export": "warmstart.tasks.export", "ExportResult": "warmstart.tasks.export", "ExportConfig": "warmstart.config",
-    "embed": "warmstart.tasks.embed", "EmbedResult": "warmstart.tasks.embed", "EmbedConfig": "warmstart.config",
-    "probe": "warmstart.tasks.probe", "ProbeResult": "warmstart.tasks.probe", "ProbeConfig": "warmstart.config",
-    "zeroshot": "warmstart.tasks.zeroshot", "ZeroshotResult": "warmstart.tasks.zeroshot",
-    "ZeroshotConfig": "warmstart.config",
-    "fewshot": "warmstart.tasks.fewshot", "FewshotResult": "warmstart.tasks.fewshot",
-    "FewshotConfig": "warmstart.config",
-    "UserError": "warmstart.errors",
-}
+# Set before any submodule imports huggingface_hub or transformers: model files are never fetched.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if TYPE_CHECKING:
-    from warmstart.config import EvaluateConfig, FinetuneConfig, GenerateConfig, PredictConfig, PretrainConfig
+# Built from the command table and imported on first use, so `warmstart --help` does not wait for torch.
+_LAZY: dict[str, str] = {"UserError": "warmstart.errors"}
+for _c in COMMANDS.values():
+    _LAZY[_c.name] = _c.where
+    _LAZY[_c.config] = "warmstart.config"
+    if _c.result:
+        _LAZY[_c.result] = _c.where
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from warmstart.config import (
+        EmbedConfig,
+        EvaluateConfig,
+        ExportConfig,
+        FewshotConfig,
+        FinetuneConfig,
+        GenerateConfig,
+        PredictConfig,
+        PretrainConfig,
+        ProbeConfig,
+        ServeConfig,
+        ZeroshotConfig,
+    )
     from warmstart.errors import UserError
+    from warmstart.serving import serve
+    from warmstart.tasks.embed import EmbedResult, embed
     from warmstart.tasks.evaluate import EvaluateResult, evaluate
+    from warmstart.tasks.export import ExportResult, export
+    from warmstart.tasks.fewshot import FewshotResult, fewshot
     from warmstart.tasks.finetune import FinetuneResult, finetune
     from warmstart.tasks.generate import Generation, generate
     from warmstart.tasks.predict import Prediction, predict
     from warmstart.tasks.pretrain import PretrainResult, pretrain
+    from warmstart.tasks.probe import ProbeResult, probe
+    from warmstart.tasks.zeroshot import ZeroshotResult, zeroshot
 
 
 def __getattr__(name: str):
@@ -52,11 +65,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "EvaluateConfig", "EvaluateResult", "FinetuneConfig", "FinetuneResult", "GenerateConfig", "Generation",
-    "PredictConfig", "Prediction", "PretrainConfig", "PretrainResult", "UserError", "__version__", "evaluate",
-    "finetune", "generate", "predict", "pretrain", "serve", "ServeConfig",
-    "export", "ExportResult", "ExportConfig",
-    "embed", "EmbedResult", "EmbedConfig", "probe", "ProbeResult", "ProbeConfig",
-    "zeroshot", "ZeroshotResult", "ZeroshotConfig", "fewshot", "FewshotResult", "FewshotConfig",
+    "EmbedConfig", "EmbedResult", "EvaluateConfig", "EvaluateResult", "ExportConfig", "ExportResult", "FewshotConfig",
+    "FewshotResult", "FinetuneConfig", "FinetuneResult", "GenerateConfig", "Generation", "PredictConfig",
+    "Prediction", "PretrainConfig", "PretrainResult", "ProbeConfig", "ProbeResult", "ServeConfig", "UserError",
+    "ZeroshotConfig", "ZeroshotResult", "__version__", "embed", "evaluate", "export", "fewshot", "finetune",
+    "generate", "predict", "pretrain", "probe", "serve", "zeroshot",
 ]
-assert set(__all__) == {*_LAZY, "__version__"}
+# Spelled out for type checkers; the table is what counts.
+assert set(__all__) == {*_LAZY, "__version__"}, sorted(set(__all__) ^ {*_LAZY, "__version__"})

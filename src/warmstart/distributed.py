@@ -8,14 +8,25 @@ nothing and a plain single-process run never initialises torch.distributed. The 
 Sharding is by contiguous, near-equal row ranges (``np.array_split``): results are gathered to every
 process and written back at their row indices, so nothing is counted twice however uneven the last
 shard is, and every process ends with the same full result (and so takes the same decisions).
+
+`--num-processes N` (``relaunch``) runs the same command again under `accelerate launch` with N local
+processes: they see WORLD_SIZE > 1 and so run the command itself; the parent only waits and passes on their
+exit status. On a CPU-only machine the processes talk over gloo; with GPUs, each process takes one. For
+several machines, FSDP or DeepSpeed, call `accelerate launch` yourself with a config file (configs/accelerate/).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
+
+from warmstart.errors import UserError
 
 
 def rank() -> int:
@@ -63,9 +74,10 @@ def shard(n: int, index: int | None = None, size: int | None = None) -> np.ndarr
     return np.array_split(np.arange(n), size)[index]
 
 
-def gather_rows(n: int, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def gather_rows(n: int, compute: Callable[[np.ndarray], np.ndarray | list]) -> np.ndarray | list:
     """``compute(indices)`` on this process's shard of ``n`` rows, gathered from all processes and put
-    back in input order; one process: just ``compute(arange(n))``. Every process gets the whole result."""
+    back in input order; one process: just ``compute(arange(n))``. Every process gets the whole result.
+    ``compute`` may return an array (a row per index) or a list (an entry per index, e.g. ragged rows)."""
     if not is_distributed():
         return compute(np.arange(n))
     import torch
@@ -77,6 +89,12 @@ def gather_rows(n: int, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarr
     torch.distributed.all_gather_object(parts, (idx, rows))
     filled = [(i, r) for i, r in parts if r is not None and len(i)]
     first = filled[0][1]
+    if isinstance(first, list):
+        entries: list = [None] * n
+        for i, r in filled:
+            for j, x in zip(i.tolist(), r):
+                entries[j] = x
+        return entries
     out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
     for i, r in filled:
         out[i] = r
@@ -121,15 +139,47 @@ def batch_part(batch: list[int], index: int, size: int) -> tuple[list[int], floa
     return part, len(part) * size / len(batch)
 
 
-def take(data, idx: np.ndarray):
-    """Rows ``idx`` of an :class:`~warmstart.batching.Encoded` (features and labels)."""
-    from warmstart.batching import Encoded
-
-    features = {k: [v[i] for i in idx] for k, v in data.features.items()}
-    return Encoded(features, None if data.labels is None else np.asarray(data.labels)[idx])
-
-
 def probabilities(clf, ex, batch_size: int, progress: bool = False) -> np.ndarray:
     """``clf.probabilities(ex)`` with each process scoring its shard of the examples (see gather_rows)."""
     return gather_rows(len(ex), lambda idx: clf.probabilities(ex.take(idx), batch_size,
                                                               progress=progress and is_main()))
+
+
+# --- `--num-processes N`: the same command again under `accelerate launch` ----------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(argv: list[str], processes: int, port: int | None = None) -> list[str]:
+    """The `accelerate launch` command line that runs ``warmstart ARGV`` in ``processes`` local processes."""
+    # --multi_gpu selects torch.distributed's launcher; on a machine without GPUs Accelerate then uses gloo.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port or free_port()), "-m", "warmstart", *argv]
+
+
+def relaunch(argv: list[str], processes: int) -> int | None:
+    """Exit status of the command run in ``processes`` processes; None when this already is one of them."""
+    if is_distributed():
+        return None
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable CUDA: CPU processes
+        gpus = 0
+    if gpus and processes > gpus and "--cpu" not in argv:
+        raise UserError(f"--num-processes {processes} is more than the {gpus} GPU(s) here; use at most {gpus} "
+                        "or add --cpu")
+    # One thread per process unless told otherwise: N processes each using every core only fight.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
+    proc = subprocess.Popen(command(argv, processes), env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # torchrun passes it to the workers
+        proc.wait()
+        raise

@@ -1,4 +1,4 @@
-"""Classification metrics (scikit-learn) and their text table."""
+"""Classification metrics (scikit-learn), tagging metrics (seqeval), softmax, cross-entropy, text tables."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[s
     }
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Rows of scores (logits, or log-probabilities of labels) -> rows of probabilities."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -47,4 +54,54 @@ def format_table(m: dict) -> str:
     lines.append(f"{'':<{w}}" + "".join(f"{n:>{cw}}" for n in names))
     for n, row in zip(names, m["confusion_matrix"]):
         lines.append(f"{n:<{w}}" + "".join(f"{v:>{cw}}" for v in row))
+    return "\n".join(lines)
+
+
+def tagging_metrics(gold: list[list[str]], pred: list[list[str]], scheme: str) -> dict:
+    """Word-level metrics of tag sequences: word accuracy always; for entity tag sets (IOB2, IOBES) entity
+    precision/recall/F1, micro and per type, with seqeval's semantics (conlleval for IOB2: an I-X after O
+    starts an entity; strict for IOBES: only well-formed entities count); for plain tag sets (part of speech)
+    macro precision/recall/F1 over tags."""
+    flat_gold = [t for s in gold for t in s]
+    flat_pred = [t for s in pred for t in s]
+    n = len(flat_gold)
+    out: dict = {"accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred)])) if n else 0.0,
+                 "n": n, "sentences": len(gold), "scheme": scheme}
+    if scheme == "plain":
+        tags = sorted(set(flat_gold) | set(flat_pred))
+        p, r, f, _ = precision_recall_fscore_support(flat_gold, flat_pred, labels=tags, average="macro",
+                                                     zero_division=0)
+        out.update(precision_macro=float(p), recall_macro=float(r), f1_macro=float(f))
+        return out
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOBES
+
+    kwargs = {"mode": "strict", "scheme": IOBES} if scheme == "IOBES" else {}
+    report = classification_report(gold, pred, output_dict=True, zero_division=0, **kwargs)
+    micro = report.pop("micro avg")
+    macro = report.pop("macro avg")
+    report.pop("weighted avg", None)
+    out.update(precision=float(micro["precision"]), recall=float(micro["recall"]), f1=float(micro["f1-score"]),
+               f1_macro=float(macro["f1-score"]), entities=int(micro["support"]),
+               per_type={t: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                             "f1": float(v["f1-score"]), "support": int(v["support"])}
+                         for t, v in sorted(report.items())})
+    return out
+
+
+def format_tagging_table(m: dict) -> str:
+    """Per-type entity precision/recall/F1 and the micro average, or word accuracy for plain tag sets."""
+    lines = []
+    if "per_type" in m:
+        w = max(12, *(len(n) + 2 for n in m["per_type"])) if m["per_type"] else 12
+        lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for n, c in m["per_type"].items():
+            lines.append(f"{n:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
+        lines.append(f"{'micro avg':<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+                     f"{m['entities']:>10}")
+    else:
+        w = 12
+        lines.append(f"{'macro avg':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}")
+        lines.append(f"{'(tags)':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}")
+    lines.append(f"{'word accuracy':<{w}}{m['accuracy']:>10.4f} over {m['n']} words, {m['sentences']} sentences")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase, default_data_collator
 
-from warmstart.objectives import Blocks, pack, separator_id, tokenize
+from warmstart.objectives.common import Blocks, pack, separator_id, tokenize
 
 
 def dataset(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], block_size: int,

@@ -20,7 +20,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from warmstart.errors import UserError
-from warmstart.objectives import Records, tokenize
+from warmstart.objectives.common import Records, tokenize
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from warmstart.errors import UserError
-from warmstart.objectives import Blocks, pack, separator_id, tokenize, word_spans
+from warmstart.objectives.common import Blocks, pack, separator_id, tokenize, word_spans
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from warmstart.errors import UserError
-from warmstart.objectives import Records, TokenizedDoc, tokenize, word_spans
+from warmstart.objectives.common import Records, TokenizedDoc, tokenize, word_spans
 from warmstart.objectives.mlm import check_tokenizer, collator
 
 

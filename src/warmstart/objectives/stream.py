@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from warmstart import runs
 from warmstart.errors import UserError
-from warmstart.objectives import backend
+from warmstart.objectives.common import backend
 
 CHUNK_CHARS = 1_000_000  # documents tokenised together: ~1 MB of text, a few tens of MB of encodings
 
 
 def cache_dir() -> Path:
-    """``$WARMSTART_TOKEN_CACHE``, else ~/.cache/warmstart/tokens (XDG_CACHE_HOME respected)."""
+    """``$WARMSTART_TOKEN_CACHE``, else the tokens/ folder of warmstart's cache (runs.cache_dir)."""
     if os.environ.get("WARMSTART_TOKEN_CACHE"):
         return Path(os.environ["WARMSTART_TOKEN_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "warmstart" / "tokens"
+    return runs.cache_dir() / "tokens"
 
 
 def cache_key(tokenizer: PreTrainedTokenizerBase, sep: int, **settings) -> str:
@@ -70,8 +71,6 @@ def write_tokens(tokenizer: PreTrainedTokenizerBase, docs: Iterable[str], sep: i
     of ``key`` (written under a temporary name and renamed, so a killed run leaves no half file)."""
     tok = backend(tokenizer)
     path = token_file(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     n_docs = n_tokens = 0
     sep_arr = np.asarray([sep], dtype=np.int32)
 
@@ -88,29 +87,22 @@ def write_tokens(tokenizer: PreTrainedTokenizerBase, docs: Iterable[str], sep: i
         if progress is not None:
             progress(len(chunk))
 
-    try:
-        with open(tmp, "wb") as f:
-            chunk: list[str] = []
-            size = 0
-            for doc in docs:
-                chunk.append(doc)
-                size += len(doc)
-                n_docs += 1
-                if size >= CHUNK_CHARS:
-                    flush(chunk, f)
-                    chunk, size = [], 0
-            if chunk:
+    with runs.atomic_file(path) as tmp, open(tmp, "wb") as f:
+        chunk: list[str] = []
+        size = 0
+        for doc in docs:
+            chunk.append(doc)
+            size += len(doc)
+            n_docs += 1
+            if size >= CHUNK_CHARS:
                 flush(chunk, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    meta = path.with_suffix(".json")
-    meta_tmp = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"documents": n_docs, "tokens": n_tokens, "sep": sep}))
-    os.replace(meta_tmp, meta)  # last: marks the cache entry complete
+                chunk, size = [], 0
+        if chunk:
+            flush(chunk, f)
+        f.flush()
+        os.fsync(f.fileno())
+    # Last: marks the cache entry complete.
+    runs.atomic_write_json(path.with_suffix(".json"), {"documents": n_docs, "tokens": n_tokens, "sep": sep})
     return TokenFile(path)
 
 

@@ -34,6 +34,8 @@ from warmstart.serving.schemas import (
     GenerateResponse,
     Health,
     PredictResponse,
+    TagRequest,
+    TagResponse,
     TextsRequest,
     ZeroshotRequest,
     ZeroshotResponse,
@@ -114,6 +116,7 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
 
     batchers = {
         "predict": batcher(lambda texts, key: served.predict(texts)),
+        "tag": batcher(lambda texts, key: served.tag(texts, key)),
         "embed": batcher(lambda texts, key: served.embed(texts, batch_size=bs)),
         "zeroshot": batcher(lambda texts, key: served.zeroshot(texts, list(key[0]), key[1], batch_size=bs)),
     }
@@ -190,6 +193,14 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             return {"model": served.name, "predictions": [
                 {"label": names[int(p.argmax())], "score": float(p.max()),
                  "probabilities": {n: float(v) for n, v in zip(names, p)}} for p in probs]}
+
+    if "tag" in served.endpoints:
+        @app.post("/tag", response_model=TagResponse, responses=ERRORS, tags=["model"])
+        async def tag(req: TagRequest) -> dict:
+            """Each text split into words, each word's tag and score, and the entity spans they form (offsets
+            index the text as sent)."""
+            check_texts(req.texts)
+            return {"model": served.name, "results": await run("tag", req.texts, req.aggregation)}
 
     if "embed" in served.endpoints:
         @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, tags=["model"])

@@ -1,5 +1,6 @@
-"""/generate: one prompt through `warmstart generate`'s own pieces (limits, decoding options, stop strings,
-finish reasons) with the model loaded once, and server-sent events for streaming."""
+"""/generate: one prompt through the decoding pieces `warmstart generate` uses (inference.decoding: limits,
+decoding options, stop strings, finish reasons) with the model loaded once, and server-sent events for
+streaming."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
+from transformers import set_seed
 
 from warmstart.config import GenerateConfig, build
 from warmstart.errors import UserError
-from warmstart.lm import CausalLM
-from warmstart.tasks import generate as g
-
-# isort: off
-from transformers import set_seed  # after warmstart.lm (offline environment, quiet logging)
-# isort: on
+from warmstart.inference.decoding import (
+    Generation,
+    Streamer,
+    check_options,
+    complete,
+    generation_config,
+    strategy,
+    token_budget,
+)
+from warmstart.models.causal import CausalLM
 
 OPTIONS = ("max_length", "max_new_tokens", "strategy", "temperature", "top_k", "top_p", "typical_p",
            "repetition_penalty", "no_repeat_ngram_size", "num_beams", "num_return_sequences", "stop", "seed",
@@ -66,12 +71,12 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
     try:
         cfg = build(GenerateConfig, {**values, "prompts": [prompt], "model": lm.name, "stream": False},
                     source="the request")
-        stops = g._check(cfg)
-        if options.get("stream") and (cfg.num_return_sequences > 1 or g._strategy(cfg) == "beam"):
+        stops = check_options(cfg)
+        if options.get("stream") and (cfg.num_return_sequences > 1 or strategy(cfg) == "beam"):
             raise RequestError("stream needs one completion per prompt and no beam search", "stream")
         text = lm.chat_text(prompt, cfg.system) if cfg.chat else prompt
         ids = lm.tokenizer(text, add_special_tokens=not cfg.chat)["input_ids"]
-        budget = g._budget(cfg, len(ids), lm.max_positions, "the prompt")
+        budget = token_budget(cfg, len(ids), lm.max_positions, "the prompt")
     except UserError as e:
         # The CLI's flags (--top-p) become the request's field names (top_p).
         message = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(e))
@@ -79,20 +84,16 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
     return Prepared(cfg, stops, prompt, ids, min(budget, max_new_tokens_limit))
 
 
-def run(lm: CausalLM, p: Prepared, streamer: g.Streamer | None = None) -> g.Generation:
+def run(lm: CausalLM, p: Prepared, streamer: Streamer | None = None) -> Generation:
     """Generate for one prepared request (in the generation thread: it blocks while the model runs)."""
     if p.cfg.seed is not None:
         set_seed(p.cfg.seed)
-    gen_config = g._generation_config(p.cfg, lm.model.generation_config, p.stops)
-    with torch.inference_mode():
-        rows = g._run(lm, [p.ids], [p.budget], gen_config, p.stops, streamer)
-    eos = g._eos_ids(lm)
-    outs = [g._finish(lm.tokenizer, p.ids, row, p.budget, p.stops, eos) for row in rows]
-    return g.Generation(p.prompt, [o[0] for o in outs], len(p.ids), [o[1] for o in outs], [o[2] for o in outs])
+    gen_config = generation_config(p.cfg, lm.model.generation_config, p.stops)
+    return complete(lm, [p.prompt], [p.ids], [p.budget], gen_config, p.stops, streamer)[0]
 
 
 class _QueueWriter:
-    """A text stream whose writes become queue items: what `generate`'s Streamer writes to."""
+    """A text stream whose writes become queue items: what the decoding Streamer writes to."""
 
     def __init__(self) -> None:
         self.items: queue.Queue = queue.Queue()
@@ -115,10 +116,10 @@ def sse(event: str, data: dict) -> str:
 
 def stream_events(lm: CausalLM, p: Prepared, executor: Executor) -> Iterator[str]:
     """Server-sent events: ``token`` with each new piece of text, then ``done`` with the whole result (or
-    ``error``). `generate`'s Streamer holds back text that may begin a stop string, so the pieces always
+    ``error``). The decoding Streamer holds back text that may begin a stop string, so the pieces always
     add up to the final completion. A sync iterator: Starlette runs it in its thread pool."""
     out = _QueueWriter()
-    streamer = g.Streamer(lm.tokenizer, out, p.stops)
+    streamer = Streamer(lm.tokenizer, out, p.stops)
     future = executor.submit(run, lm, p, streamer)
     future.add_done_callback(lambda _: out.items.put(_END))
     while (piece := out.items.get()) is not _END:

@@ -1,6 +1,7 @@
-"""What a served model can do, decided from its config (as `predict` and `generate` decide):
+"""What a served model can do, decided from its config by the model registry (models.registry.kind):
 
 - a fine-tuned classifier (a ...ForSequenceClassification checkpoint): /predict, /embed;
+- a tagger (a ...ForTokenClassification checkpoint from `finetune --task tokens`): /tag, /embed;
 - an NLI classifier (its labels include entailment): also /zeroshot (method nli);
 - a plain encoder (e.g. minilm): /embed, /zeroshot (method similarity);
 - a causal LM (smollm2, GPT-2 folders...): /generate, /embed (last-token pooling), /zeroshot (method prompt).
@@ -11,44 +12,35 @@ served only for /generate never holds a second copy of its weights.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from warmstart import lm, models
-from warmstart.data import Examples
-from warmstart.errors import UserError
+from warmstart.data.tables import Examples
+from warmstart.inference.classifier import Classifier
+from warmstart.inference.features import Embedder
+from warmstart.inference.tagger import Tagger
+from warmstart.lowshot.zeroshot import load_method
+from warmstart.models.causal import CausalLM
+from warmstart.models.registry import ALIASES, load_config, resolve
+from warmstart.models.registry import kind as model_kind
 
 ENDPOINTS = {
     "classifier": ("predict", "embed"),
+    "tagger": ("tag", "embed"),
     "nli": ("predict", "embed", "zeroshot"),
     "encoder": ("embed", "zeroshot"),
     "causal-lm": ("generate", "embed", "zeroshot"),
 }
 ZEROSHOT_METHOD = {"nli": "nli", "encoder": "similarity", "causal-lm": "prompt"}
-DESCRIPTION = {"classifier": "a text classifier", "nli": "an NLI classifier", "encoder": "a plain encoder",
-               "causal-lm": "a causal language model"}
-NEEDS = {"predict": "a fine-tuned classifier (warmstart finetune)", "generate": "a causal language model",
+DESCRIPTION = {"classifier": "a text classifier", "tagger": "a token tagger", "nli": "an NLI classifier",
+               "encoder": "a plain encoder", "causal-lm": "a causal language model"}
+NEEDS = {"predict": "a fine-tuned classifier (warmstart finetune)",
+         "tag": "a tagger (warmstart finetune --task tokens)", "generate": "a causal language model",
          "zeroshot": "an NLI classifier, an encoder or a causal language model",
          "embed": "an encoder, a classifier or a causal language model"}
-
-
-def resolve(name: str) -> str:
-    """Any servable model: the aliases of encoders and causal LMs (minilm, smollm2), folders, the HF cache."""
-    return lm.resolve(name) if name in lm.ALIASES else models.resolve(name)
-
-
-def kind_of(config: Any) -> str:
-    archs = getattr(config, "architectures", None) or []
-    if any("ForSequenceClassification" in a for a in archs) and getattr(config, "id2label", None):
-        labels = [str(x).lower() for x in (getattr(config, "label2id", None) or {})]
-        return "nli" if any(x.startswith("entail") for x in labels) else "classifier"
-    if getattr(config, "is_decoder", False) or any(a.endswith(lm.CAUSAL_SUFFIXES) for a in archs):
-        return "causal-lm"
-    return "encoder"
 
 
 @dataclass
@@ -58,8 +50,9 @@ class ServedModel:
     kind: str
     max_length: int | None = None
     cpu: bool = False
-    classifier: Any = None  # warmstart.inference.Classifier, for /predict
-    causal_lm: Any = None  # warmstart.lm.CausalLM, for /generate
+    classifier: Classifier | None = None  # for /predict
+    tagger: Tagger | None = None  # for /tag
+    causal_lm: CausalLM | None = None  # for /generate
     _parts: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -67,24 +60,21 @@ class ServedModel:
     def load(cls, name: str, max_length: int | None = None, cpu: bool = False, backend: str = "torch",
              quantize: str = "none") -> ServedModel:
         """``backend`` and ``quantize`` choose how a classifier runs /predict (see `Classifier.load`)."""
-        from transformers import AutoConfig
-
         path = resolve(name)
-        try:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}") from None
-        served = cls(name, path, kind_of(config), max_length, cpu)
+        served = cls(name, path, model_kind(load_config(path)), max_length, cpu)
         if served.kind in ("classifier", "nli"):
-            from warmstart.inference import Classifier
-
-            options = {"backend": backend, "quantize": quantize}
-            accepted = inspect.signature(Classifier.load).parameters
-            served.classifier = Classifier.load(path, max_length=max_length, cpu=cpu,
-                                                **{k: v for k, v in options.items() if k in accepted})
+            served.classifier = Classifier.load(path, max_length=max_length, cpu=cpu, backend=backend,
+                                                quantize=quantize)
+        elif served.kind == "tagger":
+            served.tagger = Tagger.load(path, max_length=max_length, cpu=cpu, backend=backend, quantize=quantize)
         elif served.kind == "causal-lm":
-            served.causal_lm = lm.CausalLM.load(name if name in lm.ALIASES else path, cpu=cpu)
+            served.causal_lm = CausalLM.load(served.source, cpu=cpu)
         return served
+
+    @property
+    def source(self) -> str:
+        """What the parts load from: the alias itself (the name users see in messages), else the folder."""
+        return self.name if self.name in ALIASES else self.path
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -92,20 +82,22 @@ class ServedModel:
 
     @property
     def labels(self) -> list[str] | None:
+        if self.tagger is not None:
+            return list(self.tagger.tags)
         return list(self.classifier.labels.names) if self.classifier is not None else None
 
     @property
     def backend(self) -> str:
-        """How /predict runs, e.g. "onnx int8" or "torch fp32"."""
-        plan = getattr(self.classifier, "plan", None)
+        """How /predict (or /tag) runs, e.g. "onnx int8" or "torch fp32"."""
+        plan = getattr(self.classifier or self.tagger, "plan", None)
         if plan is None:
             return "torch"
         return plan.backend + (f" {plan.quantize}" if plan.quantize != "none" else f" {plan.precision}")
 
     @property
     def token_limit(self) -> int | None:
-        if self.classifier is not None:
-            return int(self.classifier.max_length)
+        if self.classifier is not None or self.tagger is not None:
+            return int((self.classifier or self.tagger).max_length)
         if self.causal_lm is not None:
             return self.causal_lm.max_positions
         embedder = self._parts.get("embed")  # a plain encoder: known once /embed has loaded it
@@ -121,10 +113,11 @@ class ServedModel:
         (on a CPU, batches of a few hundred padded tokens: a gathered pass is split where that is faster)."""
         ex = Examples(source="request", texts=list(texts), pairs=None, labels=None,
                       rows=list(range(1, len(texts) + 1)))
-        if batch_size is None and inspect.signature(self.classifier.probabilities).parameters[
-                "batch_size"].default is not None:
-            batch_size = 32  # a Classifier without tuned batching
         return self.classifier.probabilities(ex, batch_size)
+
+    def tag(self, texts: list[str], aggregation: str = "average") -> list[dict]:
+        """Per text: its words with offsets, tags and scores, and its entities (see inference.tagger)."""
+        return [t.record() for t in self.tagger.tag(list(texts), aggregation=aggregation)]
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(n, dim) pooled hidden states (the embedder's default pooling for this kind of model)."""
@@ -137,10 +130,6 @@ class ServedModel:
         return np.asarray(method.scores(list(texts), list(labels), multi_label=multi_label, batch_size=batch_size),
                           dtype=np.float32)
 
-    def embedding_dim(self) -> int | None:
-        part = self._parts.get("embed")
-        return int(part.dim) if part is not None else None
-
     def _part(self, key: str, loader) -> Any:
         # Loaded on first use; the lock keeps two first requests from loading it twice.
         with self._lock:
@@ -148,15 +137,8 @@ class ServedModel:
                 self._parts[key] = loader()
             return self._parts[key]
 
-    def _load_embedder(self) -> Any:
-        from warmstart.features import Embedder
-
-        source = self.name if self.name in lm.ALIASES or self.name in models.ALIASES else self.path
-        return Embedder.load(source, max_length=self.max_length, cpu=self.cpu)
+    def _load_embedder(self) -> Embedder:
+        return Embedder.load(self.source, max_length=self.max_length, cpu=self.cpu)
 
     def _load_zeroshot(self) -> Any:
-        from warmstart.zeroshot_methods import load_method
-
-        source = self.name if self.name in lm.ALIASES or self.name in models.ALIASES else self.path
-        extra = {"max_length": self.max_length} if self.max_length else {}
-        return load_method(ZEROSHOT_METHOD[self.kind], source, cpu=self.cpu, **extra)
+        return load_method(ZEROSHOT_METHOD[self.kind], self.source, cpu=self.cpu, max_length=self.max_length)

@@ -54,6 +54,38 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class TagRequest(TextsRequest):
+    aggregation: Literal["first", "average", "max"] = Field(
+        "average", description="an entity's score from its words' scores: the first word's, the mean, or the max")
+
+
+class TaggedWord(BaseModel):
+    word: str
+    start: int = Field(description="offset of the word's first character in the text")
+    end: int = Field(description="offset just after its last character: text[start:end] is the word")
+    tag: str
+    score: float = Field(description="probability of the tag")
+
+
+class Entity(BaseModel):
+    type: str
+    text: str = Field(description="the entity as it stands in the text: text[start:end]")
+    start: int
+    end: int
+    score: float
+
+
+class TaggedText(BaseModel):
+    text: str
+    entities: list[Entity] = Field(description="entity spans read from the tags (none for part-of-speech tags)")
+    words: list[TaggedWord]
+
+
+class TagResponse(BaseModel):
+    model: str
+    results: list[TaggedText]
+
+
 class EmbedRequest(TextsRequest):
     normalize: bool = Field(False, description="scale each vector to length 1 (cosine similarity = dot product)")
 

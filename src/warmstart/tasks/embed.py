@@ -12,7 +12,6 @@ from the parts, written to a temporary name and renamed: it either exists whole 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ import yaml
 
 from warmstart import distributed
 from warmstart.config import EmbedConfig, absolute_paths, make, to_dict
-from warmstart.data import examples_from_table, find_column, read_table
+from warmstart.data.tables import examples_from_table, find_column, read_table
 from warmstart.errors import UserError
-from warmstart.features import Embedder
-from warmstart.runs import atomic_write_text
+from warmstart.inference.features import Embedder
+from warmstart.runs import atomic_file, atomic_write_text
 
 FORMATS = (".parquet", ".npy", ".safetensors")
 # Options that change no number in the output: a resumed run may differ in them.
@@ -87,10 +86,8 @@ def _check_resumable(parts: Path, settings: dict, overwrite: bool) -> None:
 
 
 def _save_chunk(path: Path, x: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, x)
-    os.replace(tmp, path)
 
 
 def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
@@ -153,27 +150,26 @@ def _chunks(parts: Path, n_chunks: int):
 
 def _assemble(out: Path, parts: Path, n_chunks: int, table: Table, dim: int) -> None:
     """Join the chunk files into ``out`` one chunk at a time (memory stays one chunk), then rename."""
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     n = len(table.texts)
-    if out.suffix == ".npy":
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        start = 0
-        for x in _chunks(parts, n_chunks):
-            mm[start:start + len(x)] = x
-            start += len(x)
-        mm.flush()
-        del mm
-    elif out.suffix == ".parquet":
-        _write_parquet(tmp, parts, n_chunks, table, dim)
-    else:
-        from safetensors.numpy import save_file
+    with atomic_file(out) as tmp:
+        if out.suffix == ".npy":
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+            start = 0
+            for x in _chunks(parts, n_chunks):
+                mm[start:start + len(x)] = x
+                start += len(x)
+            mm.flush()
+            del mm
+        elif out.suffix == ".parquet":
+            _write_parquet(tmp, parts, n_chunks, table, dim)
+        else:
+            from safetensors.numpy import save_file
 
-        tensors = {"embeddings": np.concatenate(list(_chunks(parts, n_chunks))) if n else
-                   np.empty((0, dim), np.float32)}
-        if all(isinstance(i, (int, np.integer)) for i in table.ids):
-            tensors["ids"] = np.asarray(table.ids, dtype=np.int64)
-        save_file(tensors, str(tmp), metadata={"format": "warmstart-embed", "dim": str(dim)})
-    os.replace(tmp, out)
+            tensors = {"embeddings": np.concatenate(list(_chunks(parts, n_chunks))) if n else
+                       np.empty((0, dim), np.float32)}
+            if all(isinstance(i, (int, np.integer)) for i in table.ids):
+                tensors["ids"] = np.asarray(table.ids, dtype=np.int64)
+            save_file(tensors, str(tmp), metadata={"format": "warmstart-embed", "dim": str(dim)})
 
 
 def _write_parquet(tmp: Path, parts: Path, n_chunks: int, table: Table, dim: int) -> None:
@@ -200,3 +196,7 @@ def _write_parquet(tmp: Path, parts: Path, n_chunks: int, table: Table, dim: int
     finally:
         if writer is not None:
             writer.close()
+
+
+def report(cfg: EmbedConfig, r: EmbedResult) -> str:
+    return f"{r.rows} texts -> {r.dim} features each, written to {r.out} ({r.texts_per_s} texts/s)\n"

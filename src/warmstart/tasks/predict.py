@@ -1,19 +1,19 @@
-"""`warmstart predict`: label and class probabilities per text, in the input's order."""
+"""`warmstart predict`: label and class probabilities per text, in the input's order; for a tagger (a model from
+`finetune --task tokens`), each word's tag and the entity spans, with offsets into the text."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart import distributed
 from warmstart.config import PredictConfig, make
-from warmstart.data import Examples, read_examples
+from warmstart.data.output import format_records, format_tagged
+from warmstart.data.texts import read_texts, read_words
 from warmstart.errors import UserError
-from warmstart.inference import Classifier
+from warmstart.inference.classifier import Classifier
+from warmstart.inference.tagger import Tagged, Tagger
+from warmstart.models.registry import kind, load_config, resolve
 from warmstart.runs import atomic_write_text
 
 
@@ -25,48 +25,47 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-def _inputs(cfg: PredictConfig) -> Examples:
-    if cfg.texts and cfg.input:
-        raise UserError("give texts as arguments or with --input, not both")
-    if cfg.input:  # a .txt file is one text per line; a table has a text column
-        return read_examples(cfg.input, cfg.text_column, cfg.text_pair_column, labelled=False, limit=cfg.limit)
-    texts = list(cfg.texts)
-    source = "arguments"
-    if not texts:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UserError("no texts: pass them as arguments, with --input FILE, or on standard input")
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-        source = "<stdin>"
-    if not texts:
-        raise UserError(f"no texts to predict on {source}")
-    for i, t in enumerate(texts):
-        if not t.strip():
-            raise UserError(f"text {i + 1} of the {source} is empty")
-    return Examples(source=source, texts=texts, pairs=None, labels=None, rows=list(range(1, len(texts) + 1)))
+def format_predictions(preds: list[Prediction], fmt: str) -> str:
+    return format_records([{"text": p.text, "label": p.label, "score": p.score, "probabilities": p.probabilities}
+                           for p in preds], fmt)
 
 
-def format_predictions(preds: list[Prediction], fmt: str, names: list[str]) -> str:
-    if fmt == "jsonl":
-        return "".join(json.dumps({"text": p.text, "label": p.label, "score": round(p.score, 6),
-                                   "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}},
-                                  ensure_ascii=False) + "\n" for p in preds)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["text", "label", "score", *(f"p_{n}" for n in names)])
-    for p in preds:
-        w.writerow([p.text, p.label, f"{p.score:.6f}", *(f"{p.probabilities[n]:.6f}" for n in names)])
-    return buf.getvalue()
-
-
-def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction]:
+def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] | list[Tagged]:
     cfg = make(PredictConfig, config, kwargs)
-    ex = _inputs(cfg)
+    if kind(load_config(resolve(cfg.model))) == "tagger":
+        return tag(cfg)
+    if cfg.format == "conll" or cfg.stride is not None:
+        raise UserError(f"{'--format conll' if cfg.format == 'conll' else '--stride'} is for taggers (models from "
+                        "`finetune --task tokens`)")
+    ex = read_texts(cfg.texts, cfg.input, cfg.text_column, cfg.text_pair_column, cfg.limit)
     clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision)
     probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)  # sharded under accelerate launch
     names = clf.labels.names
     preds = [Prediction(text, names[int(p.argmax())], float(p.max()), {n: float(v) for n, v in zip(names, p)})
              for text, p in zip(ex.texts, probs)]
-    text = format_predictions(preds, cfg.format, names)
+    text = format_predictions(preds, cfg.format)
     if cfg.out and distributed.is_main():
         atomic_write_text(Path(cfg.out), text)
     return preds
+
+
+def tag(cfg: PredictConfig) -> list[Tagged]:
+    if cfg.text_pair_column:
+        raise UserError("--text-pair-column is for sequence classifiers; a tagger reads one text at a time")
+    tagger = Tagger.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride)
+    words = read_words(cfg.input, cfg.limit) if cfg.input and not cfg.texts else None
+    texts = None if words is not None else read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit).texts
+    if distributed.is_distributed():
+        raise UserError("predict with a tagger runs in one process")
+    tagged = tagger.tag(texts, words, cfg.batch_size, cfg.aggregation, cfg.progress)
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), format_tagged([t.record() for t in tagged], cfg.format))
+    return tagged
+
+
+def report(cfg: PredictConfig, preds: list[Prediction] | list[Tagged]) -> str:
+    if cfg.out:
+        return ""
+    if preds and isinstance(preds[0], Tagged):
+        return format_tagged([t.record() for t in preds], cfg.format)
+    return format_predictions(preds, cfg.format)

@@ -28,15 +28,25 @@ from transformers import (
     AutoModelForSeq2SeqLM,
 )
 
-from warmstart import distributed, models, objectives, plots, scratch
+from warmstart import distributed, objectives, plots
 from warmstart.config import PretrainConfig, absolute_paths, make, to_dict
-from warmstart.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
-from warmstart.engines import native
+from warmstart.data.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
 from warmstart.errors import UserError
-from warmstart.inference import pick_device
+from warmstart.models import (
+    load_config,
+    load_tokenizer,
+    max_length_of,
+    pick_device,
+    resolve,
+    scratch,
+    set_attention_dropout,
+)
+from warmstart.objectives import clm, mlm, separator_id, stream
 from warmstart.objectives.denoise import DenoisingCollator
 from warmstart.objectives.nsp import NSPCollator
 from warmstart.runs import Run, prepare_run_folder
+from warmstart.training import native
+from warmstart.training.common import Job
 
 AUTO = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM,
         "AutoModelForPreTraining": AutoModelForPreTraining, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM}
@@ -104,8 +114,6 @@ def sample(docs, chars: int = TOKENIZER_SAMPLE_CHARS) -> list[str]:
 def stream_dataset(cfg: PretrainConfig, tokenizer, split: StreamedSplit, run: Run):
     """Training blocks memory-mapped from the token cache (written once by the main process), and the
     objective's collator."""
-    from warmstart.objectives import clm, mlm, separator_id, stream
-
     if cfg.objective == "mlm":
         mlm.check_tokenizer(tokenizer)
         sep = separator_id(tokenizer)
@@ -142,22 +150,20 @@ def load_model(cfg: PretrainConfig, objective: objectives.Objective, train_docs:
             if distributed.is_main() else None
         tokenizer = distributed.broadcast(tokenizer, cfg.cpu)
         return auto.from_config(scratch.preset(objective.arch, cfg.size, tokenizer, cfg.block_size)), tokenizer
-    from warmstart import lm
-
-    path = lm.resolve(cfg.model) if cfg.model in lm.ALIASES else models.resolve(cfg.model)
-    tokenizer = models.load_tokenizer(path)
+    path = resolve(cfg.model)
+    tokenizer = load_tokenizer(path)
     try:
         model = auto.from_pretrained(path, local_files_only=True)
     except ValueError:
-        kind = getattr(models.AutoConfig.from_pretrained(path, local_files_only=True), "model_type", "?")
+        kind = getattr(load_config(path), "model_type", "?")
         raise UserError(f"objective '{objective.name}' needs a model that {auto.__name__} supports "
                         f"(e.g. {objective.arch}); '{cfg.model}' is a {kind} model") from None
     if objective.name == "mlm+nsp" and "next_sentence_label" not in inspect.signature(model.forward).parameters:
         # AutoModelForPreTraining maps e.g. DistilBERT to a plain masked LM, without a next-sentence head.
         raise UserError(f"objective 'mlm+nsp' needs a model that has a next-sentence head (BERT); '{cfg.model}' is "
                         f"a {model.config.model_type} model: use --objective mlm")
-    models.set_attention_dropout(model.config, cfg.attention_dropout)
-    limit = models.max_length_of(tokenizer, model.config, None)
+    set_attention_dropout(model.config, cfg.attention_dropout)
+    limit = max_length_of(tokenizer, model.config, None)
     if cfg.block_size > limit:
         raise UserError(f"--block-size {cfg.block_size} is more than this model's limit of {limit} tokens")
     return model, tokenizer
@@ -193,9 +199,9 @@ def evaluator(cfg: PretrainConfig, batches: list[dict]):
                 c, n = token_accuracy(cfg.objective, out, batch)
                 if cfg.objective == "mlm+nsp":  # BertForPreTraining's loss adds the NSP loss; keep the MLM part
                     logits = _logits(out).float()
-                    mlm = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
+                    mlm_loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
                                                             batch["labels"].view(-1), ignore_index=-100)
-                    loss_sum += mlm.item() * n
+                    loss_sum += mlm_loss.item() * n
                     nsp = out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]
                     nsp_correct, nsp_seen = nsp_correct + int(nsp.sum()), nsp_seen + len(nsp)
                 else:
@@ -271,7 +277,7 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         run.say("held-out before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_before"].items()))
     lengths = (np.full(len(train_data), cfg.block_size) if hasattr(train_data, "block_size") else
                np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))]))
-    job = native.Job(train=train_data, lengths=lengths, collate=collate, unit="sequences",
+    job = Job(train=train_data, lengths=lengths, collate=collate, unit="sequences",
                      save=lambda m, folder, weights=None: (m.save_pretrained(folder, state_dict=weights),
                                                            tokenizer.save_pretrained(folder)),
                      evaluate=evaluate, accuracy=lambda out, batch: token_accuracy(cfg.objective, out, batch),
@@ -289,3 +295,11 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         run.say("held-out after training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_after"].items()))
     run.write_metrics(metrics)
     return PretrainResult(run.dir, run.model_dir, metrics)
+
+
+def report(cfg: PretrainConfig, result: PretrainResult) -> str:
+    lines = [f"run folder: {result.run_dir}"]
+    for when in ("valid_before", "valid_after"):
+        if when in result.metrics:
+            lines.append(f"held-out {when[6:]}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics[when].items()))
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,6 @@ has the same config.yaml, metrics.json and confusion_matrix.png.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,13 +18,12 @@ import numpy as np
 
 from warmstart import plots
 from warmstart.config import ProbeConfig, absolute_paths, make, to_dict
-from warmstart.data import Examples, LabelMap, split_sizes
+from warmstart.data.tables import ROLES, Examples, LabelMap, load_splits, read_examples, split_sizes
 from warmstart.errors import UserError
-from warmstart.features import Embedder, is_feature_file, read_feature_file
+from warmstart.inference.features import Embedder, is_feature_file, read_feature_file
 from warmstart.metrics import classification_metrics, format_table
-from warmstart.runs import Run, prepare_run_folder
+from warmstart.runs import Run, atomic_file, prepare_run_folder
 
-ROLES = ("train", "valid", "test")
 C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
@@ -72,8 +70,6 @@ def _raw(v: object) -> str:
 
 def load_parts(cfg: ProbeConfig) -> dict[str, Part]:
     """Train (and valid/test) parts, from tables or feature files, with finetune's split and caps."""
-    from warmstart.tasks.finetune import load_splits
-
     data = cfg.train or cfg.data
     if cfg.train and cfg.data and cfg.train != cfg.data:
         raise UserError("--train and --data name the same thing; give one of them")
@@ -91,8 +87,6 @@ def load_parts(cfg: ProbeConfig) -> dict[str, Part]:
         if is_feature_file(path):
             parts[role] = _feature_parts(replace(cfg, split=None), path)["train"]
         elif role not in parts:
-            from warmstart.data import read_examples
-
             parts[role] = Part(read_examples(path, cfg.text_column, cfg.text_pair_column, cfg.label_column,
                                              limit=cfg.limit), None)
     caps = {"train": cfg.max_train_samples, "valid": cfg.max_valid_samples, "test": cfg.max_test_samples}
@@ -167,12 +161,10 @@ def probe(config: ProbeConfig | None = None, **kwargs) -> ProbeResult:
     fit_seconds = time.perf_counter() - t
     import joblib
 
-    tmp = run.dir / f".probe.joblib.tmp{os.getpid()}"
-    joblib.dump({"pipeline": clf, "labels": labels.names, "label_values": labels.values,
-                 "model": cfg.model, "features": {k: getattr(cfg, k) for k in
-                                                  ("pooling", "layers", "layer_mode", "normalize", "max_length")}},
-                tmp)
-    os.replace(tmp, run.dir / "probe.joblib")
+    with atomic_file(run.dir / "probe.joblib") as tmp:
+        joblib.dump({"pipeline": clf, "labels": labels.names, "label_values": labels.values, "model": cfg.model,
+                     "features": {k: getattr(cfg, k) for k in
+                                  ("pooling", "layers", "layer_mode", "normalize", "max_length")}}, tmp)
 
     metrics: dict = {"model": cfg.model, "rows": {r: len(p.examples) for r, p in parts.items()},
                      "feature_dim": next(iter(dims.values())), "c": c, "c_grid_accuracy": grid,
@@ -190,3 +182,8 @@ def probe(config: ProbeConfig | None = None, **kwargs) -> ProbeResult:
     metrics["total_seconds"] = round(time.time() - t0, 2)
     run.write_metrics(metrics)
     return ProbeResult(run.dir, metrics)
+
+
+def report(cfg: ProbeConfig, r: ProbeResult) -> str:
+    return f"run folder: {r.run_dir}\n" + (f"test accuracy: {r.test_accuracy:.4f} (C = {r.metrics['c']})\n"
+                                            if r.test_accuracy is not None else "")

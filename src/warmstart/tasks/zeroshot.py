@@ -6,9 +6,6 @@ with texts given directly, it predicts.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.config import ZeroshotConfig, make, to_dict
-from warmstart.data import LABEL_COLUMNS, _label_value, examples_from_table, find_column, read_table
+from warmstart.data.output import format_records
+from warmstart.data.tables import LABEL_COLUMNS, examples_from_table, find_column, label_value, read_table
 from warmstart.errors import UserError, where
-from warmstart.metrics import classification_metrics
+from warmstart.lowshot.zeroshot import check_labels, load_method, parse_descriptions
+from warmstart.metrics import classification_metrics, format_table
 from warmstart.runs import atomic_write_json, atomic_write_text
-from warmstart.zeroshot_methods import check_labels, load_method
 
 
 @dataclass
@@ -41,20 +39,6 @@ class ZeroshotResult:
     @property
     def accuracy(self) -> float | None:
         return None if self.metrics is None else self.metrics["accuracy"]
-
-
-def parse_descriptions(items: list[str], labels: list[str]) -> dict[str, list[str]]:
-    """'LABEL=text' items -> {label: [texts]}; a label given several times gets an ensemble."""
-    out: dict[str, list[str]] = {}
-    for item in items:
-        label, sep, text = item.partition("=")
-        if not sep or not label.strip() or not text.strip():
-            raise UserError(f"--descriptions '{item}' must look like LABEL=description")
-        if label.strip() not in labels:
-            raise UserError(f"--descriptions '{item}': '{label.strip()}' is not one of the labels "
-                            f"({', '.join(labels)})")
-        out.setdefault(label.strip(), []).append(text.strip())
-    return out
 
 
 def gold_ids(values: list[str], labels: list[str], source: str, column: str) -> np.ndarray:
@@ -90,7 +74,7 @@ def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
         column = find_column(df, cfg.data, cfg.label_column, LABEL_COLUMNS, "label", "--label-column",
                              required=False)
         if column is not None:
-            raw = [_label_value(v) for v in df[column].tolist()]
+            raw = [label_value(v) for v in df[column].tolist()]
             if None in raw:
                 raise UserError(f"{where(cfg.data, raw.index(None) + 1, column)}: label is missing")
             if cfg.multi_label:
@@ -125,14 +109,11 @@ def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
 
 
 def format_predictions(r: ZeroshotResult, fmt: str) -> str:
-    preds = r.predictions
-    if fmt == "jsonl":
-        return "".join(json.dumps({"text": t, "label": p, "probabilities": {
-            lab: round(float(v), 6) for lab, v in zip(r.labels, row)}}, ensure_ascii=False) + "\n"
-            for t, p, row in zip(r.texts, preds, r.probabilities))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["text", "label", *(f"p_{lab}" for lab in r.labels)])
-    for t, p, row in zip(r.texts, preds, r.probabilities):
-        w.writerow([t, ";".join(p) if isinstance(p, list) else p, *(f"{v:.6f}" for v in row)])
-    return buf.getvalue()
+    return format_records([{"text": t, "label": p, "probabilities": {lab: float(v) for lab, v in zip(r.labels, row)}}
+                           for t, p, row in zip(r.texts, r.predictions, r.probabilities)], fmt)
+
+
+def report(cfg: ZeroshotConfig, r: ZeroshotResult) -> str:
+    if r.metrics is not None:
+        return format_table(r.metrics) + f"\n{cfg.method}: accuracy {r.accuracy:.4f}, {r.texts_per_s} texts/s\n"
+    return "" if cfg.out else format_predictions(r, "jsonl")

@@ -1,0 +1,25 @@
+"""Options: shared option groups (options), one dataclass per command (commands), and building them from
+files, flags and keyword arguments (loading)."""
+
+from warmstart.config.commands import (
+    EmbedConfig,
+    EvaluateConfig,
+    ExportConfig,
+    FewshotConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    PredictConfig,
+    PretrainConfig,
+    ProbeConfig,
+    ServeConfig,
+    ZeroshotConfig,
+)
+from warmstart.config.loading import absolute_paths, build, make, read_config_file, to_dict
+from warmstart.config.options import TRUNCATIONS, DataOptions, FeatureOptions, InferenceOptions, TrainOptions, opt
+
+__all__ = [
+    "TRUNCATIONS", "DataOptions", "EmbedConfig", "EvaluateConfig", "ExportConfig", "FeatureOptions", "FewshotConfig",
+    "FinetuneConfig", "GenerateConfig", "InferenceOptions", "PredictConfig", "PretrainConfig", "ProbeConfig",
+    "ServeConfig", "TrainOptions", "ZeroshotConfig", "absolute_paths", "build", "make", "opt", "read_config_file",
+    "to_dict",
+]

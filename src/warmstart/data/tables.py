@@ -1,0 +1,295 @@
+"""Read labelled tables (CSV, TSV, JSON Lines, Parquet; gzipped or not), pick columns, map labels,
+split. Every problem becomes a UserError naming the file, row and column.
+
+Row numbers are 1-based data rows in file order (the header does not count), so row 1 of a CSV is
+its second line."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from warmstart.errors import UserError, where
+
+TEXT_COLUMNS = ("text", "review", "sentence", "sentence1", "content", "document", "comment", "body")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "target", "category", "y")
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "txt"}
+
+
+def file_format(path: Path) -> tuple[str, bool]:
+    suffixes = [s.lower() for s in path.suffixes]
+    gz = bool(suffixes) and suffixes[-1] == ".gz"
+    ext = suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes and not gz else "")
+    if ext not in FORMATS:
+        raise UserError(f"{where(path)} has an unknown format; use .csv, .tsv, .jsonl, .json, .parquet or .txt "
+                        "(optionally .gz)")
+    return FORMATS[ext], gz
+
+
+def _decode(path: Path, raw: bytes, fmt: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        line = raw.count(b"\n", 0, e.start) + 1
+        if fmt in ("csv", "tsv"):
+            if line == 1:
+                raise UserError(f"{where(path)}: the header line is not valid UTF-8") from None
+            prefix = raw[:line_start].decode("utf-8-sig", errors="replace")
+            row = len(pd.read_csv(io.StringIO(prefix), sep="\t" if fmt == "tsv" else ",", dtype=str)) + 1
+        else:
+            row = line
+        raise UserError(f"{where(path, row)} (line {line}) is not valid UTF-8 text: byte "
+                        f"0x{raw[e.start]:02x} cannot be decoded") from None
+
+
+def read_table(path_like: str | Path, limit: int | None = None) -> pd.DataFrame:
+    """Read a table into a DataFrame. CSV/TSV cells stay strings ('NA' is text, not missing)."""
+    path = Path(path_like).expanduser()
+    if not path.is_file():
+        raise UserError(f"{where(path)} does not exist" if not path.exists() else f"{where(path)} is not a file")
+    fmt, gz = file_format(path)
+    if fmt == "parquet":
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise UserError(f"{where(path)} is not a readable Parquet file: {str(e).splitlines()[0]}") from None
+        df = df.head(limit) if limit else df
+    else:
+        raw = path.read_bytes()
+        if gz:
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError) as e:
+                raise UserError(f"{where(path)} is not a valid gzip file ({e})") from None
+        text = _decode(path, raw, fmt)
+        if not text.strip():
+            raise UserError(f"{where(path)} is empty")
+        try:
+            if fmt in ("csv", "tsv"):
+                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
+                                 keep_default_na=False, nrows=limit)
+            elif fmt == "txt":
+                lines = [ln for ln in text.splitlines()]
+                df = pd.DataFrame({"text": lines[:limit] if limit else lines})
+            else:
+                lines = fmt == "jsonl" or not text.lstrip().startswith("[")
+                df = pd.read_json(io.StringIO(text), lines=lines, nrows=limit if lines and limit else None,
+                                  dtype=False)
+                df = df.head(limit) if limit else df
+        except (ValueError, pd.errors.ParserError) as e:
+            raise UserError(f"{where(path)} is not valid {fmt.upper()}: {str(e).strip().splitlines()[-1]}") from None
+    if len(df) == 0:
+        raise UserError(f"{where(path)} has no data rows")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def find_column(df: pd.DataFrame, path: Path | str, given: str | None, candidates: tuple[str, ...],
+                what: str, flag: str, required: bool = True) -> str | None:
+    """The column named by the user, else the first of ``candidates`` present (case and spaces ignored)."""
+    columns = ", ".join(f"'{c}'" for c in df.columns)
+    if given is not None:
+        if given in df.columns:
+            return given
+        stripped = {c.strip(): c for c in df.columns}
+        if given.strip() in stripped:
+            return stripped[given.strip()]
+        raise UserError(f"{where(path)} has no column '{given}' (columns: {columns})")
+    lower = {c.strip().lower(): c for c in df.columns}
+    for cand in candidates:
+        if cand in lower:
+            return lower[cand]
+    if required:
+        raise UserError(f"{where(path)}: no {what} column found; name it with {flag} (columns: {columns})")
+    return None
+
+
+def label_value(v: object) -> str | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return str(v).lower()
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() else str(v)
+    s = str(v).strip()
+    return s or None
+
+
+@dataclass
+class Examples:
+    """Texts (optionally pairs) with their raw label values and their row numbers in ``source``."""
+
+    source: str
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[str] | None
+    rows: list[int]
+    label_column: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, index: np.ndarray | list[int] | slice) -> Examples:
+        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=int)
+
+        def pick(xs: list | None) -> list | None:
+            return None if xs is None else [xs[i] for i in idx]
+
+        return replace(self, texts=pick(self.texts), pairs=pick(self.pairs), labels=pick(self.labels),
+                       rows=pick(self.rows))
+
+
+def _texts(df: pd.DataFrame, path: Path | str, col: str) -> list[str]:
+    s = df[col]
+    bad = s.isna() | (s.astype(str).str.strip() == "")
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        what = "missing" if s.iloc[i] is None or pd.isna(s.iloc[i]) else "empty"
+        raise UserError(f"{where(path, i + 1, col)}: text is {what}")
+    return s.astype(str).tolist()
+
+
+def examples_from_table(df: pd.DataFrame, path: Path | str, text_column: str | None = None,
+                        text_pair_column: str | None = None, label_column: str | None = None,
+                        labelled: bool = True) -> Examples:
+    tcol = find_column(df, path, text_column, TEXT_COLUMNS, "text", "--text-column")
+    pcol = find_column(df, path, text_pair_column, (), "", "") if text_pair_column else None
+    labels, lcol = None, None
+    if labelled:
+        lcol = find_column(df, path, label_column, LABEL_COLUMNS, "label", "--label-column")
+        labels = [label_value(v) for v in df[lcol].tolist()]
+        if None in labels:
+            raise UserError(f"{where(path, labels.index(None) + 1, lcol)}: label is missing")
+    return Examples(source=str(path), texts=_texts(df, path, tcol),
+                    pairs=_texts(df, path, pcol) if pcol else None, labels=labels,
+                    rows=list(range(1, len(df) + 1)), label_column=lcol if labelled else None)
+
+
+def read_examples(path: str, text_column: str | None = None, text_pair_column: str | None = None,
+                  label_column: str | None = None, labelled: bool = True, limit: int | None = None) -> Examples:
+    df = read_table(path, limit)
+    return examples_from_table(df, path, text_column, text_pair_column, label_column, labelled)
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        [int(v) for v in values]
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class LabelMap:
+    """Label ids 0..K-1 ↔ names (shown to users, saved as ``id2label``) ↔ raw values found in data."""
+
+    names: list[str]
+    values: list[str]
+
+    @classmethod
+    def from_examples(cls, ex: Examples, names: list[str] | None = None) -> LabelMap:
+        assert ex.labels is not None
+        column = ex.label_column
+        values = sorted(set(ex.labels), key=int if _numeric(ex.labels) else str)
+        if len(values) < 2:
+            raise UserError(f"{where(ex.source)}, column '{column}': every row has the label '{values[0]}'; "
+                            "classification needs at least two classes")
+        if names is not None:
+            if len(names) != len(values):
+                raise UserError(f"--label-names gives {len(names)} names but the training data has {len(values)} "
+                                f"labels ({', '.join(values)})")
+            return cls(names=list(names), values=values)
+        return cls(names=values, values=values)
+
+    @classmethod
+    def from_model_config(cls, config: object) -> LabelMap:
+        id2label = {int(k): v for k, v in config.id2label.items()}
+        names = [id2label[i] for i in range(len(id2label))]
+        return cls(names=names, values=list(getattr(config, "label_values", None) or names))
+
+    def encode(self, ex: Examples) -> np.ndarray:
+        column = ex.label_column
+        lookup = {v: i for i, v in enumerate(self.values)}
+        for i, n in enumerate(self.names):
+            lookup.setdefault(n, i)
+        ids = np.empty(len(ex), dtype=np.int64)
+        for j, v in enumerate(ex.labels or []):
+            if v not in lookup:
+                raise UserError(f"{where(ex.source, ex.rows[j], column)}: unknown label '{v}' "
+                                f"(known: {', '.join(self.values)})")
+            ids[j] = lookup[v]
+        return ids
+
+
+def split_sizes(spec: str, n: int, source: str) -> list[int]:
+    """Sizes of consecutive parts from '35000,5000,10000' (counts) or '0.7,0.1,0.2' (fractions)."""
+    try:
+        parts = [float(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        raise UserError(f"--split '{spec}' must be counts like 35000,5000,10000 or fractions like 0.7,0.2,0.1") \
+            from None
+    if not 1 <= len(parts) <= 3 or any(p <= 0 for p in parts):
+        raise UserError(f"--split '{spec}' must have one to three positive parts (train, valid, test)")
+    if all(p.is_integer() and p >= 1 for p in parts) and not all(p == 1 for p in parts):
+        sizes = [int(p) for p in parts]
+        if sum(sizes) > n:
+            raise UserError(f"--split '{spec}' asks for {sum(sizes)} rows but {where(source)} has {n}")
+        return sizes
+    if any(p > 1 for p in parts) or sum(parts) > 1 + 1e-9:
+        raise UserError(f"--split '{spec}': fractions must add up to at most 1")
+    sizes = [int(round(p * n)) for p in parts]
+    if abs(sum(parts) - 1) < 1e-9:
+        sizes[-1] = n - sum(sizes[:-1])
+    if min(sizes) == 0:
+        raise UserError(f"--split '{spec}' leaves an empty part of {where(source)} ({n} rows)")
+    return sizes
+
+
+def split_examples(ex: Any, spec: str, shuffle: bool, seed: int) -> list[Any]:
+    order = np.random.default_rng(seed).permutation(len(ex)) if shuffle else np.arange(len(ex))
+    parts, start = [], 0
+    for size in split_sizes(spec, len(ex), ex.source):
+        parts.append(ex.take(order[start:start + size]))
+        start += size
+    return parts
+
+
+ROLES = ("train", "valid", "test")
+
+
+def load_splits(cfg, read: Callable[[str, int | None], Any] | None = None) -> dict[str, Any]:
+    """The train (and valid/test) parts a config names: --data cut by --split, or --valid/--test files; then
+    the --max-*-samples caps and --limit. ``cfg`` has finetune's data and split options (finetune, probe).
+    ``read(path, limit)`` reads one file (default: a labelled table with the config's columns); what it returns
+    has ``len``, ``take`` and ``source`` like Examples (data.tagged.Sentences does)."""
+    if not cfg.data:
+        raise UserError("no training data: pass --data FILE")
+    if read is None:
+        def read(path: str, limit: int | None) -> Examples:
+            return read_examples(path, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=limit)
+    # --limit caps every split; with --split it applies after splitting so the parts keep their places.
+    ex = read(cfg.data, None if cfg.split else cfg.limit)
+    parts = dict(zip(ROLES, split_examples(ex, cfg.split, cfg.shuffle, cfg.seed))) if cfg.split else {"train": ex}
+    for role, path in (("valid", cfg.valid), ("test", cfg.test)):
+        if path:
+            if role in parts:
+                raise UserError(f"--{role} is given but --split '{cfg.split}' already makes a {role} part")
+            parts[role] = read(path, cfg.limit)
+    caps = {"train": cfg.max_train_samples, "valid": cfg.max_valid_samples, "test": cfg.max_test_samples}
+    for role, part in parts.items():
+        cap = caps[role] or cfg.limit
+        if cap and cap < len(part):
+            parts[role] = part.take(slice(0, cap))
+    return parts

@@ -1,1 +1,0 @@
-"""Training engines: each takes the same prepared inputs and writes the same run folder."""

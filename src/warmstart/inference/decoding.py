@@ -1,0 +1,230 @@
+"""Decoding with a causal LM: options checked, per-prompt token budgets, greedy/sampling/beam search, stop
+strings, finish reasons and streaming. Shared by `warmstart generate` and the server's /generate.
+
+Length limits, per prompt:
+- ``max_new_tokens`` alone: each completion has at most that many tokens;
+- ``max_length`` alone: prompt + completion is at most that many tokens (the seed's meaning), counted on the
+  prompt's own tokens, so left padding in a batch never shortens a completion;
+- both: both hold, the stricter wins (HF's pipeline silently drops ``max_length`` when ``max_new_tokens`` is set);
+- neither: 100 new tokens.
+The prompt's tokens are those the model sees: with ``chat``, the chat template's tokens count too.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from dataclasses import dataclass
+from typing import TextIO
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from warmstart.config import GenerateConfig
+from warmstart.errors import UserError
+from warmstart.models.causal import CausalLM
+
+DEFAULT_NEW_TOKENS = 100
+DEFAULT_BEAMS = 4
+
+
+@dataclass
+class Generation:
+    prompt: str
+    completions: list[str]
+    prompt_tokens: int
+    completion_tokens: list[int]  # tokens generated for each completion (end-of-sequence token not counted)
+    finish_reasons: list[str]  # "eos": the model ended it, "stop": a stop string, "length": a length limit
+
+
+def complete(lm: CausalLM, prompts: list[str], ids: list[list[int]], budgets: list[int],
+             gen_config: GenerationConfig, stops: list[str], streamer: TextStreamer | None = None) -> list[Generation]:
+    """One batch of prompts (their token ids and budgets) decoded into Generations, in the batch's order."""
+    with torch.inference_mode():
+        rows = generate_ids(lm, ids, budgets, gen_config, stops, streamer)
+    n, ends = gen_config.num_return_sequences or 1, eos_ids(lm)
+    out = []
+    for k, (prompt, x, budget) in enumerate(zip(prompts, ids, budgets)):
+        done = [finish(lm.tokenizer, x, row, budget, stops, ends) for row in rows[k * n:(k + 1) * n]]
+        out.append(Generation(prompt, [d[0] for d in done], len(x), [d[1] for d in done], [d[2] for d in done]))
+    return out
+
+
+def strategy(cfg: GenerateConfig, model_samples: bool = False) -> str:
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    if cfg.num_beams is not None and cfg.num_beams > 1:
+        return "beam"
+    if cfg.num_return_sequences > 1 or sampling_options(cfg) or model_samples:
+        return "sample"
+    return "greedy"
+
+
+def sampling_options(cfg: GenerateConfig) -> list[str]:
+    return [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "typical_p")
+            if getattr(cfg, k) is not None]
+
+
+def check_options(cfg: GenerateConfig) -> list[str]:
+    """Reject impossible options before any loading; returns the stop strings with escapes decoded."""
+    for name in ("max_length", "max_new_tokens", "num_return_sequences", "num_beams", "batch_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, ok, rule in (("temperature", lambda v: v > 0, "more than 0"),
+                           ("top_k", lambda v: v >= 0, "0 or more"),
+                           ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                           ("typical_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                           ("repetition_penalty", lambda v: v > 0, "more than 0"),
+                           ("no_repeat_ngram_size", lambda v: v >= 0, "0 or more")):
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise UserError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+    how = strategy(cfg)
+    if how == "greedy" and cfg.num_return_sequences > 1:
+        raise UserError("greedy decoding gives one completion per prompt; for several use --strategy sample or beam")
+    if how in ("greedy", "beam") and sampling_options(cfg):
+        raise UserError(f"{', '.join(sampling_options(cfg))} only apply to sampling, not to {how} decoding")
+    if how == "beam":
+        beams = cfg.num_beams or DEFAULT_BEAMS
+        if beams < 2:
+            raise UserError("beam search needs --num-beams 2 or more")
+        if cfg.num_return_sequences > beams:
+            raise UserError(f"beam search returns at most --num-beams ({beams}) completions per prompt")
+    elif cfg.num_beams is not None and cfg.num_beams > 1:
+        raise UserError(f"--num-beams is for beam search, not {how} decoding")
+    if cfg.system is not None and not cfg.chat:
+        raise UserError("--system needs --chat")
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in cfg.stop]
+    if any(s == "" for s in stops):
+        raise UserError("a stop string is empty")
+    return stops
+
+
+def token_budget(cfg: GenerateConfig, n_prompt: int, limit: int | None, label: str) -> int:
+    """How many tokens this prompt may get (see the module docstring for the rule)."""
+    new = cfg.max_new_tokens
+    if cfg.max_length is not None:
+        room = cfg.max_length - n_prompt
+        if room < 1:
+            raise UserError(f"{label} is {n_prompt} tokens, so --max-length {cfg.max_length} leaves no room "
+                            "for a completion")
+        new = room if new is None else min(new, room)
+    if new is None:  # the default, shortened to what the model's positions allow
+        new = min(DEFAULT_NEW_TOKENS, limit - n_prompt) if limit else DEFAULT_NEW_TOKENS
+    if limit and (new < 1 or n_prompt + new > limit):
+        raise UserError(f"{label} ({n_prompt} tokens) plus {max(new, 1)} new tokens is more than this model's "
+                        f"limit of {limit} tokens")
+    return new
+
+
+def generation_config(cfg: GenerateConfig, model_config: GenerationConfig, stops: list[str]) -> GenerationConfig:
+    """The GenerationConfig for model.generate; options left None fall back to the model's own defaults."""
+    how = strategy(cfg, bool(getattr(model_config, "do_sample", False)))
+    gc = GenerationConfig(
+        do_sample=how == "sample",
+        num_beams=(cfg.num_beams or DEFAULT_BEAMS) if how == "beam" else 1,
+        num_return_sequences=cfg.num_return_sequences,
+        repetition_penalty=cfg.repetition_penalty,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        stop_strings=stops or None,
+        pad_token_id=model_config.pad_token_id,
+    )
+    if how == "sample":
+        for name in ("temperature", "top_k", "top_p", "typical_p"):
+            if getattr(cfg, name) is not None:
+                setattr(gc, name, getattr(cfg, name))
+    else:
+        # The model's sampling defaults (e.g. temperature 0.7) mean nothing here; unset, they cannot trip checks.
+        gc.temperature, gc.top_k, gc.top_p, gc.typical_p = 1.0, 50, 1.0, 1.0
+    return gc
+
+
+def generate_ids(lm: CausalLM, prompt_ids: list[list[int]], budgets: list[int], gen_config: GenerationConfig,
+         stops: list[str], streamer: TextStreamer | None) -> list[list[int]]:
+    """Generated token ids for each prompt's each sequence (rows: prompt-major), padding included."""
+    enc = lm.tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt")
+    device = lm.model.device
+    input_ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    gc = copy.deepcopy(gen_config)
+    gc.max_new_tokens = max(budgets)
+    out = lm.model.generate(
+        input_ids=input_ids, attention_mask=attention, generation_config=gc, streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([PerPromptBudget(budgets, input_ids.shape[1])]),
+        tokenizer=lm.tokenizer if stops else None,
+    )
+    return out[:, input_ids.shape[1]:].tolist()
+
+
+class PerPromptBudget(StoppingCriteria):
+    """Ends each row at its own prompt's token budget: a batch shares one padded length, budgets differ."""
+
+    def __init__(self, budgets: list[int], prompt_len: int):
+        self.budgets, self.prompt_len = budgets, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs) -> torch.Tensor:
+        # Rows are prompt-major (the sequences or beams of prompt 0, then those of prompt 1, ...).
+        per_prompt = input_ids.shape[0] // len(self.budgets)
+        budget = torch.tensor(self.budgets, device=input_ids.device).repeat_interleave(per_prompt)
+        return (input_ids.shape[1] - self.prompt_len) >= budget
+
+
+def eos_ids(lm: CausalLM) -> set[int]:
+    """Every token that ends a sequence: the tokenizer's and the generation config's (Llama 3 has several)."""
+    ids = {lm.tokenizer.eos_token_id}
+    eos = lm.model.generation_config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return ids - {None}
+
+
+def finish(tokenizer, prompt_ids: list[int], row: list[int], budget: int, stops: list[str],
+            eos_ids: set[int]) -> tuple[str, int, str]:
+    """(completion text, tokens generated, finish reason) for one generated row."""
+    row = row[:budget]
+    end = next((k for k, t in enumerate(row) if t in eos_ids), None)
+    reason = "eos" if end is not None else "length"
+    row = row[:end] if end is not None else row
+    text = completion_text(tokenizer, prompt_ids, row)
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if hits:
+        cut, stop = min(hits)
+        # tokens up to the one that completed the stop string: the shortest prefix whose text contains it
+        n = bisect.bisect_left(range(len(row) + 1), True,
+                               key=lambda k: stop in completion_text(tokenizer, prompt_ids, row[:k]))
+        return text[:cut], n, "stop"
+    return text, len(row), reason
+
+
+def completion_text(tokenizer, prompt_ids: list[int], row: list[int]) -> str:
+    # Decoding the completion alone drops a leading space for SentencePiece tokenizers; decode it after the
+    # prompt and take the difference instead (as the pipeline does).
+    prompt = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    full = tokenizer.decode(prompt_ids + row, skip_special_tokens=True)
+    return full[len(prompt):] if full.startswith(prompt) else tokenizer.decode(row, skip_special_tokens=True)
+
+
+class Streamer(TextStreamer):
+    """TextStreamer to any stream, holding back text that may be the start of a stop string."""
+
+    def __init__(self, tokenizer, out: TextIO, stops: list[str]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out, self.stops, self.pending, self.stopped = out, stops, "", False
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if self.stopped:
+            return
+        self.pending += text
+        hits = [self.pending.find(s) for s in self.stops if s in self.pending]
+        if hits:
+            self.out.write(self.pending[:min(hits)])
+            self.pending, self.stopped = "", True
+        else:
+            keep = 0 if stream_end else max(
+                (k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+            self.out.write(self.pending[:len(self.pending) - keep])
+            self.pending = self.pending[len(self.pending) - keep:]
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\n")
+        self.out.flush()

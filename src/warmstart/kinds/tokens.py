@@ -1,0 +1,207 @@
+"""Token classification: a tag per word (named entities, part of speech), a classification head on every token.
+
+Words are aligned to sub-tokens with the fast tokenizer's word ids and long sentences are cut into overlapping
+windows (data.wordpieces); the loss reads each word's first sub-token and metrics are counted on words, never
+on sub-words (metrics.tagging_metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DataCollatorForTokenClassification
+
+from warmstart import distributed
+from warmstart.config import FinetuneConfig
+from warmstart.data.batching import Encoded
+from warmstart.data.tables import load_splits
+from warmstart.data.tagged import (
+    Sentences,
+    check_sentences,
+    entity_types,
+    orphan_inside_tags,
+    read_sentences,
+    scheme_of,
+)
+from warmstart.data.wordpieces import IGNORE, WordWindows, encode_words
+from warmstart.errors import UserError
+from warmstart.inference.batched import predict_logits
+from warmstart.inference.tagger import Tagger
+from warmstart.metrics import format_tagging_table, softmax, tagging_metrics
+from warmstart.models.classifier import load_classifier
+from warmstart.runs import Run
+from warmstart.training.common import Job
+
+
+def tag_collator(tokenizer) -> DataCollatorForTokenClassification:
+    # Labels padded with -100 like the loss expects; multiples of 8 as for sequences.
+    return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+
+
+def metric_names(scheme: str) -> tuple[str, ...]:
+    return ("accuracy", "f1_macro") if scheme == "plain" else ("f1", "precision", "recall", "accuracy")
+
+
+class WordMetrics:
+    """The Trainer's `compute_metrics` with `batch_eval_metrics=True`: keeps the predicted id of each labelled
+    position (a word's first sub-token in the window answering for it), per window. The Trainer does not score
+    the valid windows in order (with `train_sampling_strategy="group_by_length"` its eval sampler groups them by
+    length too), so each batch row is matched back to its window by its labels (the collator only pads them
+    with -100); rows with equal labels have the same gold words, so which of them gets which is immaterial.
+    In window order, each window's own words follow the previous window's (data.windows.owners): the ids are
+    the words of the valid sentences in order."""
+
+    def __init__(self, kind: TokenClassification):
+        self.kind = kind
+        self.p: dict[int, np.ndarray] = {}
+        self.slots: dict[tuple[int, ...], deque[int]] | None = None
+
+    @staticmethod
+    def key(labels: np.ndarray | list[int]) -> tuple[int, ...]:
+        labels = np.asarray(labels)
+        keep = np.flatnonzero(labels != IGNORE)
+        return tuple(labels[:keep[-1] + 1].tolist()) if len(keep) else ()
+
+    def __call__(self, pred, compute_result: bool) -> dict | None:
+        if self.slots is None:  # a new evaluation: every valid window is still to come
+            self.slots = defaultdict(deque)
+            for k, lab in enumerate(self.kind.windows["valid"].data.features["labels"]):
+                self.slots[self.key(lab)].append(k)
+        labels = pred.label_ids.cpu().numpy()
+        ids = pred.predictions.argmax(-1).cpu().numpy()
+        for lab, row in zip(labels, ids):
+            slot = self.slots.get(self.key(lab))
+            if slot:  # (none left: a row repeated to even out processes' shards)
+                self.p[slot.popleft()] = row[lab != IGNORE]
+        if not compute_result:
+            return None
+        p, self.p, self.slots = self.p, {}, None
+        flat = np.concatenate([p[k] for k in sorted(p)]) if p else np.zeros(0, dtype=np.int64)
+        sizes = self.kind.windows["valid"].n_words
+        m = self.kind.score(self.kind.parts["valid"], np.split(flat, np.cumsum(sizes)[:-1]))
+        return {k: m[k] for k in metric_names(self.kind.scheme)}
+
+
+class TokenClassification:
+    name = "tokens"
+
+    def __init__(self, cfg: FinetuneConfig):
+        if cfg.text_pair_column or cfg.label_names:
+            raise UserError("--text-pair-column and --label-names are for --task sequence; tags name themselves")
+        self.parts: dict[str, Sentences] = load_splits(cfg, read=lambda path, limit: read_sentences(
+            path, cfg.tag_column, limit=limit, base_tags=cfg.base_tags))
+        for part in self.parts.values():
+            check_sentences(part)
+        # The tag set is every tag of every part (a rare type may only occur in the test part of a small split),
+        # completed per entity type (B- and I-, plus E- and S- for IOBES), so the head can say all of them.
+        seen = {t for part in self.parts.values() for s in part.tags for t in s}
+        self.scheme = scheme_of(sorted(seen))
+        prefixes = {"IOB2": "BI", "IOBES": "BIES"}.get(self.scheme, "")
+        self.tags = self.order(sorted(seen | {f"{p}-{x}" for x in entity_types(sorted(seen)) for p in prefixes}))
+        if len(self.tags) < 2:
+            raise UserError(f"{self.parts['train'].where(0)}: every word has the tag '{self.tags[0]}'; tagging "
+                            "needs at least two tags")
+        self.ids = {t: i for i, t in enumerate(self.tags)}
+        self.unseen = sorted(set(self.tags) - {t for s in self.parts["train"].tags for t in s})
+        self.orphans = {role: orphan_inside_tags(p.tags) for role, p in self.parts.items()
+                        if self.scheme != "plain"}
+        self.windows: dict[str, WordWindows] = {}
+        best = cfg.metric_for_best or ("accuracy" if self.scheme == "plain" else "f1")
+        if best not in ("loss", *metric_names(self.scheme)):
+            raise UserError(f"--metric-for-best {best} is not measured for {self.scheme} tags; choose one of "
+                            f"loss, {', '.join(metric_names(self.scheme))}")
+        cfg.metric_for_best = best
+
+    @staticmethod
+    def order(tags: list[str]) -> list[str]:
+        """O first, then entity tags grouped by type (B- before I-), as in CoNLL label lists."""
+        rank = {"B": 0, "I": 1, "E": 2, "S": 3}
+        return sorted(tags, key=lambda t: (t != "O", t[2:] if t[1:2] == "-" else t, rank.get(t[:1], 9)
+                                           if t[1:2] == "-" else 9))
+
+    def describe(self) -> str:
+        what = (f"{self.scheme} entity tags over {len(entity_types(self.tags))} types" if self.scheme != "plain"
+                else "plain tags")
+        orphans = sum(self.orphans.values()) if self.scheme != "plain" else 0
+        note = (f"; {orphans} I- tags follow no B-/I- of their type (kept; counted as entity starts, as conlleval "
+                "does)" if orphans else "")
+        unseen = f"; not in the training part: {', '.join(self.unseen)}" if self.unseen else ""
+        return f"token classification, {len(self.tags)} {what}{note}{unseen}"
+
+    def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
+        model = load_classifier(path, self.tags, None, cfg.attention_dropout, head="tokens")
+        model.config.tag_scheme = self.scheme  # evaluate/predict/serve read entities the same way
+        return model
+
+    def encode(self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None) -> Encoded:
+        part = self.parts[role]
+        inside = {self.ids[t]: self.ids.get("I-" + t[2:], self.ids[t]) for t in self.tags if t.startswith("B-")}
+        ww = encode_words(tokenizer, part.tokens, max_length, cfg.stride if cfg else None,
+                          [[self.ids[t] for t in s] for s in part.tags],
+                          all_subtokens=bool(cfg and cfg.label_all_subtokens and role == "train"), inside=inside)
+        self.windows[role] = ww
+        return ww.data
+
+    def windowed(self) -> str:
+        return ", ".join(f"{r} {w.windowed}" for r, w in self.windows.items())
+
+    def score(self, part: Sentences, pred_ids: list[np.ndarray]) -> dict:
+        return tagging_metrics(part.tags, [[self.tags[i] for i in s] for s in pred_ids], self.scheme)
+
+    def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
+        collate = tag_collator(tokenizer)
+        valid = data.get("valid")
+
+        def evaluate(model, device, autocast) -> dict:
+            ww = self.windows["valid"]
+            rows = distributed.gather_rows(len(valid), lambda idx: predict_logits(
+                model, valid.take(idx), cfg.eval_batch_size, collate, device, autocast,
+                progress=cfg.progress and distributed.is_main(), desc="valid", ragged=True))
+            words = ww.word_scores(rows)
+            m = self.score(self.parts["valid"], [w.argmax(-1) for w in words])
+            return {"loss": word_loss(words, self.parts["valid"].tags, self.ids),
+                    **{k: m[k] for k in metric_names(self.scheme)}}
+
+        def accuracy(out, batch) -> tuple[int, int]:
+            mask = batch["labels"] != IGNORE
+            return int((out.logits.argmax(-1)[mask] == batch["labels"][mask]).sum()), int(mask.sum())
+
+        def batch_loss(out, batch) -> float:
+            return torch.nn.functional.cross_entropy(out.logits.detach().float().flatten(0, 1),
+                                                     batch["labels"].flatten(), ignore_index=IGNORE).item()
+
+        def save(model, folder: Path, weights: dict | None = None) -> None:
+            model.save_pretrained(folder, state_dict=weights)
+            tokenizer.save_pretrained(folder)
+
+        return Job(train=data["train"], lengths=data["train"].lengths, collate=collate, save=save,
+                   evaluate=evaluate if valid is not None else None, accuracy=accuracy, valid=valid,
+                   trainer_metrics=lambda: WordMetrics(self), metric_names=metric_names(self.scheme),
+                   batch_loss=batch_loss, tokenizer=tokenizer, unit="sentence windows")
+
+    def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
+        # Reload from disk through the same path `evaluate` uses: proves the saved model is complete.
+        tagger = Tagger.load(str(model_dir), cfg.max_length, cfg.cpu, stride=cfg.stride)
+        part = self.parts["test"]
+        t = time.time()
+        words = tagger.word_probabilities(part.tokens, cfg.eval_batch_size, progress=cfg.progress and run.main)
+        metrics = self.score(part, [w.argmax(-1) for w in words])
+        metrics["windowed_sentences"] = tagger.last_windowed
+        run.say("test set:\n" + format_tagging_table(metrics))
+        return {"test": metrics, "test_seconds": round(time.time() - t, 2)}
+
+    def summary(self, metrics: dict) -> str:
+        m = metrics["test"]
+        head = f"entity F1 {m['f1']:.4f}, " if "f1" in m else ""
+        return f"test {head}word accuracy {m['accuracy']:.4f} on {m['sentences']} sentences"
+
+
+def word_loss(words: list[np.ndarray], tags: list[list[str]], ids: dict[str, int]) -> float:
+    """Mean cross-entropy per word (on the logits of each word's first sub-token)."""
+    logits = np.concatenate(words)
+    y = np.array([ids[t] for s in tags for t in s])
+    p = softmax(logits)
+    return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())

@@ -1,0 +1,58 @@
+"""Causal language models for `generate`, prompt scoring and the server: a model with its tokenizer, set up
+for batched generation. The bundled SmolLM2 (`smollm2`), any other causal-LM folder (GPT-2, GPT-Neo, Llama,
+Qwen...) or a Hugging Face id already in the local cache loads the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from warmstart.errors import UserError
+from warmstart.models.device import pick_device
+from warmstart.models.registry import ensure_pad_token, is_causal, load_config, load_tokenizer, resolve
+
+
+@dataclass
+class CausalLM:
+    """A causal LM with its tokenizer, set up for batched generation (left padding, a pad token)."""
+
+    name: str
+    path: str
+    model: object
+    tokenizer: object
+    max_positions: int | None
+
+    @classmethod
+    def load(cls, name: str, cpu: bool = False) -> CausalLM:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        path = resolve(name, want="causal-lm")
+        config = load_config(path)
+        archs = getattr(config, "architectures", None) or []
+        if archs and not is_causal(config):
+            raise UserError(f"model '{name}' is a {archs[0]}, not a causal language model; generate needs one "
+                            "such as GPT-2, GPT-Neo, Llama or Qwen (a ...ForCausalLM checkpoint)")
+        tokenizer = load_tokenizer(path)
+        device = pick_device(cpu)
+        # fp32 on the CPU: bf16 matmuls were measured slower there (README); half precision on a GPU.
+        dtype = torch.float32 if device.type == "cpu" else "auto"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise UserError(f"model '{name}' cannot be loaded as a causal LM: {reason}") from None
+        model.to(device).eval()
+        tokenizer.padding_side = "left"  # a decoder continues from the last real token
+        ensure_pad_token(tokenizer)
+        # Set on the model too, or generate() logs "Setting pad_token_id to eos_token_id" on every call.
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        limits = [n for n in (getattr(config, "max_position_embeddings", None), getattr(config, "n_positions", None))
+                  if isinstance(n, int) and n > 0]
+        return cls(name, path, model, tokenizer, min(limits) if limits else None)
+
+    def chat_text(self, prompt: str, system: str | None = None) -> str:
+        """``prompt`` as a user message in the model's chat template, ready for the assistant's reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError(f"model '{self.name}' has no chat template, so --chat cannot be used with it")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,135 @@
+"""The one model registry: what a --model value names (alias, local folder, run folder, Hugging Face cache),
+what kind of model it is, and its tokenizer, read without the network.
+
+Every command and the server resolve models here, so an alias means the same thing everywhere and a model
+that cannot be found offline fails with the same sentence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from warmstart.errors import UserError
+from warmstart.models.bundled import ALIASES
+
+# The "LOAD REPORT" table for a freshly added classification head is noise for our users.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars on every load and save
+
+KINDS = ("classifier", "nli", "encoder", "causal-lm")
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def resolve(name: str, want: str | None = None) -> str:
+    """Turn a --model value into a local folder path; never touches the network.
+
+    ``want="causal-lm"`` refuses an alias of another kind up front (``minilm`` for `generate`)."""
+    if not name:
+        raise UserError("no model given")
+    if name in ALIASES:
+        kind, folder = ALIASES[name]
+        if want == "causal-lm" and kind != "causal-lm":
+            raise UserError(f"'{name}' is an encoder, not a causal language model; use smollm2, gpt2 or a "
+                            "causal-LM folder")
+        return str(folder())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            if (path / "model" / "config.json").is_file():  # a warmstart run folder
+                return str(path / "model")
+            raise UserError(f"folder '{name}' has no config.json, so it is not a saved model")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model folder '{name}' does not exist")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    raise UserError(
+        f"model '{name}' is not available offline: it is not an alias ({', '.join(ALIASES)}), a local folder, "
+        f"or in the Hugging Face cache; download it where there is internet (`hf download {name}`) "
+        "and copy the cache, or pass the folder where it is saved"
+    )
+
+
+def load_config(path: str):
+    """The model's config.json, or one sentence saying why it cannot be read."""
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}") from None
+
+
+def is_causal(config: object) -> bool:
+    """A decoder-only language model (GPT-2, Llama, Qwen...): reads left to right, generates."""
+    archs = getattr(config, "architectures", None) or []
+    return bool(getattr(config, "is_decoder", False)) or any(a.endswith(CAUSAL_SUFFIXES) for a in archs)
+
+
+def has_classifier_head(config: object) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any("ForSequenceClassification" in a for a in archs) and bool(getattr(config, "id2label", None))
+
+
+def has_tagger_head(config: object) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any("ForTokenClassification" in a for a in archs) and bool(getattr(config, "id2label", None))
+
+
+def kind(config: object) -> str:
+    """classifier, nli (a classifier whose labels include entailment), tagger (a token classifier), causal-lm
+    or encoder."""
+    if has_tagger_head(config):
+        return "tagger"
+    if has_classifier_head(config):
+        labels = [str(x).lower() for x in (getattr(config, "label2id", None) or {})]
+        return "nli" if any(x.startswith("entail") for x in labels) else "classifier"
+    return "causal-lm" if is_causal(config) else "encoder"
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a tokenizer from '{path}': {str(e).strip().splitlines()[0]}") from None
+    if not tok.is_fast:
+        raise UserError(f"model '{path}' has no fast tokenizer (tokenizer.json); warmstart needs one")
+    return tok
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """GPT-2 and many other decoders have no pad token; padded positions are masked, so any token will do:
+    eos by convention, else id 0. Set silently."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None \
+            else tokenizer.convert_ids_to_tokens(0)
+
+
+def max_length_of(tokenizer: PreTrainedTokenizerBase, config: object, requested: int | None) -> int:
+    """The truncation length: the user's, else the smaller of the tokenizer's and the position table's."""
+    limits = [n for n in (tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
+              if isinstance(n, int) and 0 < n < 100_000]
+    limit = min(limits) if limits else 512
+    if requested is None:
+        # A model fine-tuned by warmstart is evaluated at the length it was trained with.
+        return min(getattr(config, "train_max_length", None) or limit, limit)
+    if requested < 8:
+        raise UserError(f"--max-length {requested} is too small")
+    if requested > limit:
+        raise UserError(f"--max-length {requested} is more than this model's limit of {limit} tokens")
+    return requested
+
+
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def set_attention_dropout(config: object, value: float | None) -> None:
+    """Set attention-probability dropout under whichever name this architecture uses (None: keep)."""
+    if value is not None:
+        for key in ATTENTION_DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, value)

@@ -1,0 +1,178 @@
+"""The native engine: a plain PyTorch loop driven by Accelerate.
+
+Accelerate places tensors, applies mixed precision and wraps the model for DDP/FSDP/DeepSpeed; the loop
+itself is the textbook one: forward, backward, clip, step, schedule. Under `accelerate launch` each
+process trains on its slice of every global batch (see ``train``). Checkpoints hold everything a
+resumed run needs to end with the same metrics as an uninterrupted one: weights, optimizer, scheduler,
+RNG states (accelerate) and our position in the data (state.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from warmstart import distributed
+from warmstart.data.batching import LengthGroupedBatches
+from warmstart.distributed import batch_part
+from warmstart.errors import UserError
+from warmstart.runs import Run, atomic_dir
+from warmstart.training.common import Job, State, judge_epoch, mixed_precision, optimizer_for, schedule
+
+
+def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
+    """Train ``model`` on ``job`` with the options of ``cfg`` (a FinetuneConfig or PretrainConfig).
+
+    Under `accelerate launch` with N processes, ``cfg.batch_size`` is per process: the sampler cuts global
+    batches of batch_size × N and each process trains on its slice of every one (distributed.batch_part),
+    so N processes take the same steps on the same batches as one process with N times the batch size.
+    State (position, sums, best epoch) is global and held alike by every process; the main one writes it."""
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision, cfg.cpu),
+                              cpu=distributed.use_cpu(cfg.cpu),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    world, me = accelerator.num_processes, accelerator.process_index
+    last = run.checkpoints()[-1] if cfg.resume and run.checkpoints() else None
+    saved = json.loads((last / "state.json").read_text()) if last else {}
+    # A resumed run keeps the global batch of the run it continues, whatever its number of processes, so
+    # the batches, steps and schedule go on exactly where they stopped.
+    global_batch = saved.get("global_batch") or cfg.batch_size * world
+    if global_batch % world:
+        raise UserError(f"--resume: the run's global batch of {global_batch} does not split evenly over "
+                        f"{world} processes; resume with a number of processes that divides it")
+    sampler = LengthGroupedBatches(job.lengths, global_batch, cfg.seed)
+    n_batches = len(sampler)
+    steps_per_epoch, total_steps, warmup_steps = schedule(cfg, n_batches)
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = optimizer_for(model, cfg)
+    scheduler = get_scheduler("linear" if cfg.scheduler == "linear" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=warmup_steps,
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler is stepped by us once per optimizer step, so it is only registered for checkpoints.
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = State(global_batch=global_batch)
+    if last:
+        accelerator.load_state(str(last))
+        state = State(**{**saved, "global_batch": global_batch})
+        run.truncate_history(state.step)
+        run.say(f"resumed from {last} (epoch {state.epoch}, step {state.step})"
+                + (f" with {world} processes (was {saved.get('processes', 1)})"
+                   if saved.get("processes", 1) != world else ""))
+    elif cfg.resume:
+        run.truncate_history(0)  # killed before its first checkpoint: start over
+    state.processes = world
+
+    def checkpoint() -> None:
+        run.save_checkpoint(state.step, lambda d: accelerator.save_state(str(d)), asdict(state),
+                            cfg.save_total_limit, barrier=accelerator.wait_for_everyone)
+
+    def save_best() -> None:
+        # FSDP and DeepSpeed shard the weights: gathering them is a collective every process joins.
+        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        weights = accelerator.get_state_dict(model) if sharded else None
+        if accelerator.is_main_process:
+            atomic_dir(run.model_dir, lambda d: job.save(accelerator.unwrap_model(model), d, weights))
+
+    run.say(f"training {len(job.train)} {job.unit}: {n_epochs} epoch(s), {total_steps} optimizer steps, "
+            f"batch {global_batch // world}x{cfg.grad_accum}"
+            + (f" per process x {world} processes" if world > 1 else "")
+            + f", device {accelerator.device}, precision {cfg.precision}→{accelerator.mixed_precision}")
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
+               disable=not cfg.progress or not accelerator.is_main_process, dynamic_ncols=True)
+    model.train()
+    t_log, n_log = time.time(), 0
+    while state.epoch < n_epochs and state.step < total_steps and not state.stopped_early:
+        t_epoch = time.time()
+        sampler.set_epoch(state.epoch)
+        if job.on_epoch is not None:
+            job.on_epoch(state.epoch)
+        epoch_batches = sampler.batches()
+        t_loop = time.time()
+        while state.batches_done < n_batches:
+            part, weight = batch_part(epoch_batches[state.batches_done], me, world)
+            batch = job.collate([job.train[i] for i in part])
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            # Accelerate syncs gradients every grad_accum micro-batches; we place its counter ourselves so
+            # that the last micro-batch of an epoch always steps (and a resumed run counts from the epoch).
+            last_of_epoch = state.batches_done + 1 == n_batches
+            accelerator.step = cfg.grad_accum - 1 if last_of_epoch else state.batches_done % cfg.grad_accum
+            with accelerator.accumulate(model):
+                out = model(**batch)
+                accelerator.backward(out.loss * weight if weight != 1 else out.loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            n = len(part) if weight else 0
+            correct, counted = job.accuracy(out, batch) if job.accuracy is not None and n else (0, 0)
+            # Sums over all processes, so the state (and what it logs) is the whole batch's.
+            loss_sum, n, correct, counted = distributed.sum_all([out.loss.item() * n, n, correct, counted],
+                                                                cfg.cpu)
+            n, correct, counted = int(n), int(correct), int(counted)
+            loss = loss_sum / max(n, 1)
+            state.batches_done += 1
+            state.loss_sum += loss_sum
+            state.correct, state.counted = state.correct + correct, state.counted + counted
+            state.seen += n
+            state.samples += n
+            n_log, state.log_seen, state.log_loss_sum = n_log + n, state.log_seen + n, state.log_loss_sum + loss_sum
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if state.step % cfg.logging_steps == 0:
+                rate = n_log / max(time.time() - t_log, 1e-9)
+                rec = {"step": state.step, "epoch": round(state.epoch + state.batches_done / n_batches, 4),
+                       "loss": state.log_loss_sum / state.log_seen, "lr": scheduler.get_last_lr()[0],
+                       "samples_per_s": rate}
+                run.log(rec)
+                run.say(f"step {state.step}/{total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                        f"{rate:.1f} samples/s")
+                t_log, n_log, state.log_loss_sum, state.log_seen = time.time(), 0, 0.0, 0
+            if state.step >= total_steps:
+                break
+            if cfg.save_steps and state.step % cfg.save_steps == 0:
+                t_ckpt = time.time()
+                checkpoint()
+                t_loop += time.time() - t_ckpt
+        state.train_seconds += time.time() - t_loop
+        end_of_epoch(cfg, state, model, accelerator, job, run, time.time() - t_epoch, save_best)
+        checkpoint()
+    bar.close()
+    if job.evaluate is None or state.best_epoch is None:
+        save_best()  # no valid split: the final model is the last one
+    accelerator.wait_for_everyone()
+    return state
+
+
+def end_of_epoch(cfg: Any, state: State, model, accelerator: Accelerator, job: Job, run: Run, seconds: float,
+                 save_best: Callable[[], None]) -> None:
+    rec: dict = {"step": state.step, "epoch": state.epoch + 1, "train_loss": state.loss_sum / max(state.seen, 1)}
+    if job.accuracy is not None:
+        rec["train_accuracy"] = state.correct / max(state.counted, 1)
+    rec["epoch_seconds"] = round(seconds, 2)
+    if job.evaluate is not None:
+        metrics = job.evaluate(accelerator.unwrap_model(model), accelerator.device, accelerator.autocast)
+        rec.update({f"valid_{k}": v for k, v in metrics.items()})
+        judge_epoch(cfg, state, rec[f"valid_{cfg.metric_for_best}"], state.epoch + 1, save_best)
+        model.train()
+    rec["elapsed_seconds"] = round(time.time() - run.started, 2)
+    run.log(rec)
+    state.epochs_log.append(rec)
+    run.say(f"epoch {rec['epoch']}: " + "  ".join(
+        f"{k.replace('_', ' ')} {v:.4f}" for k, v in rec.items() if k.startswith(("train_", "valid_")))
+        + f" | {seconds:.0f}s" + ("  (early stop)" if state.stopped_early else ""))
+    state.epoch += 1
+    state.batches_done, state.loss_sum, state.correct, state.counted, state.seen = 0, 0.0, 0, 0, 0
