@@ -8,7 +8,7 @@ Model: the bundled MiniLM. Data: WNUT-16 (../shared/data/wnut16/train.conll), tw
   2. warmstart finetune --task tokens with the recipe's settings (lr 5e-5, 3 epochs, batch 16): training speed
      at equal settings;
   3. warmstart finetune --task tokens with its defaults: entity F1 and training time;
-  4. optionally (--tuned) the recipe tuned: lr 1.5e-4, 6 epochs.
+  4. optionally (--tuned) the recipe tuned: lr 1.5e-4, 6 epochs; (--bf16) warmstart's defaults in bf16.
 Prints entity F1 (micro, seqeval), training tweets/s (training loop only) and seconds, inference tweets/s
 (the pipeline vs `warmstart predict`'s Tagger on the same raw tweets), and the ratios.
 
@@ -125,6 +125,15 @@ def backend_f1(model_dir: Path, test, backend: str, quantize: str) -> float:
     return tagging_metrics(test.tags, [[tagger.tags[k] for k in w.argmax(-1)] for w in words], tagger.scheme)["f1"]
 
 
+class Rows(dict):
+    """The finished runs; each is printed as it finishes, so a later failure loses nothing."""
+
+    def __setitem__(self, name: str, r: dict) -> None:
+        super().__setitem__(name, r)
+        print(f"RESULT {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)),
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=1600)
@@ -132,13 +141,14 @@ def main() -> None:
     ap.add_argument("--tuned", action="store_true", help="also run the recipe at lr 1.5e-4 for 6 epochs")
     ap.add_argument("--skip-recipe", action="store_true", help="only warmstart's runs")
     ap.add_argument("--options", default="{}", help="JSON of extra finetune options for the defaults run")
+    ap.add_argument("--bf16", action="store_true", help="also run the defaults with --precision bf16")
     args = ap.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     sents = read_sentences(WNUT)
     train, test = sents.take(slice(0, args.train)), sents.take(slice(len(sents) - args.test, len(sents)))
     tags = sorted({t for s in sents.tags for t in s}, key=lambda t: (t != "O", t[2:], t[:1]))
     texts = [" ".join(ws) for ws in test.tokens]
-    rows = {}
+    rows = Rows()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_conll(tmp / "train.conll", train.tokens, train.tags)
@@ -160,7 +170,16 @@ def main() -> None:
         r["f1_torch_fp32"] = backend_f1(model_dir, test, "torch", "none")
         r["f1_onnx_int8"] = backend_f1(model_dir, test, "onnx", "int8")
         rows["warmstart defaults"] = r
-    print(f"\nWNUT-16, bundled MiniLM, {len(train)} train / {len(test)} test tweets, {torch.get_num_threads()} threads")
+        if args.bf16:
+            r = ours(tmp / "train.conll", tmp / "test.conll", tmp / "bf16", precision="bf16",
+                     **json.loads(args.options))
+            r.pop("model_dir")
+            rows["warmstart defaults, --precision bf16"] = r
+    table(rows, len(train), len(test))
+
+
+def table(rows: dict, n_train: int, n_test: int) -> None:
+    print(f"\nWNUT-16, bundled MiniLM, {n_train} train / {n_test} test tweets, {torch.get_num_threads()} threads")
     print(f"{'run':<40}{'entity F1':>10}{'train s':>9}{'train tw/s':>12}{'infer tw/s':>12}")
     for name, r in rows.items():
         infer = f"{r['infer_per_s']:.1f}" if "infer_per_s" in r else ""

@@ -178,3 +178,11 @@ def test_sentence_pairs_train_and_evaluate_with_a_second_text_column(tiny_models
     ex = read_examples(str(tmp_path / "pairs.jsonl"), "premise", "hypothesis", limit=2)
     data = encode(models.load_tokenizer(str(result.model_dir)), ex, 128)
     assert set(data.features["token_type_ids"][0]) == {0, 1}
+
+
+def test_two_runs_in_one_process_may_use_different_precisions(tiny_models, imdb_head, tmp_path):
+    # Accelerate keeps one state per process; the second run must not be refused for changing precision.
+    for precision in ("fp32", "bf16"):
+        r = warmstart.finetune(data=str(imdb_head), split="100,50", model=str(tiny_models["bert"]), epochs=1,
+                               precision=precision, out=str(tmp_path / precision), progress=False)
+        assert r.metrics["epochs"][0]["valid_accuracy"] >= 0

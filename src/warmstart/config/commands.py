@@ -31,7 +31,8 @@ class FinetuneConfig(TrainOptions, TagOptions, DataOptions):
     max_train_samples: int | None = opt(None, "keep only the first N training rows after splitting")
     max_valid_samples: int | None = opt(None, "keep only the first N validation rows after splitting")
     max_test_samples: int | None = opt(None, "keep only the first N test rows after splitting")
-    label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)")
+    label_names: str | None = opt(None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive; "
+                                        "for --task tokens integer tags, e.g. O,B-PER,I-PER)")
     model: str = opt("minilm", "alias (minilm), local folder, or Hugging Face id already in the local cache")
     out: str = opt("runs/finetune", "run folder to write")
     engine: str = opt("native", "training loop: our Accelerate loop, or the Hugging Face Trainer",
@@ -39,6 +40,11 @@ class FinetuneConfig(TrainOptions, TagOptions, DataOptions):
     metric_for_best: str | None = opt(None, "valid metric that picks the best epoch (default: accuracy; entity f1 "
                                             "for --task tokens with entity tags)",
                                       choices=("accuracy", "f1_macro", "f1", "precision", "recall", "loss"))
+    epochs: float | None = opt(None, "number of passes over the training data (default: 3; 4 for --task tokens)")
+    lr: float | None = opt(None, "peak learning rate (default: 5e-5; 1.5e-4 for --task tokens)")
+    head_lr: float | None = opt(None, "learning rate of the new task head (default: --lr; 3e-3 for --task tokens "
+                                      "without --lr): a fresh head can learn faster than the pre-trained body "
+                                      "should move")
     label_all_subtokens: bool = opt(False, "tokens: train on every sub-token of a word (B- becomes I- after the "
                                            "first), not only the first; predictions always read the first")
 

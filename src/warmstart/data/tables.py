@@ -29,6 +29,9 @@ def file_format(path: Path) -> tuple[str, bool]:
     suffixes = [s.lower() for s in path.suffixes]
     gz = bool(suffixes) and suffixes[-1] == ".gz"
     ext = suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes and not gz else "")
+    if ext in (".conll", ".conllu", ".iob", ".iob2", ".bio", ".bioes", ".iobes"):
+        raise UserError(f"{where(path)} is a CoNLL file of tagged tokens: read it with --task tokens (finetune), "
+                        "or evaluate/predict with a tagger")
     if ext not in FORMATS:
         raise UserError(f"{where(path)} has an unknown format; use .csv, .tsv, .jsonl, .json, .parquet or .txt "
                         "(optionally .gz)")

@@ -40,6 +40,13 @@ class Sentences:
     def where(self, i: int) -> str:
         return f"{where(self.source)}, {self.unit} {self.starts[i]}"
 
+    def where_word(self, i: int, j: int) -> str:
+        """Where word ``j`` of sentence ``i`` is: its own line in a CoNLL file (a sentence's lines follow each
+        other), else its row and position."""
+        if self.unit == "line":
+            return f"{where(self.source)}, line {self.starts[i] + j} (word '{self.tokens[i][j]}')"
+        return f"{self.where(i)}, word {j + 1} ('{self.tokens[i][j]}')"
+
     def take(self, index: np.ndarray | list[int] | slice) -> Sentences:
         idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=int)
         return replace(self, tokens=[self.tokens[i] for i in idx], starts=[self.starts[i] for i in idx],

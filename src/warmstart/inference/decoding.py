@@ -72,6 +72,9 @@ def check_options(cfg: GenerateConfig) -> list[str]:
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name, ok, rule in (("temperature", lambda v: v > 0, "more than 0"),
+                           # Far below 0.01 the logits overflow to inf (5e-324 made NaN probabilities); so low a
+                           # temperature is greedy decoding in effect, which --strategy greedy says plainly.
+                           ("temperature", lambda v: v >= 0.01, "at least 0.01 (for no randomness: --strategy greedy)"),
                            ("top_k", lambda v: v >= 0, "0 or more"),
                            ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                            ("typical_p", lambda v: 0 < v <= 1, "in (0, 1]"),

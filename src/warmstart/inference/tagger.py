@@ -103,14 +103,21 @@ class Tagger:
 
 
 def entities(t: Tagged, scheme: str, aggregation: str = "average") -> list[dict]:
-    """Entity spans ``{type, text, start, end, score}`` from ``t``'s word tags (seqeval's reading of IOB2 and
-    IOBES), the score aggregated over the entity's words."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
+    """Entity spans ``{type, text, start, end, score}`` from ``t``'s word tags, read as the metrics read them
+    (metrics.tagging_metrics): IOB2 as conlleval does (an I-X after O starts an entity), IOBES strictly (only
+    well-formed B-…E- and S- entities); the score aggregated over the entity's words."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}")
+    if scheme == "IOBES":
+        from seqeval.scheme import IOBES, Entities
+
+        spans = [(e.tag, e.start, e.end - 1) for e in Entities([list(t.tags)], IOBES).entities[0]] if t.tags else []
+    else:
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        spans = get_entities(list(t.tags))
     out = []
-    for kind, first, last in get_entities(list(t.tags)):
+    for kind, first, last in spans:
         scores = t.scores[first:last + 1]
         score = scores[0] if aggregation == "first" else max(scores) if aggregation == "max" \
             else float(np.mean(scores))

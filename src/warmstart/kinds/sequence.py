@@ -46,10 +46,7 @@ class SequenceClassification:
     name = "sequence"
 
     def __init__(self, cfg: FinetuneConfig):
-        self.parts = load_splits(cfg)
-        names = [n.strip() for n in cfg.label_names.split(",")] if cfg.label_names else None
-        self.labels = LabelMap.from_examples(self.parts["train"], names)
-        self.y = {role: self.labels.encode(part) for role, part in self.parts.items()}  # unknown labels fail now
+        # Options first: a tagging option given by mistake is named before any file is read.
         given = [f"--{k.replace('_', '-')}" for k in ("tag_column", "base_tags", "stride", "label_all_subtokens")
                  if getattr(cfg, k)]
         if given:
@@ -58,6 +55,12 @@ class SequenceClassification:
             raise UserError(f"--metric-for-best {cfg.metric_for_best} is for --task tokens; choose one of loss, "
                             f"{', '.join(METRICS)}")
         cfg.metric_for_best = cfg.metric_for_best or "accuracy"
+        cfg.epochs = 3.0 if cfg.epochs is None else cfg.epochs
+        cfg.lr = 5e-5 if cfg.lr is None else cfg.lr
+        self.parts = load_splits(cfg)
+        names = [n.strip() for n in cfg.label_names.split(",")] if cfg.label_names else None
+        self.labels = LabelMap.from_examples(self.parts["train"], names)
+        self.y = {role: self.labels.encode(part) for role, part in self.parts.items()}  # unknown labels fail now
 
     def describe(self) -> str:
         return f"labels {self.labels.names}"

@@ -70,8 +70,8 @@ def evaluate_tagger(cfg: EvaluateConfig) -> dict:
     for i, tags in enumerate(sents.tags):
         for j, t in enumerate(tags):
             if t not in known:
-                raise UserError(f"{sents.where(i)}: the tag '{t}' (word {j + 1}, '{sents.tokens[i][j]}') is not one "
-                                f"the model knows ({', '.join(tagger.tags)})")
+                raise UserError(f"{sents.where_word(i, j)}: the tag '{t}' is not one the model knows "
+                                f"({', '.join(tagger.tags)})")
     t0 = time.time()
     words = tagger.word_probabilities(sents.tokens, cfg.batch_size, cfg.progress)
     metrics = tagging_metrics(sents.tags, [[tagger.tags[k] for k in w.argmax(-1)] for w in words], tagger.scheme)

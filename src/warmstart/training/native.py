@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -36,6 +37,9 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
     batches of batch_size × N and each process trains on its slice of every one (distributed.batch_part),
     so N processes take the same steps on the same batches as one process with N times the batch size.
     State (position, sums, best epoch) is global and held alike by every process; the main one writes it."""
+    # Accelerate keeps one AcceleratorState per process: a second run in the same Python process (the API
+    # called twice, a benchmark) with another precision would be refused. Its settings are this run's alone.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision, cfg.cpu),
                               cpu=distributed.use_cpu(cfg.cpu),
                               gradient_accumulation_steps=cfg.grad_accum)
