@@ -5,7 +5,10 @@ the same code path a user's model folder takes."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +106,33 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 
 TEXTS = ["A wonderful film with a moving story.", "Dull and far too long.", "The actors did what they could.",
          "I would watch it again tomorrow, and the day after."]
+
+
+def start_warmstart(args: list[str]) -> subprocess.Popen:
+    """`python -m warmstart ARGS` as a separate process (to be killed mid-run by a test)."""
+    return subprocess.Popen([sys.executable, "-m", "warmstart", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ})
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: Path, timeout: float = 180) -> None:
+    """Return once the training process ``proc`` has a complete checkpoint in ``out`` (or has ended)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any((p / "state.json").is_file() for p in (out / "checkpoints").glob("checkpoint-*")):
+            return
+        time.sleep(0.01)
+
+
+def kill_after_checkpoint(args: list[str], out: Path) -> dict:
+    """Run `warmstart ARGS --out OUT`, SIGKILL it once it has written a complete checkpoint, check that it died
+    unfinished, and return that checkpoint's state.json."""
+    import json
+    import signal
+
+    proc = start_warmstart([*args, "--out", str(out)])
+    wait_for_checkpoint(proc, out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (out / "metrics.json").exists()
+    return json.loads(next((out / "checkpoints").glob("checkpoint-*/state.json")).read_text())

@@ -13,11 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import wait_for_checkpoint
 from warmstart.cli import main
 
 TOL = 1e-4
@@ -105,11 +105,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(no_dropout_bert
 def test_a_two_process_run_resumes_with_one_process(no_dropout_bert, imdb_head, one_process, tmp_path):
     out = tmp_path / "killed"
     proc = launch(finetune_args(no_dropout_bert, imdb_head, out, 8))
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if any((p / "state.json").is_file() for p in (out / "checkpoints").glob("checkpoint-*")):
-            break
-        time.sleep(0.01)
+    wait_for_checkpoint(proc, out, 240)
     # SIGTERM to the launcher: torchrun's agent passes it on to the workers (each in a session of its own).
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)

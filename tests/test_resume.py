@@ -4,12 +4,8 @@ run that was never interrupted."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
+from conftest import kill_after_checkpoint
 from warmstart.cli import main
 
 VOLATILE = {"epoch_seconds", "elapsed_seconds", "samples_per_s"}
@@ -24,18 +20,7 @@ def test_resume_after_kill_gives_same_metrics(tiny_models, imdb_head, tmp_path):
             "--epochs", "6", "--batch-size", "8", "--lr", "1e-3", "--save-steps", "9", "--logging-steps", "10",
             "--no-progress"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "warmstart", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if any((p / "state.json").is_file() for p in (killed / "checkpoints").glob("checkpoint-*")):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    assert not (killed / "metrics.json").exists()
-    ckpt = json.loads(next((killed / "checkpoints").glob("checkpoint-*/state.json")).read_text())
+    ckpt = kill_after_checkpoint(args, killed)
     assert 0 < ckpt["step"] < 300
 
     assert main(["finetune", "--config", str(killed / "config.yaml"), "--resume", "--no-progress"]) == 0

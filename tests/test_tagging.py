@@ -6,11 +6,6 @@ real WNUT 2016 and Brown data with a tiny BERT."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +14,7 @@ import numpy as np
 import pytest
 
 import warmstart
-from conftest import SHARED
+from conftest import SHARED, kill_after_checkpoint
 from warmstart.cli import main
 from warmstart.data.tagged import (
     Sentences,
@@ -428,18 +423,7 @@ def test_tagger_resumes_after_kill_to_the_same_metrics(tiny_models, tmp_path):
             "--base-tags", "--max-length", "64", "--lr", "3e-3", "--epochs", "2", "--batch-size", "8", "--save-steps",
             "5", "--logging-steps", "5", "--model", str(tiny_models["bert"]), "--no-progress"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "warmstart", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if any((p / "state.json").is_file() for p in (killed / "checkpoints").glob("checkpoint-*")):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    assert not (killed / "metrics.json").exists()
-    ckpt = json.loads(next((killed / "checkpoints").glob("checkpoint-*/state.json")).read_text())
+    ckpt = kill_after_checkpoint(args, killed)
     assert 0 < ckpt["step"] and ckpt["epoch"] < 2
 
     assert main(["finetune", "--config", str(killed / "config.yaml"), "--resume", "--no-progress"]) == 0

@@ -75,10 +75,13 @@ def check_options(cfg: GenerateConfig) -> list[str]:
                            # Far below 0.01 the logits overflow to inf (5e-324 made NaN probabilities); so low a
                            # temperature is greedy decoding in effect, which --strategy greedy says plainly.
                            ("temperature", lambda v: v >= 0.01, "at least 0.01 (for no randomness: --strategy greedy)"),
+                           # Far above 100 every token is equally likely in effect, and 1e308 overflowed to NaN.
+                           ("temperature", lambda v: v <= 100, "at most 100"),
                            ("top_k", lambda v: v >= 0, "0 or more"),
                            ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                            ("typical_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                            ("repetition_penalty", lambda v: v > 0, "more than 0"),
+                           ("repetition_penalty", lambda v: v <= 100, "at most 100"),
                            ("no_repeat_ngram_size", lambda v: v >= 0, "0 or more")):
         value = getattr(cfg, name)
         if value is not None and not ok(value):
