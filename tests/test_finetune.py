@@ -186,3 +186,28 @@ def test_two_runs_in_one_process_may_use_different_precisions(tiny_models, imdb_
         r = warmstart.finetune(data=str(imdb_head), split="100,50", model=str(tiny_models["bert"]), epochs=1,
                                precision=precision, out=str(tmp_path / precision), progress=False)
         assert r.metrics["epochs"][0]["valid_accuracy"] >= 0
+
+
+def test_head_lr_gives_the_new_head_its_own_learning_rate(tiny_models):
+    from transformers import AutoModelForSequenceClassification
+
+    from warmstart.config import FinetuneConfig
+    from warmstart.training.common import optimizer_for
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("classifier.")}
+    opt = optimizer_for(model, FinetuneConfig(lr=1e-4, head_lr=3e-3))
+    for group in opt.param_groups:
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1 and group["lr"] == (3e-3 if in_head.pop() else 1e-4)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    plain = optimizer_for(model, FinetuneConfig(lr=1e-4))
+    assert {g["lr"] for g in plain.param_groups} == {1e-4} and len(plain.param_groups) == 2
+
+
+def test_cli_options_may_follow_a_commands_texts(minilm_run, capsys):
+    texts = ["A wonderful, moving film.", "Two hours I will never get back."]
+    assert main(["predict", str(minilm_run.model_dir), *texts]) == 0
+    before = capsys.readouterr().out
+    assert main(["predict", str(minilm_run.model_dir), texts[0], "--format", "jsonl", texts[1]]) == 0
+    assert capsys.readouterr().out == before

@@ -14,10 +14,11 @@ from warmstart.config.commands import (
     ServeConfig,
     ZeroshotConfig,
 )
-from warmstart.config.loading import absolute_paths, build, make, read_config_file, to_dict
+from warmstart.config.loading import absolute_paths, build, given_flags, make, read_config_file, to_dict
 from warmstart.config.options import TRUNCATIONS, DataOptions, FeatureOptions, InferenceOptions, TrainOptions, opt
 
 __all__ = [
+    "given_flags",
     "TRUNCATIONS", "DataOptions", "EmbedConfig", "EvaluateConfig", "ExportConfig", "FeatureOptions", "FewshotConfig",
     "FinetuneConfig", "GenerateConfig", "InferenceOptions", "PredictConfig", "PretrainConfig", "ProbeConfig",
     "ServeConfig", "TrainOptions", "ZeroshotConfig", "absolute_paths", "build", "make", "opt", "read_config_file",

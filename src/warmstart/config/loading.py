@@ -93,3 +93,9 @@ def make(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
     if not isinstance(config, cls):
         raise UserError(f"expected a {cls.__name__}, got {type(config).__name__}")
     return build(cls, {**dataclasses.asdict(config), **kwargs})
+
+
+def given_flags(cfg: Any, names: tuple[str, ...]) -> list[str]:
+    """The --flags among the fields ``names`` that ``cfg`` sets (not None, not False): to name the options that
+    do not apply to what was asked."""
+    return [f"--{k.replace('_', '-')}" for k in names if getattr(cfg, k) is not None and getattr(cfg, k) is not False]

@@ -20,7 +20,7 @@ from typing import TextIO
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from warmstart.config import GenerateConfig
+from warmstart.config import GenerateConfig, given_flags
 from warmstart.errors import UserError
 from warmstart.models.causal import CausalLM
 
@@ -61,8 +61,7 @@ def strategy(cfg: GenerateConfig, model_samples: bool = False) -> str:
 
 
 def sampling_options(cfg: GenerateConfig) -> list[str]:
-    return [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "typical_p")
-            if getattr(cfg, k) is not None]
+    return given_flags(cfg, ("temperature", "top_k", "top_p", "typical_p"))
 
 
 def check_options(cfg: GenerateConfig) -> list[str]:

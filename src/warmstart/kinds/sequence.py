@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from warmstart import distributed, plots
-from warmstart.config import FinetuneConfig
+from warmstart.config import FinetuneConfig, given_flags
 from warmstart.data.batching import Encoded, collator, encode
 from warmstart.data.tables import LabelMap, load_splits
 from warmstart.errors import UserError
@@ -47,8 +47,7 @@ class SequenceClassification:
 
     def __init__(self, cfg: FinetuneConfig):
         # Options first: a tagging option given by mistake is named before any file is read.
-        given = [f"--{k.replace('_', '-')}" for k in ("tag_column", "base_tags", "stride", "label_all_subtokens")
-                 if getattr(cfg, k)]
+        given = given_flags(cfg, ("tag_column", "base_tags", "stride", "label_all_subtokens"))
         if given:
             raise UserError(f"{', '.join(given)} only apply to --task tokens")
         if cfg.metric_for_best not in (None, "loss", *METRICS):

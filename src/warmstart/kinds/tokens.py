@@ -7,7 +7,6 @@ on sub-words (metrics.tagging_metrics)."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from transformers import DataCollatorForTokenClassification
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig
+from warmstart.config import FinetuneConfig, given_flags
 from warmstart.data.batching import Encoded
 from warmstart.data.tables import load_splits
 from warmstart.data.tagged import (
@@ -47,40 +46,20 @@ def metric_names(scheme: str) -> tuple[str, ...]:
 
 class WordMetrics:
     """The Trainer's `compute_metrics` with `batch_eval_metrics=True`: keeps the predicted id of each labelled
-    position (a word's first sub-token in the window answering for it), per window. The Trainer does not score
-    the valid windows in order (with `train_sampling_strategy="group_by_length"` its eval sampler groups them by
-    length too), so each batch row is matched back to its window by its labels (the collator only pads them
-    with -100). Rows with equal labels have the same gold tags in the same places: which of them gets which
-    changes nothing for whole sentences, and could only move an entity split across windows.
-    In window order, each window's own words follow the previous window's (data.windows.owners): the ids are
-    the words of the valid sentences in order."""
+    position (a word's first sub-token in the window answering for it). The Trainer engine scores the valid
+    windows in dataset order (training.trainer), and each window's own words follow the previous window's
+    (data.windows.owners), so the ids in arrival order are the words of the valid sentences in order."""
 
     def __init__(self, kind: TokenClassification):
         self.kind = kind
-        self.p: dict[int, np.ndarray] = {}
-        self.slots: dict[tuple[int, ...], deque[int]] | None = None
-
-    @staticmethod
-    def key(labels: np.ndarray | list[int]) -> tuple[int, ...]:
-        labels = np.asarray(labels)
-        keep = np.flatnonzero(labels != IGNORE)
-        return tuple(labels[:keep[-1] + 1].tolist()) if len(keep) else ()
+        self.p: list[np.ndarray] = []
 
     def __call__(self, pred, compute_result: bool) -> dict | None:
-        if self.slots is None:  # a new evaluation: every valid window is still to come
-            self.slots = defaultdict(deque)
-            for k, lab in enumerate(self.kind.windows["valid"].data.features["labels"]):
-                self.slots[self.key(lab)].append(k)
         labels = pred.label_ids.cpu().numpy()
-        ids = pred.predictions.argmax(-1).cpu().numpy()
-        for lab, row in zip(labels, ids):
-            slot = self.slots.get(self.key(lab))
-            if slot:  # (none left: a row repeated to even out processes' shards)
-                self.p[slot.popleft()] = row[lab != IGNORE]
+        self.p.append(pred.predictions.argmax(-1).cpu().numpy()[labels != IGNORE])
         if not compute_result:
             return None
-        p, self.p, self.slots = self.p, {}, None
-        flat = np.concatenate([p[k] for k in sorted(p)]) if p else np.zeros(0, dtype=np.int64)
+        flat, self.p = np.concatenate(self.p), []
         sizes = self.kind.windows["valid"].n_words
         m = self.kind.score(self.kind.parts["valid"], np.split(flat, np.cumsum(sizes)[:-1]))
         return {k: m[k] for k in metric_names(self.kind.scheme)}
@@ -90,8 +69,7 @@ class TokenClassification:
     name = "tokens"
 
     def __init__(self, cfg: FinetuneConfig):
-        given = [f"--{k.replace('_', '-')}" for k in ("text_column", "text_pair_column", "label_column")
-                 if getattr(cfg, k)]
+        given = given_flags(cfg, ("text_column", "text_pair_column", "label_column"))
         if given:
             raise UserError(f"{', '.join(given)} are for --task sequence; a tagger reads a tokens column and "
                             "--tag-column")

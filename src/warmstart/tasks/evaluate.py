@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart import distributed
-from warmstart.config import EvaluateConfig, make
+from warmstart.config import EvaluateConfig, given_flags, make
 from warmstart.data.tables import read_examples
 from warmstart.data.tagged import check_sentences, read_sentences
 from warmstart.errors import UserError
@@ -34,9 +34,8 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs) -> EvaluateResult:
     if not cfg.data:
         raise UserError("no data to evaluate on: pass --data FILE")
     tagger = kind(load_config(resolve(cfg.model))) == "tagger"
-    sequence_only = [f"--{k.replace('_', '-')}" for k in ("text_column", "text_pair_column", "label_column")
-                     if getattr(cfg, k)]
-    tag_only = [f"--{k.replace('_', '-')}" for k in ("tag_column", "base_tags", "stride") if getattr(cfg, k)]
+    sequence_only = given_flags(cfg, ("text_column", "text_pair_column", "label_column"))
+    tag_only = given_flags(cfg, ("tag_column", "base_tags", "stride"))
     if tagger and sequence_only or not tagger and tag_only:
         raise UserError(f"{', '.join(sequence_only if tagger else tag_only)} "
                         f"{'do not apply to a tagger' if tagger else 'only apply to taggers (finetune --task tokens)'}")

@@ -52,11 +52,11 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
 def tag(cfg: PredictConfig) -> list[Tagged]:
     if cfg.text_pair_column:
         raise UserError("--text-pair-column is for sequence classifiers; a tagger reads one text at a time")
-    tagger = Tagger.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride)
-    words = read_words(cfg.input, cfg.limit) if cfg.input and not cfg.texts else None
-    texts = None if words is not None else read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit).texts
     if distributed.is_distributed():
         raise UserError("predict with a tagger runs in one process")
+    words = read_words(cfg.input, cfg.limit) if cfg.input and not cfg.texts else None
+    texts = None if words is not None else read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit).texts
+    tagger = Tagger.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride)
     tagged = tagger.tag(texts, words, cfg.batch_size, cfg.aggregation, cfg.progress)
     if cfg.out:
         atomic_write_text(Path(cfg.out), format_tagged([t.record() for t in tagged], cfg.format))

@@ -30,6 +30,11 @@ class _Trainer(Trainer):
         super().__init__(*args, **kwargs)
         self.stats, self.job = stats, job
 
+    def _get_eval_sampler(self, eval_dataset):
+        # The valid rows in their own order (the Trainer would group them by length as for training): a kind's
+        # streaming metrics may then read predictions in dataset order (a tagger's windows make up sentences).
+        return None if eval_dataset is None else torch.utils.data.SequentialSampler(eval_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
