@@ -33,6 +33,7 @@ IMDB = ROOT.parent / "shared" / "data" / "imdb" / "movie_data.csv.gz"
 OURS = [
     ("torch fp32", "torch", "none", "fp32"),
     ("torch bf16", "torch", "none", "bf16"),
+    ("torch auto (measured)", "torch", "none", "auto"),
     ("torch int8", "torch", "int8", "fp32"),
     ("onnx fp32", "onnx", "none", "fp32"),
     ("onnx int8", "onnx", "int8", "fp32"),

@@ -109,9 +109,17 @@ class Run:
     def finished(self) -> bool:
         return (self.dir / "metrics.json").is_file()
 
-    def write_config(self, cfg: dict) -> None:
+    def write_config(self, cfg: dict, notes: list[str] | tuple[str, ...] = ()) -> None:
+        """config.yaml: the resolved options, headed by ``notes`` as comments (how an 'auto' was resolved)."""
         if self.main:
-            atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+            head = "".join(f"# {n}\n" for n in notes)
+            atomic_write_text(self.dir / "config.yaml",
+                              head + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+
+    def saved_config(self) -> dict:
+        """The config.yaml of the run in this folder ({} when there is none)."""
+        path = self.dir / "config.yaml"
+        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
     def write_metrics(self, metrics: dict) -> None:
         if self.main:
@@ -204,8 +212,10 @@ def prepare_run_folder(run: Run, cfg: dict, resume: bool, overwrite: bool) -> No
         if not saved_path.is_file():
             raise UserError(f"--resume: '{run.dir}' holds no run to resume (no config.yaml)")
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
-        # None means "the default", resolved the same way again (e.g. max_length from the model).
-        differ = sorted(k for k in cfg if k not in NOT_COMPARED and cfg[k] is not None and saved.get(k) != cfg[k])
+        # None means "the default", resolved the same way again (e.g. max_length from the model); "auto" was
+        # resolved when the run started and the resumed run takes that value (training.common.choose_precision).
+        differ = sorted(k for k in cfg if k not in NOT_COMPARED and cfg[k] not in (None, "auto")
+                        and saved.get(k) != cfg[k])
         if differ:
             raise UserError(f"--resume: options differ from the run in '{run.dir}' ({', '.join(differ)}); "
                             f"resume with `--config {saved_path} --resume`")

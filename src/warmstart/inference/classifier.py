@@ -54,9 +54,9 @@ class Classifier:
         data = encode(self.tokenizer, ex, self.max_length)
         p = self.plan or backends.plan("torch", "none", "fp32", self.device)
         forward = self.forward or backends.TorchBackend(self.model, p)
-        size, max_tokens = backends.auto_batching(p, batch_size)
+        size, max_tokens, workers = backends.auto_batching(p, batch_size)
         logits = batched_outputs(forward, data, size, collator(self.tokenizer), self.device, progress,
-                                 max_tokens=max_tokens)
+                                 max_tokens=max_tokens, workers=workers)
         return softmax(logits)
 
 
@@ -86,7 +86,7 @@ def open_backend(name: str, cpu: bool, backend: str, quantize: str, precision: s
                   file=sys.stderr)
             p = backends.plan("torch", "none" if quantize == "auto" else quantize, precision, pick_device(cpu))
     forward = backends.TorchBackend(load_classifier(path, head=head), p)
-    return path, forward, forward.model.config, p
+    return path, forward, forward.model.config, forward.plan
 
 
 def _onnx_backend(path: str, p: backends.Plan) -> tuple[backends.OnnxBackend, object]:

@@ -69,9 +69,9 @@ class Tagger:
         """Per sentence, one row of tag probabilities per word."""
         ww = encode_words(self.tokenizer, sentences, self.max_length, self.stride)
         self.last_windowed = ww.windowed
-        size, max_tokens = backends.auto_batching(self.plan, batch_size)
+        size, max_tokens, workers = backends.auto_batching(self.plan, batch_size)
         rows = batched_outputs(self.forward, ww.data, size, collator(self.tokenizer), self.plan.device, progress,
-                               desc="tag", max_tokens=max_tokens, ragged=True)
+                               desc="tag", max_tokens=max_tokens, ragged=True, workers=workers)
         return [softmax(w) if len(w) else w for w in ww.word_scores(rows)]
 
     def tag(self, texts: list[str] | None = None, words: list[list[str]] | None = None,

@@ -11,9 +11,15 @@ def pick_device(cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
-def auto_precision(device: torch.device) -> str:
-    """What --precision auto means on ``device``: bf16 on GPUs that support it, else fp32.
+def auto_precision(device: torch.device, model: torch.nn.Module | None = None, rows: int = 8,
+                   tokens: int = 256) -> str:
+    """What --precision auto means for running ``model`` on ``device``: bf16 on GPUs that support it; on a CPU
+    the faster of fp32 and bf16 weights as measured on this model and CPU (models.precision, cached), or fp32
+    when there is no model to measure."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if model is None:
+        return "fp32"
+    from warmstart.models.precision import measure
 
-    CPUs stay fp32: on this project's Xeon, bf16 autocast made a MiniLM training step slower (1.46 s vs
-    0.79 s at 128 tokens) and bf16 weights gained at most ~25% at inference, far behind the ONNX int8 backend."""
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return measure(model, "infer", rows, tokens).precision

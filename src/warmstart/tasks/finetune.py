@@ -16,6 +16,7 @@ from warmstart.errors import UserError
 from warmstart.kinds import KINDS
 from warmstart.models import load_tokenizer, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
+from warmstart.training.common import choose_precision
 
 
 @dataclass
@@ -55,12 +56,16 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     cfg.max_length = max_length_of(tokenizer, model.config, cfg.max_length)
     model.config.train_max_length = cfg.max_length  # saved with the model: evaluate/predict default to it
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")})
 
     data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     run.say(f"model {cfg.model} ({path}); {kind.describe()}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
     job = kind.job(cfg, tokenizer, data)
+    choice = choose_precision(cfg, model, job.lengths, run)
+    if choice is not None:
+        run.say(choice.describe())
+    run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")},
+                     notes=[choice.describe()] if choice else ())
     if cfg.engine == "trainer":
         from warmstart.training import trainer as engine
     else:
@@ -73,7 +78,9 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
                      "epochs": state.epochs_log, "engine": cfg.engine,
                      "train_loop_seconds": round(state.train_seconds, 2),
                      "train_samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 3),
-                     "train_seconds": round(train_seconds, 2)}
+                     "train_seconds": round(train_seconds, 2), "precision": cfg.precision}
+    if choice is not None:
+        metrics["precision_auto"] = choice.record()
     if "test" in kind.parts:
         metrics.update(kind.test(cfg, run.model_dir, run))
     if state.epochs_log and run.main:

@@ -46,7 +46,7 @@ from warmstart.objectives.denoise import DenoisingCollator
 from warmstart.objectives.nsp import NSPCollator
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training import native
-from warmstart.training.common import Job
+from warmstart.training.common import Job, choose_precision
 
 AUTO = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM,
         "AutoModelForPreTraining": AutoModelForPreTraining, "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM}
@@ -262,7 +262,13 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         batches = [valid_collate([valid_data[i] for i in range(s, min(s + bs, len(valid_data)))])
                    for s in range(0, len(valid_data), bs)]
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")})
+    lengths = (np.full(len(train_data), cfg.block_size) if hasattr(train_data, "block_size") else
+               np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))]))
+    choice = choose_precision(cfg, model, lengths, run)
+    if choice is not None:
+        run.say(choice.describe())
+    run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")},
+                     notes=[choice.describe()] if choice else ())
     n_params = sum(p.numel() for p in model.parameters())
     run.say(f"{cfg.objective}: {objective.description}; model {type(model).__name__} ({n_params / 1e6:.1f}M "
             f"parameters{', from scratch' if cfg.from_scratch else ''}); {n_train} training documents → "
@@ -275,8 +281,6 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         device = pick_device(cfg.cpu)
         metrics["valid_before"] = evaluate(model.to(device), device, contextlib.nullcontext)
         run.say("held-out before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_before"].items()))
-    lengths = (np.full(len(train_data), cfg.block_size) if hasattr(train_data, "block_size") else
-               np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))]))
     job = Job(train=train_data, lengths=lengths, collate=collate, unit="sequences",
                      save=lambda m, folder, weights=None: (m.save_pretrained(folder, state_dict=weights),
                                                            tokenizer.save_pretrained(folder)),
@@ -288,7 +292,8 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     metrics.update(best_epoch=state.best_epoch, stopped_early=state.stopped_early, epochs=state.epochs_log,
                    train_loop_seconds=round(state.train_seconds, 2),
                    train_sequences_per_second=round(state.samples / max(state.train_seconds, 1e-9), 3),
-                   total_seconds=round(time.time() - t0, 2))
+                   total_seconds=round(time.time() - t0, 2), precision=cfg.precision,
+                   **({"precision_auto": choice.record()} if choice else {}))
     if state.epochs_log and "valid_loss" in state.epochs_log[-1]:
         best = state.epochs_log[(state.best_epoch or len(state.epochs_log)) - 1]
         metrics["valid_after"] = {k[6:]: v for k, v in best.items() if k.startswith("valid_")}

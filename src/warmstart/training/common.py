@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from warmstart import distributed
 from warmstart.config import FinetuneConfig
 from warmstart.errors import UserError
+from warmstart.models import precision as measured
 from warmstart.models.device import auto_precision, pick_device
 
 
@@ -67,10 +69,9 @@ class State:
 
 
 def mixed_precision(precision: str, cpu: bool) -> str:
-    """Accelerate's mixed_precision for ``--precision``: fp32 → no, bf16, fp16 (GPUs only); 'auto' picks the
-    launcher's bf16/fp16 if it set one, else bf16 only on GPUs that support it. On CPUs autocast to bf16
-    was measured *slower* than fp32 (MiniLM train step 1.46 s vs 0.79 s at 128 tokens on this AVX512-BF16
-    Xeon), so fp32 (models.device.auto_precision)."""
+    """Accelerate's mixed_precision for a concrete ``--precision`` (see choose_precision): fp32 → no, bf16,
+    fp16 (GPUs only). 'auto' left unresolved (an engine called directly) follows the launcher's bf16/fp16 if it
+    set one, else bf16 on GPUs that support it, else fp32."""
     on_gpu = torch.cuda.is_available() and not cpu
     if precision == "auto":
         # Under `accelerate launch --mixed_precision X` (or a config file saying so), auto follows the launcher.
@@ -81,6 +82,26 @@ def mixed_precision(precision: str, cpu: bool) -> str:
     if precision == "fp16" and not on_gpu:
         raise UserError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return {"fp32": "no"}.get(precision, precision)
+
+
+def choose_precision(cfg: Any, model: torch.nn.Module, lengths: np.ndarray, run: Any) -> measured.Choice | None:
+    """Resolve ``cfg.precision`` 'auto' in place for this run, before its config is written. A resumed run keeps
+    what its start chose (config.yaml); on GPUs (and under a launcher that set a precision) the rule of
+    ``mixed_precision``; on CPUs a measured choice (models.precision) on the run's own batch shape, made by the
+    main process and shared, so every process trains alike."""
+    if cfg.precision == "auto" and cfg.resume:
+        cfg.precision = run.saved_config().get("precision", "auto")
+    if cfg.precision != "auto":
+        return None
+    if torch.cuda.is_available() and not cfg.cpu:
+        chosen = mixed_precision("auto", cfg.cpu)
+        cfg.precision = "fp32" if chosen == "no" else chosen
+        return None
+    tokens = float(np.mean(lengths)) if len(lengths) else 32.0
+    choice = measured.measure(model, "train", cfg.batch_size, tokens) if distributed.is_main() else None
+    choice = distributed.broadcast(choice, cpu=True)
+    cfg.precision = choice.precision
+    return choice
 
 
 def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:

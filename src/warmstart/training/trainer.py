@@ -144,7 +144,8 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
         max_grad_norm=cfg.max_grad_norm or 0.0,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=distributed.use_cpu(cfg.cpu),
+        # Said outright on a machine without a GPU: the Trainer refuses bf16 there otherwise.
+        use_cpu=distributed.use_cpu(cfg.cpu) or not torch.cuda.is_available(),
         seed=cfg.seed,
         train_sampling_strategy="group_by_length",
         logging_strategy="steps",

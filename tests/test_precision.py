@@ -1,0 +1,89 @@
+"""--precision auto on a CPU: measured on the model's own shapes, cached per CPU/torch/model/shape, written to the
+run's config and metrics, kept by a resumed run, and without effect on the random numbers training draws."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification
+
+import warmstart
+from warmstart.config import FinetuneConfig, build, read_config_file
+from warmstart.models import precision as measured
+from warmstart.training.common import choose_precision
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WARMSTART_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
+
+
+def fake_timings(monkeypatch, fp32_s: float, bf16_s: float) -> list:
+    calls = []
+
+    def timed(model, mode, shape):
+        calls.append((mode, shape))
+        return fp32_s, bf16_s
+
+    monkeypatch.setattr(measured, "_time_both", timed)
+    return calls
+
+
+def test_auto_precision_is_measured_once_then_read_from_the_cache(cache, model):
+    first = measured.measure(model, "train", 16, 100)
+    assert first.precision in ("fp32", "bf16") and not first.cached and first.fp32_ms > 0 and first.bf16_ms > 0
+    assert first.shape == (measured.MAX_ROWS, 128)  # rows capped, tokens rounded up to a multiple of 32
+    assert (cache / "precision.json").is_file()
+    again = measured.measure(model, "train", 16, 120)  # the same timed shape: no new timing
+    assert again.cached and (again.precision, again.speedup, again.fp32_ms) == (first.precision, first.speedup,
+                                                                                 first.fp32_ms)
+    other = measured.measure(model, "infer", 16, 100)  # inference is its own entry
+    assert not other.cached and other.mode == "infer"
+
+
+def test_bf16_is_chosen_only_when_measured_at_least_the_margin_faster(cache, model, monkeypatch):
+    calls = fake_timings(monkeypatch, 1.0, 0.5)
+    assert measured.measure(model, "train", 4, 64).precision == "bf16"
+    fake_timings(monkeypatch, 1.0, 1.0 / (measured.MARGIN - 0.05))
+    assert measured.measure(model, "train", 4, 256).precision == "fp32"
+    assert calls == [("train", (4, 64))]
+
+
+def test_measuring_leaves_the_random_state_as_it_was(cache, model):
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    measured.measure(model, "train", 2, 32)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_finetune_writes_the_measured_choice_to_its_config_and_metrics(cache, tiny_models, imdb_head, tmp_path,
+                                                                     monkeypatch):
+    fake_timings(monkeypatch, 1.0, 0.5)  # a CPU where bf16 is twice as fast
+    out = tmp_path / "run"
+    r = warmstart.finetune(data=str(imdb_head), split="60,30", model=str(tiny_models["bert"]), epochs=1,
+                           out=str(out), progress=False)
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# precision auto → bf16: bf16 2.00x fp32's speed")
+    assert yaml.safe_load(text)["precision"] == "bf16"
+    assert r.metrics["precision"] == "bf16" and r.metrics["precision_auto"]["bf16_speedup"] == 2.0
+    # The resolved config still loads as a config: it repeats the run in bf16 wherever it runs.
+    assert build(FinetuneConfig, read_config_file(str(out / "config.yaml"))).precision == "bf16"
+
+
+def test_a_resumed_run_keeps_the_precision_its_start_chose(cache, model, monkeypatch):
+    calls = fake_timings(monkeypatch, 1.0, 0.5)
+    cfg = SimpleNamespace(precision="auto", resume=True, cpu=True, batch_size=8)
+    run = SimpleNamespace(saved_config=lambda: {"precision": "fp32"})
+    assert choose_precision(cfg, model, [50, 60], run) is None
+    assert cfg.precision == "fp32" and calls == []
+    fresh = SimpleNamespace(precision="auto", resume=False, cpu=True, batch_size=8)
+    assert choose_precision(fresh, model, [50, 60], run).precision == "bf16" == fresh.precision
