@@ -1,9 +1,11 @@
-"""`warmstart serve` under load, dynamic batching off vs on, side by side in one run.
+"""`warmstart serve` under load vs the server users write by hand, side by side in one run.
 
-Starts the server on loopback (a real uvicorn process) twice with the same model: first with --no-batching
-(one request per forward pass: the one-request-at-a-time baseline), then with dynamic batching. Each time,
-CLIENTS concurrent clients send REQUESTS requests in all, one short IMDb review each, to /predict, and the
-run stops by itself. Prints requests/s, p50/p99 latency and errors for both, and the throughput ratio.
+Starts three servers on loopback (real uvicorn processes) with the same model: the hand-written baseline
+(benchmarks/hf_pipeline_server.py: FastAPI calling `pipeline("text-classification")` per request), then
+`warmstart serve` with --no-batching (one request per forward pass) and with dynamic batching (the default).
+In alternating rounds, CLIENTS concurrent clients send REQUESTS requests in all, one short IMDb review each,
+to /predict, and the run stops by itself. Prints requests/s, p50/p99 latency and errors for each, and the
+throughput ratios to the hand-written server.
 
     .venv/bin/python benchmarks/serve_load.py [--model runs/demo/model] [--clients 16] [--requests 400]
 """
@@ -42,7 +44,11 @@ def free_port() -> int:
 
 
 def start(model: str, port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "warmstart", "serve", model, "--port", str(port), "--log-level", "warning", *extra]
+    if extra == ["--hf-pipeline"]:
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "hf_pipeline_server.py"), model, "--port", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "warmstart", "serve", model, "--port", str(port), "--log-level", "warning",
+               *extra]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -118,22 +124,24 @@ def main() -> None:
           f"(<= {args.max_words} words, {np.mean([len(t.split()) for t in texts]):.0f} on average), in "
           f"{args.rounds} alternating rounds; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
           flush=True)
-    modes = {"one at a time (--no-batching)": ["--no-batching"],
-             f"dynamic batching (max {args.max_batch_size}, {args.max_wait_ms:g} ms)":
-                 ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]}
+    modes = {"hand-written: FastAPI + HF pipeline": ["--hf-pipeline"],
+             "warmstart, one at a time (--no-batching)": ["--no-batching", "--backend", args.backend],
+             f"warmstart, batching (max {args.max_batch_size}, {args.max_wait_ms:g} ms)":
+                 ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+                  "--backend", args.backend]}
     servers: dict[str, tuple[int, subprocess.Popen]] = {}
     results: dict[str, list[dict]] = {name: [] for name in modes}
     try:
         for name, extra in modes.items():  # both up at once; only one is under load at a time
             port = free_port()
-            servers[name] = (port, start(args.model, port, [*extra, "--backend", args.backend]))
+            servers[name] = (port, start(args.model, port, extra))
         per_round = -(-args.requests // args.rounds)
         for _ in range(args.rounds):
             for name in modes:
                 results[name].append(asyncio.run(load(servers[name][0], texts, args.clients, per_round,
                                                       args.limit_s)))
         # The ceiling no batching can lift: the same clients and server, GET /health, no model at all.
-        floor = asyncio.run(load(next(iter(servers.values()))[0], texts, args.clients, args.requests, args.limit_s,
+        floor = asyncio.run(load(servers[list(modes)[1]][0], texts, args.clients, args.requests, args.limit_s,
                                  "/health"))
     finally:
         for _, proc in servers.values():
@@ -146,13 +154,14 @@ def main() -> None:
         n = sum(r["requests"] for r in rounds)
         summary[name] = rps = n / sum(r["elapsed"] for r in rounds)
         each = ", ".join(f"{r['rps']:.1f}" for r in rounds)
-        print(f"{name:<42} {rps:7.1f} req/s  p50 {np.percentile(lat, 50):7.1f} ms  p99 {np.percentile(lat, 99):7.1f} "
+        print(f"{name:<44} {rps:7.1f} req/s  p50 {np.percentile(lat, 50):7.1f} ms  p99 {np.percentile(lat, 99):7.1f} "
               f"ms  errors {sum(r['errors'] for r in rounds)}/{n}  forward passes {sum(r['passes'] for r in rounds)}"
               f"  (rounds: {each} req/s)")
-    off, on = summary.values()
+    hand, off, on = summary.values()
     print(f"{'HTTP alone (GET /health, no model)':<42} {floor['rps']:7.1f} req/s  "
           f"p50 {np.percentile(floor['latencies'], 50):7.1f} ms  errors {floor['errors']}/{floor['requests']}")
-    print(f"throughput ratio (batching / one at a time): {on / off:.2f}x; load average now {os.getloadavg()[0]:.1f}")
+    print(f"throughput vs the hand-written server: batching {on / hand:.2f}x, one at a time {off / hand:.2f}x; "
+          f"batching / one at a time {on / off:.2f}x; load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

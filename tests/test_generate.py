@@ -204,7 +204,7 @@ def smollm2(tmp_path_factory) -> dict:
         os.environ["WARMSTART_HOME"] = old
 
 
-def test_smollm2_conversion_is_atomic_and_a_second_load_is_fast(smollm2):
+def test_smollm2_conversion_is_atomic_and_a_second_load_reuses_it(smollm2):
     from warmstart.models.bundled import SOURCE_FILE
     from warmstart.models.causal import CausalLM
 
@@ -213,12 +213,9 @@ def test_smollm2_conversion_is_atomic_and_a_second_load_is_fast(smollm2):
     target = smollm2["target"]
     assert {"config.json", "model.safetensors", "tokenizer.json", SOURCE_FILE} <= {p.name for p in target.iterdir()}
     stamp = (target / "model.safetensors").stat().st_mtime_ns
-    started = time.perf_counter()
-    lm = CausalLM.load("smollm2")
-    elapsed = time.perf_counter() - started
-    assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
+    lm = CausalLM.load("smollm2", precision="fp32")
+    assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again (no timing asserted)
     assert lm.model.config.model_type == "llama" and lm.model.num_parameters() > 100_000_000
-    assert elapsed < 2.0, f"cached load took {elapsed:.2f} s (conversion: {smollm2['convert_s']:.1f} s)"
 
 
 def test_seed_example_gives_different_completions_within_max_length(smollm2, capsys):

@@ -87,3 +87,31 @@ def test_a_resumed_run_keeps_the_precision_its_start_chose(cache, model, monkeyp
     assert cfg.precision == "fp32" and calls == []
     fresh = SimpleNamespace(precision="auto", resume=False, cpu=True, batch_size=8)
     assert choose_precision(fresh, model, [50, 60], run).precision == "bf16" == fresh.precision
+
+
+def test_generation_precision_is_measured_and_greedy_text_matches_plain_generate(cache, tiny_gpt2, monkeypatch):
+    from warmstart.config import GenerateConfig
+    from warmstart.inference.decoding import complete, generation_config
+    from warmstart.models.causal import CausalLM
+
+    calls = fake_timings(monkeypatch, 1.0, 0.5)
+    lm = CausalLM.load(str(tiny_gpt2), cpu=True)
+    assert lm.precision == "bf16" and lm.model.dtype == torch.bfloat16 and calls[0][0] == "generate"
+    assert CausalLM.load(str(tiny_gpt2), cpu=True, precision="fp32").model.dtype == torch.float32
+    # warmstart's decoding path (budgets, stopping criteria, padding) gives plain generate's greedy tokens.
+    ids = lm.tokenizer("The film was")["input_ids"]
+    plain = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    cfg = GenerateConfig(prompts=["The film was"], model=str(tiny_gpt2), max_new_tokens=12, strategy="greedy")
+    gc = generation_config(cfg, lm.model.generation_config, [])
+    gc.min_new_tokens = 12
+    ours = complete(lm, ["The film was"], [ids], [12], gc, [])
+    assert ours[0].completions[0] == lm.tokenizer.decode(ids + plain)[len(lm.tokenizer.decode(ids)):]
+
+
+def test_generate_cli_takes_a_precision(tiny_gpt2, capsys):
+    from warmstart.cli import main
+
+    assert main(["generate", "Once", "--model", str(tiny_gpt2), "--max-new-tokens", "4", "--precision", "fp32",
+                 "--cpu"]) == 0
+    assert capsys.readouterr().out.startswith("Once")

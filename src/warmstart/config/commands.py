@@ -135,6 +135,9 @@ class GenerateConfig:
     batch_size: int = opt(8, "prompts generated together (left-padded)")
     stream: bool = opt(True, "print tokens as they are produced when stdout is a terminal (text output, "
                              "one completion per prompt, no beam search)")
+    precision: str = opt("auto", "weights: auto (on a CPU the faster of fp32 and bf16 for decoding, measured once "
+                                 "per CPU and model; a GPU checkpoint's own), fp32 or bf16",
+                         choices=("auto", "fp32", "bf16"))
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(False, "show a progress bar")
 

@@ -141,7 +141,7 @@ class PromptMethod(ZeroShotMethod):
 
     def __init__(self, name: str, template: str | None, cpu: bool, max_length: int | None, calibrate: bool = True,
                  chat: bool = False, answer_prefix: str = "The answer is", truncate: str = "head"):
-        self.lm = CausalLM.load(name, cpu)
+        self.lm = CausalLM.load(name, cpu, precision="fp32")  # scores, not text: kept exact
         self.scorer = PromptScorer(self.lm, max_length or 256, truncate)
         self.template = template or (DEFAULT_CHAT_TEMPLATE if chat else DEFAULT_TEMPLATES["prompt"])
         split_template(self.template)

@@ -33,7 +33,7 @@ class Choice:
     speedup: float          # fp32 step time / bf16 step time
     fp32_ms: float
     bf16_ms: float
-    mode: str               # train or infer
+    mode: str               # train, infer (a forward pass) or generate (decoding)
     shape: tuple[int, int]  # (rows, tokens) of the timed batch
     cached: bool            # read from the cache rather than measured now
     error: str = ""         # why it could not be measured (then fp32)
@@ -140,6 +140,15 @@ def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int]) -> tup
             first = out[0] if isinstance(out, tuple) else next(iter(out.values()))
             first.float().mean().backward()
             m.zero_grad(set_to_none=True)
+    elif mode == "generate":  # decoding: one prompt of ``shape[1]`` tokens, then 8 new tokens one at a time
+        m32 = copy.deepcopy(model).cpu().eval()
+        m16 = copy.deepcopy(model).cpu().to(torch.bfloat16).eval()
+        prompt = {k: v[:1] for k, v in inputs.items()}
+
+        def step(m: torch.nn.Module, bf16: bool) -> None:
+            with torch.inference_mode():
+                m.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                           pad_token_id=getattr(config, "eos_token_id", None) or 0)
     else:
         m32 = copy.deepcopy(model).cpu().eval()
         m16 = copy.deepcopy(model).cpu().to(torch.bfloat16).eval()

@@ -12,8 +12,6 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from transformers import set_seed
-
 from warmstart.config import GenerateConfig, build
 from warmstart.errors import UserError
 from warmstart.inference.decoding import (
@@ -22,6 +20,7 @@ from warmstart.inference.decoding import (
     check_options,
     complete,
     generation_config,
+    seed_all,
     strategy,
     token_budget,
 )
@@ -87,7 +86,7 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
 def run(lm: CausalLM, p: Prepared, streamer: Streamer | None = None) -> Generation:
     """Generate for one prepared request (in the generation thread: it blocks while the model runs)."""
     if p.cfg.seed is not None:
-        set_seed(p.cfg.seed)
+        seed_all(p.cfg.seed)
     gen_config = generation_config(p.cfg, lm.model.generation_config, p.stops)
     return complete(lm, [p.prompt], [p.ids], [p.budget], gen_config, p.stops, streamer)[0]
 

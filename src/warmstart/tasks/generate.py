@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TextIO
 
 from tqdm.auto import tqdm
-from transformers import set_seed
 
 from warmstart.config import GenerateConfig, make
 from warmstart.data.texts import read_prompts
@@ -22,6 +21,7 @@ from warmstart.inference.decoding import (
     check_options,
     complete,
     generation_config,
+    seed_all,
     strategy,
     token_budget,
 )
@@ -36,13 +36,13 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     cfg = make(GenerateConfig, config, kwargs)
     stops = check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.input)
-    lm = CausalLM.load(cfg.model, cfg.cpu)
+    lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
     texts = [lm.chat_text(p, cfg.system) for p in prompts] if cfg.chat else prompts
     # A chat template writes its own special tokens (e.g. BOS); plain prompts get the tokenizer's usual ones.
     ids = [lm.tokenizer(t, add_special_tokens=not cfg.chat)["input_ids"] for t in texts]
     budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
     if cfg.seed is not None:
-        set_seed(cfg.seed)
+        seed_all(cfg.seed)
     streaming = stream_to is not None and streamable(cfg)
     if streaming:  # one prompt at a time, in order, so that the text appears as it is produced
         batches = [[i] for i in range(len(ids))]
