@@ -20,6 +20,7 @@ COMMAND_OF = {
     "demo.yaml": "FinetuneConfig",
     "imdb-minilm-cpu.yaml": "FinetuneConfig",
     "imdb-distilbert.yaml": "FinetuneConfig",
+    "imdb-90.yaml": "FinetuneConfig",
 }
 
 

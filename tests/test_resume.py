@@ -22,6 +22,8 @@ def test_resume_after_kill_gives_same_metrics(tiny_models, imdb_head, tmp_path):
     killed = tmp_path / "killed"
     ckpt = kill_after_checkpoint(args, killed)
     assert 0 < ckpt["step"] < 300
+    # A mid-epoch checkpoint carries the training time so far (it was 0 until the epoch ended).
+    assert ckpt["batches_done"] > 0 and ckpt["train_seconds"] > 0
 
     assert main(["finetune", "--config", str(killed / "config.yaml"), "--resume", "--no-progress"]) == 0
     assert main([*args, "--out", str(tmp_path / "full")]) == 0

@@ -148,9 +148,11 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             if state.step >= total_steps:
                 break
             if cfg.save_steps and state.step % cfg.save_steps == 0:
-                t_ckpt = time.time()
+                # The checkpoint carries the loop's time so far (a run resumed from it counts on from there);
+                # writing it is not training time.
+                state.train_seconds += time.time() - t_loop
                 checkpoint()
-                t_loop += time.time() - t_ckpt
+                t_loop = time.time()
         state.train_seconds += time.time() - t_loop
         end_of_epoch(cfg, state, model, accelerator, job, run, time.time() - t_epoch, save_best)
         checkpoint()
