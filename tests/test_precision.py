@@ -82,7 +82,7 @@ def test_finetune_writes_the_measured_choice_to_its_config_and_metrics(cache, ti
 def test_a_resumed_run_keeps_the_precision_its_start_chose(cache, model, monkeypatch):
     calls = fake_timings(monkeypatch, 1.0, 0.5)
     cfg = SimpleNamespace(precision="auto", resume=True, cpu=True, batch_size=8)
-    run = SimpleNamespace(saved_config=lambda: {"precision": "fp32"})
+    run = SimpleNamespace(saved_config=lambda: {"precision": "fp32"}, say=lambda message: None)
     assert choose_precision(cfg, model, [50, 60], run) is None
     assert cfg.precision == "fp32" and calls == []
     fresh = SimpleNamespace(precision="auto", resume=False, cpu=True, batch_size=8)

@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from warmstart.errors import UserError
-from warmstart.models.device import pick_device
-from warmstart.models.precision import measure
+from warmstart.models.device import auto_precision, pick_device
 from warmstart.models.registry import ensure_pad_token, is_causal, load_config, load_tokenizer, resolve
 
 
@@ -39,8 +38,10 @@ class CausalLM:
                             "such as GPT-2, GPT-Neo, Llama or Qwen (a ...ForCausalLM checkpoint)")
         tokenizer = load_tokenizer(path)
         device = pick_device(cpu)
-        dtype = torch.float32 if device.type == "cpu" or precision == "fp32" else (
-            torch.bfloat16 if precision == "bf16" else "auto")
+        # A GPU loads the checkpoint's own dtype for auto; a CPU loads fp32 and casts below if bf16 is chosen.
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(precision, "auto")
+        if device.type == "cpu":
+            dtype = torch.float32
         try:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         except (OSError, ValueError) as e:
@@ -50,8 +51,9 @@ class CausalLM:
             # Decoding reads every weight once per token: bf16 halves that traffic, 1.9x the new tokens/s of fp32
             # for SmolLM2-135M on a Zen 4 CPU. Greedy text then follows bf16 arithmetic (may differ from fp32's).
             if precision == "auto":
-                precision = measure(model, "generate", 1, 16).precision
-            model = model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+                precision = auto_precision(device, model, rows=1, tokens=16, mode="generate")
+            if precision == "bf16":
+                model = model.to(torch.bfloat16)
         model.to(device).eval()
         tokenizer.padding_side = "left"  # a decoder continues from the last real token
         ensure_pad_token(tokenizer)

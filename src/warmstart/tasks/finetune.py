@@ -62,8 +62,6 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
     job = kind.job(cfg, tokenizer, data)
     choice = choose_precision(cfg, model, job.lengths, run)
-    if choice is not None:
-        run.say(choice.describe())
     run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")},
                      notes=[choice.describe()] if choice else ())
     if cfg.engine == "trainer":

@@ -265,8 +265,6 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     lengths = (np.full(len(train_data), cfg.block_size) if hasattr(train_data, "block_size") else
                np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))]))
     choice = choose_precision(cfg, model, lengths, run)
-    if choice is not None:
-        run.say(choice.describe())
     run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")},
                      notes=[choice.describe()] if choice else ())
     n_params = sum(p.numel() for p in model.parameters())

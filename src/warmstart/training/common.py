@@ -88,7 +88,7 @@ def choose_precision(cfg: Any, model: torch.nn.Module, lengths: np.ndarray, run:
     """Resolve ``cfg.precision`` 'auto' in place for this run, before its config is written. A resumed run keeps
     what its start chose (config.yaml); on GPUs (and under a launcher that set a precision) the rule of
     ``mixed_precision``; on CPUs a measured choice (models.precision) on the run's own batch shape, made by the
-    main process and shared, so every process trains alike."""
+    main process and shared, so every process trains alike; the measured choice is logged."""
     if cfg.precision == "auto" and cfg.resume:
         cfg.precision = run.saved_config().get("precision", "auto")
     if cfg.precision != "auto":
@@ -101,6 +101,7 @@ def choose_precision(cfg: Any, model: torch.nn.Module, lengths: np.ndarray, run:
     choice = measured.measure(model, "train", cfg.batch_size, tokens) if distributed.is_main() else None
     choice = distributed.broadcast(choice, cpu=True)
     cfg.precision = choice.precision
+    run.say(choice.describe())
     return choice
 
 
