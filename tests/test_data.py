@@ -100,3 +100,36 @@ def test_fraction_split_with_shuffle_is_seeded(imdb_head):
 def test_split_sizes_turn_fractions_into_row_counts_and_keep_given_counts():
     assert split_sizes("0.5,0.5", 11, "f") == [6, 5]
     assert split_sizes("3,2", 10, "f") == [3, 2]
+
+
+def test_texts_one_per_line_read_alike_from_files_and_stdin_for_predict_and_generate(tmp_path, monkeypatch):
+    """CRLF line ends are dropped and blank lines skipped wherever texts come one per line (a review found
+    predict keeping them or failing on them while generate skipped them)."""
+    import io
+
+    from warmstart.data.texts import read_prompts, read_texts
+
+    raw = "A wonderful film.\r\n\r\n  \r\nTwo hours lost.\r\n"
+    path = tmp_path / "in.txt"
+    path.write_bytes(raw.encode("utf-8"))
+    expected = ["A wonderful film.", "Two hours lost."]
+    assert read_texts([], str(path)).texts == expected
+    assert read_prompts([], str(path)) == expected
+    for read in (lambda: read_texts([], None).texts, lambda: read_prompts([], None)):
+        stdin = io.TextIOWrapper(io.BytesIO(raw.encode("utf-8")), encoding="utf-8", newline="")  # keeps \r\n
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert read() == expected
+
+
+def test_warmstart_home_moves_every_cache_the_token_cache_included(tmp_path, monkeypatch):
+    from warmstart.models import precision
+    from warmstart.objectives import stream
+    from warmstart.runs import cache_dir
+
+    monkeypatch.delenv("WARMSTART_TOKEN_CACHE", raising=False)
+    monkeypatch.setenv("WARMSTART_HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home"
+    assert stream.cache_dir() == tmp_path / "home" / "tokens"
+    assert precision.cache_file().parent == tmp_path / "home"
+    monkeypatch.setenv("WARMSTART_TOKEN_CACHE", str(tmp_path / "tokens"))
+    assert stream.cache_dir() == tmp_path / "tokens"

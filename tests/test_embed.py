@@ -119,6 +119,77 @@ def test_embed_resumes_after_the_last_finished_chunk(tiny_models, reviews, tmp_p
     np.testing.assert_allclose(np.load(out), np.load(tmp_path / "ref.npy"), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".safetensors"])
+def test_embed_killed_while_assembling_finishes_from_its_chunks(suffix, tiny_models, reviews, tmp_path, monkeypatch):
+    from warmstart import embed
+    from warmstart.tasks import embed as task
+
+    m, out = str(tiny_models["bert"]), tmp_path / f"f{suffix}"
+    kw = dict(model=m, data=str(reviews), chunk_size=16, progress=False)
+    real_chunks = task._chunks
+
+    def killed_after_two(parts, n):
+        for i, x in enumerate(real_chunks(parts, n)):
+            if i == 2:
+                # what a kill -9 leaves: the half-assembled file under its temporary name
+                (out.parent / f".{out.name}.tmp4242").write_bytes(b"half an output")
+                raise KeyboardInterrupt
+            yield x
+
+    monkeypatch.setattr(task, "_chunks", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        embed(out=str(out), **kw)
+    assert not out.exists()  # never a partial output under the final name
+    monkeypatch.setattr(task, "_chunks", real_chunks)
+    monkeypatch.setattr(Embedder, "load", lambda *a, **k: pytest.fail("a rerun that only assembles loads no model"))
+    r = embed(out=str(out), **kw)
+    assert r.rows == 60 and r.dim == 32
+    monkeypatch.undo()
+    ref = tmp_path / "ref" / f"f{suffix}"
+    embed(out=str(ref), **kw)
+    np.testing.assert_array_equal(features(out), features(ref))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def features(path):
+    """The embedding matrix of an embed output in any format."""
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".parquet":
+        return np.stack(pd.read_parquet(path)["embedding"].to_numpy())
+    from safetensors.numpy import load_file
+
+    return load_file(path)["embeddings"]
+
+
+def test_embed_killed_after_renaming_its_output_finishes_on_the_same_command(tiny_models, reviews, tmp_path,
+                                                                            monkeypatch):
+    from warmstart import embed
+    from warmstart.tasks import embed as task
+
+    out = tmp_path / "f.npy"
+    kw = dict(model=str(tiny_models["bert"]), data=str(reviews), out=str(out), chunk_size=16, progress=False)
+
+    write = task.atomic_write_text
+
+    def killed(path, text):
+        if str(path).endswith(".config.yaml"):
+            raise KeyboardInterrupt  # the output is in place; its config.yaml and the chunks' removal are not done
+        write(path, text)
+
+    monkeypatch.setattr(task, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        embed(**kw)
+    assert out.exists() and task.parts_dir(out).is_dir()
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(Embedder, "embed", lambda self, texts, *a, **k: calls.append(texts))
+    first = np.load(out)
+    embed(**kw)  # no "already exists": the same command finishes the run
+    assert calls == [] and (tmp_path / "f.config.yaml").is_file() and not task.parts_dir(out).exists()
+    np.testing.assert_array_equal(np.load(out), first)
+
+
 def test_embed_refuses_to_mix_chunks_of_other_options(tiny_models, reviews, tmp_path, monkeypatch):
     from warmstart import embed
 

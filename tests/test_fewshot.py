@@ -182,5 +182,5 @@ def test_fewshot_prompt_weighs_a_similarity_score_when_given_descriptions(tiny_g
     with pytest.raises(UserError, match="'neutral' is not one of the labels"):
         fewshot(out=str(tmp_path / "bad"), descriptions=["neutral=So-so."], **kw)
     assert not (tmp_path / "bad").exists()  # refused before any output
-    with pytest.raises(UserError, match="--descriptions is for --method prompt"):
+    with pytest.raises(UserError, match="--descriptions does not apply to --method setfit"):
         fewshot(**{**kw, "method": "setfit"}, out=str(tmp_path / "bad2"), descriptions=["negative=A bad film."])

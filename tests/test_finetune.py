@@ -71,6 +71,27 @@ def test_predict_agrees_with_evaluate_on_the_test_split(minilm_run, imdb, tmp_pa
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in preds)
 
 
+def test_a_saved_model_scores_the_same_in_the_hf_pipeline_as_in_evaluate(minilm_run, imdb, tmp_path):
+    """The saved tokenizer carries the training length (128 here), so plain transformers truncates where
+    warmstart does: the pipeline and `evaluate` agree on reviews far longer than that."""
+    import pandas as pd
+    from transformers import pipeline
+
+    df = pd.read_csv(imdb, skiprows=range(1, 40001), nrows=64)
+    path = tmp_path / "test.csv"
+    df.to_csv(path, index=False)
+    tok = AutoTokenizer.from_pretrained(minilm_run.model_dir)
+    assert tok.model_max_length == 128
+    assert max(len(ids) for ids in tok(df["review"].tolist(), truncation=True)["input_ids"]) == 128
+    ev = warmstart.evaluate(model=str(minilm_run.run_dir), data=str(path), progress=False, backend="torch",
+                            quantize="none", precision="fp32")
+    clf = pipeline("text-classification", model=str(minilm_run.model_dir), device="cpu")
+    labels = [p["label"] for p in clf(df["review"].tolist(), truncation=True, batch_size=8)]
+    names = ["negative", "positive"]
+    hf_accuracy = np.mean([label == names[y] for label, y in zip(labels, df["sentiment"])])
+    assert hf_accuracy == pytest.approx(ev.accuracy)
+
+
 def test_predict_cli_reads_arguments_files_and_stdin_and_keeps_order(minilm_run, tmp_path, capsys, monkeypatch):
     import io
 
@@ -91,6 +112,8 @@ def test_predict_cli_reads_arguments_files_and_stdin_and_keeps_order(minilm_run,
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts[::-1]) + "\n"))
     assert main(["predict", str(minilm_run.model_dir)]) == 0
     assert [json.loads(x)["text"] for x in capsys.readouterr().out.splitlines()] == texts[::-1]
+    assert main(["predict", str(minilm_run.model_dir), "--aggregation", "max", *texts]) == 2  # a tagger's option
+    assert "--aggregation does not apply to a sequence classifier" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
@@ -122,7 +145,7 @@ def test_config_yaml_repeats_the_run_exactly(tiny_models, imdb_head, tmp_path):
 def test_early_stopping_stops_when_valid_metric_stalls_and_keeps_the_best_model(tiny_models, imdb_head, tmp_path):
     # lr 0: the model never changes, so the valid metric never improves after epoch 1.
     result = warmstart.finetune(data=str(imdb_head), split="200,100", model=str(tiny_models["distilbert"]),
-                                epochs=6, lr=0.0, patience=2, out=str(tmp_path / "es"), progress=False)
+                                epochs=6, lr=1e-12, patience=2, out=str(tmp_path / "es"), progress=False)
     assert result.metrics["stopped_early"] and len(result.metrics["epochs"]) == 3
     assert result.metrics["best_epoch"] == 1
 

@@ -155,10 +155,11 @@ def test_generate_bad_input_exits_2_with_one_error_line_and_no_output(tiny_gpt2,
                                                  "--num-return-sequences", "2", *m],
         "leaves no room": ["generate", SEED_SENTENCE, "--max-length", "7", *m],
         "more than this model's limit of 128": ["generate", "hi", "--max-new-tokens", "200", *m],
-        "--temperature must be more than 0": ["generate", "hi", "--temperature", "0", *m],
-        "--temperature must be at least 0.01": ["generate", "hi", "--temperature", "5e-324", *m],
-        "--temperature must be at most 100": ["generate", "hi", "--temperature", "1e308", *m],
-        "--repetition-penalty must be at most 100": ["generate", "hi", "--repetition-penalty", "1e308", *m],
+        "option 'temperature' must be ≥ 0.01 and ≤ 100, got 0.0": ["generate", "hi", "--temperature", "0", *m],
+        "option 'temperature' must be ≥ 0.01 and ≤ 100, got 5e-324": ["generate", "hi", "--temperature", "5e-324", *m],
+        "option 'temperature' must be ≥ 0.01 and ≤ 100, got 1e+308": ["generate", "hi", "--temperature", "1e308", *m],
+        "option 'repetition_penalty' must be > 0 and ≤ 100": ["generate", "hi", "--repetition-penalty", "1e308", *m],
+        "option 'temperature' must be a finite number, got inf": ["generate", "hi", "--temperature", "inf", *m],
         "row 2": ["generate", "--input", str(empty), *m],
         "does not exist": ["generate", "--input", str(tmp_path / "missing.txt"), *m],
     }
@@ -216,6 +217,20 @@ def test_smollm2_conversion_is_atomic_and_a_second_load_reuses_it(smollm2):
     lm = CausalLM.load("smollm2", precision="fp32")
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again (no timing asserted)
     assert lm.model.config.model_type == "llama" and lm.model.num_parameters() > 100_000_000
+
+
+def test_the_smollm2_alias_fine_tunes_and_the_saved_model_reloads_in_plain_transformers(smollm2, tmp_path):
+    """The converted folder's config no longer says 'quantized with gguf': saving a fine-tuned copy crashed."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    import warmstart
+    from conftest import SST2
+
+    assert getattr(AutoConfig.from_pretrained(smollm2["target"]), "quantization_config", None) is None
+    result = warmstart.finetune(model="smollm2", data=str(SST2), limit=40, split="24,16", max_steps=2, batch_size=8,
+                                max_length=32, out=str(tmp_path / "run"), progress=False, precision="fp32")
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    assert model.config.model_type == "llama" and model.config.num_labels == 2
 
 
 def test_seed_example_gives_different_completions_within_max_length(smollm2, capsys):

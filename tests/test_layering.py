@@ -28,7 +28,7 @@ LAYERS = [
 ENTRY = len(LAYERS) - 1
 # warmstart.<command> is a lazily imported function: a submodule of that name would replace it once imported
 COMMANDS = {"finetune", "evaluate", "predict", "generate", "pretrain", "embed", "probe", "zeroshot", "fewshot",
-            "serve", "export"}
+            "serve", "export", "calibrate"}
 
 
 def modules(root: Path) -> dict[str, Path]:

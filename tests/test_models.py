@@ -63,3 +63,12 @@ def test_max_length_defaults_to_the_model_limit_and_rejects_more(tiny_models):
 def test_evaluating_a_model_without_classification_head_is_a_clear_error(tiny_models, imdb_head):
     with pytest.raises(UserError, match="has no classification head"):
         warmstart.evaluate(model=str(tiny_models["bert"]), data=str(imdb_head))
+
+
+def test_aliases_are_found_whatever_their_case_and_a_near_miss_is_named():
+    from warmstart.errors import UserError
+    from warmstart.models import resolve
+
+    assert resolve(" MiniLM") == resolve("minilm")
+    with pytest.raises(UserError, match=r"did you mean 'minilm'\?"):
+        resolve("mini-lm")

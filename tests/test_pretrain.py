@@ -75,6 +75,7 @@ def test_resume_continues_masks_and_order_exactly(corpus, tiny_models, tmp_path)
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (full, cut))
     assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
     assert a["valid_after"] == b["valid_after"]
+    assert a["valid_before"] == b["valid_before"]  # measured by the run's start, kept across the resume
 
 
 def write(tmp_path, name, text):

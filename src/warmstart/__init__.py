@@ -32,6 +32,7 @@ for _c in COMMANDS.values():
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from warmstart.config import (
+        CalibrateConfig,
         EmbedConfig,
         EvaluateConfig,
         ExportConfig,
@@ -42,10 +43,12 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         PretrainConfig,
         ProbeConfig,
         ServeConfig,
+        TuneConfig,
         ZeroshotConfig,
     )
     from warmstart.errors import UserError
     from warmstart.serving import serve
+    from warmstart.tasks.calibrate import CalibrateResult, calibrate
     from warmstart.tasks.embed import EmbedResult, embed
     from warmstart.tasks.evaluate import EvaluateResult, evaluate
     from warmstart.tasks.export import ExportResult, export
@@ -55,6 +58,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from warmstart.tasks.predict import Prediction, predict
     from warmstart.tasks.pretrain import PretrainResult, pretrain
     from warmstart.tasks.probe import ProbeResult, probe
+    from warmstart.tasks.tune import TuneResult, tune
     from warmstart.tasks.zeroshot import ZeroshotResult, zeroshot
 
 
@@ -65,11 +69,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CalibrateConfig", "CalibrateResult", "calibrate",
     "EmbedConfig", "EmbedResult", "EvaluateConfig", "EvaluateResult", "ExportConfig", "ExportResult", "FewshotConfig",
     "FewshotResult", "FinetuneConfig", "FinetuneResult", "GenerateConfig", "Generation", "PredictConfig",
     "Prediction", "PretrainConfig", "PretrainResult", "ProbeConfig", "ProbeResult", "ServeConfig", "UserError",
-    "ZeroshotConfig", "ZeroshotResult", "__version__", "embed", "evaluate", "export", "fewshot", "finetune",
-    "generate", "predict", "pretrain", "probe", "serve", "zeroshot",
+    "TuneConfig", "TuneResult", "ZeroshotConfig", "ZeroshotResult", "__version__", "embed", "evaluate", "export",
+    "fewshot", "finetune", "generate", "predict", "pretrain", "probe", "serve", "tune", "zeroshot",
 ]
 # Spelled out for type checkers; the table is what counts.
 assert set(__all__) == {*_LAZY, "__version__"}, sorted(set(__all__) ^ {*_LAZY, "__version__"})

@@ -17,6 +17,7 @@ from typing import Any
 from warmstart import __version__, config, distributed
 from warmstart.commands import COMMANDS
 from warmstart.config import build, read_config_file
+from warmstart.config.options import describe_bounds
 from warmstart.errors import UserError
 
 
@@ -43,12 +44,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[st
         default = f.default if f.default is not dataclasses.MISSING else None
         help_ = meta.get("help", "") + ("" if default in (None, "", False) or isinstance(default, bool)
                                         else f" (default: {default})")
+        if meta.get("bounds"):
+            help_ += f" ({describe_bounds(meta['bounds'])})"
         if f.name in positional:
             nargs = "*" if typing.get_origin(tp) is list else "?"
             parser.add_argument(f.name, nargs=nargs, default=argparse.SUPPRESS, help=help_)
             continue
         flag = "--" + f.name.replace("_", "-")
-        if tp is bool:
+        if tp is bool or tp == bool | None:  # --normalize / --no-normalize; unset: None (the default decides)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         elif typing.get_origin(tp) is list:  # e.g. --stop A --stop B
             parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar=f.name.upper(),
@@ -58,8 +61,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[st
                                 metavar=f.name.upper() if not meta.get("choices") else None, help=help_)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (like every other user error), not usage + error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog.removeprefix('warmstart ')}: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="warmstart", description="Put pre-trained transformers to work, offline.")
+    p = _Parser(prog="warmstart", description="Put pre-trained transformers to work, offline.")
     p.add_argument("--version", action="version", version=f"warmstart {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
@@ -101,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             if code is not None:
                 return code
         run(command, cfg)
+        distributed.finish()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; continue a finetune run with --resume", file=sys.stderr)
+        print("interrupted; continue with --resume (finetune, pretrain) or by running the same command again",
+              file=sys.stderr)
         return 130
     return 0
 

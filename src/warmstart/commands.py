@@ -48,6 +48,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     # serve's function stays in warmstart.serving (the public function's module; see the README's Architecture).
     Command("serve", "ServeConfig", None, ("model",), "serve a model over HTTP: predict, embed, zeroshot, generate",
             module="warmstart.serving", reports=False),
+    Command("calibrate", "CalibrateConfig", "CalibrateResult", ("model",),
+            "fit a saved classifier's temperature on labelled held-out data: calibrated probabilities"),
     Command("export", "ExportConfig", "ExportResult", ("model",),
             "export a fine-tuned classifier to ONNX (fp32 and int8)"),
+    Command("tune", "TuneConfig", "TuneResult", (),
+            "hyperparameter search (Optuna TPE, pruning) over finetune or probe options; keeps the best trial"),
 )}

@@ -67,6 +67,17 @@ def barrier() -> None:
         state().wait_for_everyone()
 
 
+def finish() -> None:
+    """End a launched command's process group once every process is done. Left to interpreter exit, gloo's
+    threads can be torn down while a peer still talks to them, and a process that did its work aborts
+    ("terminate called without an active exception"), failing the whole launch."""
+    import torch.distributed as dist
+
+    if is_distributed() and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(n: int, index: int | None = None, size: int | None = None) -> np.ndarray:
     """Row indices of ``n`` rows that process ``index`` (default: this one) of ``size`` handles."""
     index = rank() if index is None else index

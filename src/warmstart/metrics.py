@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
@@ -13,6 +20,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[s
                                                     zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        # The mean of per-class recalls: what accuracy means when the classes are skewed (chance is 1/K).
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "precision_macro": float(mp),
         "recall_macro": float(mr),
         "f1_macro": float(mf),
@@ -22,6 +31,64 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[s
         "labels": list(names),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
+    """Multi-hot targets and predictions (rows, labels): micro and macro F1, subset accuracy (every label of a
+    row right), and precision/recall/F1 per label."""
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    micro = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    macro = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
+    return {
+        "f1_micro": float(micro[2]), "precision_micro": float(micro[0]), "recall_micro": float(micro[1]),
+        "f1_macro": float(macro[2]), "precision_macro": float(macro[0]), "recall_macro": float(macro[1]),
+        "subset_accuracy": float(np.mean((y_true == y_pred).all(axis=1))) if len(y_true) else 0.0,
+        "n": int(len(y_true)),
+        "per_label": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, n in enumerate(names)},
+        "labels": list(names),
+    }
+
+
+def best_thresholds(probs: np.ndarray, y_true: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+    """Per label, the probability threshold with the best F1 on these rows (ties: the one nearest 0.5); 0.5
+    for a label with no positive row, where F1 cannot choose."""
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid
+    out = np.full(probs.shape[1], 0.5)
+    for k in range(probs.shape[1]):
+        truth = y_true[:, k] > 0.5
+        if not truth.any():
+            continue
+        pred = probs[:, k][None, :] >= grid[:, None]  # (thresholds, rows)
+        tp = (pred & truth).sum(1)
+        f1 = 2 * tp / np.maximum(pred.sum(1) + truth.sum(), 1)
+        best = np.flatnonzero(f1 == f1.max())
+        out[k] = float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
+    return out
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
+    """RMSE, MAE, Pearson's r and Spearman's rho, averaged over the targets, and per target when several."""
+    from scipy.stats import pearsonr, spearmanr
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    per = {}
+    for k, name in enumerate(names):
+        t, p = y_true[:, k], y_pred[:, k]
+        constant = len(t) < 2 or np.ptp(t) == 0 or np.ptp(p) == 0  # correlation undefined: reported as 0
+        per[name] = {"rmse": float(np.sqrt(mean_squared_error(t, p))), "mae": float(mean_absolute_error(t, p)),
+                     "pearson": 0.0 if constant else float(pearsonr(t, p)[0]),
+                     "spearman": 0.0 if constant else float(spearmanr(t, p)[0])}
+    out = {key: float(np.mean([m[key] for m in per.values()])) for key in ("rmse", "mae", "pearson", "spearman")}
+    out.update(n=int(len(y_true)), targets=list(names))
+    if len(names) > 1:
+        out["per_target"] = per
+    return out
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -48,6 +115,8 @@ def format_table(m: dict) -> str:
     lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}"
                  f"{m['n']:>10}")
     lines.append(f"{'accuracy':<{w}}{'':>20}{m['accuracy']:>10.4f}{m['n']:>10}")
+    if "balanced_accuracy" in m:
+        lines.append(f"{'balanced acc':<{w}}{'':>20}{m['balanced_accuracy']:>10.4f}{m['n']:>10}")
     lines.append("")
     lines.append("confusion matrix (rows: true, columns: predicted)")
     cw = max(8, *(len(n) + 2 for n in names))

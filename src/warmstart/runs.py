@@ -5,14 +5,22 @@
       history.jsonl      one JSON object per logged step and per epoch
       metrics.json       written last: its presence means the run finished
       model/             best model so far (save_pretrained + tokenizer), replaced atomically
-      checkpoints/checkpoint-<step>/   model, optimizer, scheduler, RNG (accelerate) + state.json
+      checkpoints/checkpoint-<step>/   model, optimizer, scheduler, RNG (accelerate or the Trainer) + state.json
+
+A folder of the run (model/, a checkpoint) is written whole in .writing/<name> next to it and then renamed into
+place; the one it replaces waits in .replaced/<name> between the two renames. A kill at any moment therefore
+leaves either the old folder or the new one (``recover`` puts back one caught between the renames), and a
+checkpoint is only ever read after ``checkpoint_problem`` found it complete: state.json, written last, lists
+the size of every other file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -58,16 +66,152 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling folder with ``write`` and swap it in, so readers never see half a folder."""
+    """Fill a temporary sibling folder with ``write`` and swap it in, so readers never see half a folder.
+    (Its names carry the process id: several processes may race to fill the same shared cache folder.)"""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = target.with_name(f".{target.name}.old{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+WRITING, REPLACED = ".writing", ".replaced"
+MARKER = "state.json"  # written last into a checkpoint: its presence marks it complete
+
+
+def staging(target: Path) -> Path:
+    """Where ``target`` (a folder of the run) is written before it is renamed into place."""
+    return target.parent / WRITING / target.name
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """Rename the finished folder ``tmp`` onto ``target``. A folder cannot be renamed over another, so the old
+    one moves to .replaced/ first and is deleted after; ``recover`` undoes a kill between the two renames."""
+    old = target.parent / REPLACED / target.name
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    discard(old)
+    discard(tmp)  # only its .writing/ folder, now empty
+
+
+def discard(staged: Path) -> None:
+    """Delete a folder of .writing/ or .replaced/, and that folder too once empty (they only exist while a
+    folder of the run is being replaced)."""
+    shutil.rmtree(staged, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staged.parent.rmdir()
+
+
+def recover(parent: Path) -> list[str]:
+    """Tidy what killed writes left in ``parent``: a folder caught between the two renames of ``swap_in`` goes
+    back in place (it was complete), half-written ones are deleted. Returns what was done, to be said."""
+    done = []
+    replaced, writing = parent / REPLACED, parent / WRITING
+    for old in sorted(replaced.iterdir()) if replaced.is_dir() else []:
+        if not (parent / old.name).exists():
+            os.replace(old, parent / old.name)
+            done.append(f"put back {old.name} (a kill had interrupted its replacement)")
+    for tmp in sorted(writing.iterdir()) if writing.is_dir() else []:
+        done.append(f"deleted the half-written {tmp.name} (a kill had interrupted it)")
+    for folder in (replaced, writing):
+        shutil.rmtree(folder, ignore_errors=True)
+    return done
+
+
+# Failures to write that lie with the disk, not with warmstart: full, over quota, read-only, not allowed, broken.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def disk_error(e: BaseException) -> str | None:
+    """What went wrong when ``e`` is a failure to write to disk (DISK_ERRNOS), else None. safetensors (Rust) and
+    torch.save (C++) report such failures in exceptions of their own."""
+    if isinstance(e, OSError):
+        return (e.strerror or os.strerror(e.errno)) if e.errno in DISK_ERRNOS else None
+    text = str(e)
+    found = re.search(r'IoError\(.*message: "([^"]+)"', text)  # safetensors' SafetensorError
+    if found:
+        return found.group(1)
+    if isinstance(e, RuntimeError) and "file write failed" in text:  # torch.save's PytorchStreamWriter
+        return "file write failed (is the disk full?)"
+    return None
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    found = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+    return int(found.group(1)) if found else None
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file of a checkpoint but its marker, with its size: what ``checkpoint_problem`` checks."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def checkpoint_problem(folder: Path, required: tuple[str, ...] = ()) -> str | None:
+    """Why ``folder`` cannot be resumed from (incomplete, truncated, garbled), or None when it is sound.
+
+    Complete means state.json is there (written last); sound means every file it lists has the size it had
+    when written, ``required`` files exist, every JSON file parses and every .safetensors file is as long as
+    its header says. (A flipped bit inside the weights would need checksums: not checked.)"""
+    try:
+        state = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"incomplete (no {MARKER}: interrupted while it was written)"
+    except (OSError, ValueError):
+        return f"{MARKER} is damaged (not valid JSON)"
+    if not isinstance(state, dict):
+        return f"{MARKER} is damaged (not a JSON object)"
+    for name in required:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for name, size in (state.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{name} is " + (f"truncated ({actual} of {size} bytes)" if actual < size
+                                    else f"damaged ({actual} bytes, written with {size})")
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{path.relative_to(folder)} is damaged (not valid JSON)"
+    for path in sorted(folder.rglob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            return f"{path.relative_to(folder)} is {problem}"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """A .safetensors file is an 8-byte header length, a JSON header giving each tensor's byte range, then the
+    data: a file shorter or longer than its header says was cut off (or is not one)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                return f"truncated ({size} bytes)"
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "damaged (unreadable header)"
+    expected = 8 + n + end
+    if size < expected:
+        return f"truncated ({size} of {expected} bytes)"
+    return None if size == expected else f"damaged ({size} bytes, its header says {expected})"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -161,33 +305,102 @@ class Run:
 
     # checkpoints
     def checkpoints(self) -> list[Path]:
-        found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if (p / "state.json").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        """The complete checkpoints (marked by state.json), oldest first."""
+        found = [p for p in self.checkpoints_dir.glob("checkpoint-*")
+                 if checkpoint_step(p) is not None and (p / MARKER).is_file()]
+        return sorted(found, key=checkpoint_step)
 
-    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict, keep: int,
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict, keep: int | None,
                         barrier: Callable[[], None] = lambda: None) -> Path:
-        """``write`` fills the checkpoint folder; called by every process (sharded optimizers and per-process
-        RNG states are written by their own process), then the main one marks it complete with state.json
-        and swaps it in. ``barrier`` waits for all processes (a no-op for one)."""
+        """``write`` fills the checkpoint folder in .writing/; called by every process (sharded optimizers and
+        per-process RNG states are written by their own process), then the main one marks it complete with
+        state.json (``state`` and the size of every file), swaps it in and keeps the last ``keep`` checkpoints
+        (None: every one). ``barrier`` waits for all processes (a no-op for one)."""
         target = self.checkpoints_dir / f"checkpoint-{step}"
-        tmp = self.checkpoints_dir / f".checkpoint-{step}.tmp"  # one name all processes agree on
+        tmp = staging(target)  # one name all processes agree on
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        write(tmp)
-        barrier()
+        with self._disk_errors(f"could not write the checkpoint '{target}'", tmp,
+                               "the checkpoints written before it are kept; free some space and pass --resume"):
+            write(tmp)
+            barrier()
+            if self.main:
+                atomic_write_json(tmp / MARKER, {**state, "files": file_sizes(tmp)})  # last: marks it complete
         if self.main:
-            atomic_write_json(tmp / "state.json", state)  # last: marks the checkpoint complete
-            old = self.checkpoints_dir / f".checkpoint-{step}.old"
-            if target.exists():
-                os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-            for stale in self.checkpoints()[:-keep] if keep > 0 else []:
+            swap_in(tmp, target)
+            for stale in self.checkpoints()[:-keep] if keep else []:
                 shutil.rmtree(stale, ignore_errors=True)
         barrier()
         return target
+
+    def resume_checkpoint(self, required: tuple[str, ...] = (), barrier: Callable[[], None] = lambda: None
+                          ) -> Path | None:
+        """The checkpoint ``--resume`` continues from: the newest one that is complete and sound
+        (``checkpoint_problem``; ``required``: files the engine cannot resume without). Newer ones that are not
+        are named, skipped and deleted (the resumed run writes them again). None when there is none: a run
+        killed before its first checkpoint starts over. A damaged checkpoint with none to fall back on is a
+        UserError (deleting it and starting over would be a silent loss). Every process calls this."""
+        if self.main:
+            for done in recover(self.checkpoints_dir) + recover(self.dir):
+                self.say(done)
+        barrier()  # every process reads the folders as the main one left them
+        folders = sorted((p for p in self.checkpoints_dir.glob("checkpoint-*") if checkpoint_step(p) is not None),
+                         key=checkpoint_step, reverse=True)
+        chosen, skipped = None, []
+        for folder in folders:
+            problem = checkpoint_problem(folder, required)
+            if problem is None:
+                chosen = folder
+                break
+            skipped.append((folder, problem))
+        damaged = [(f, why) for f, why in skipped if (f / MARKER).is_file()]
+        if chosen is None and damaged:
+            from warmstart.errors import UserError
+
+            raise UserError(f"--resume: no checkpoint in '{self.checkpoints_dir}' to resume from: "
+                            + "; ".join(f"{f.name}: {why}" for f, why in skipped)
+                            + "; pass --overwrite to start the run again")
+        barrier()  # all have read before the main process deletes
+        if self.main:
+            for folder, problem in skipped:
+                self.say(f"skipped {folder.name}: {problem}; deleted it")
+                shutil.rmtree(folder, ignore_errors=True)
+        barrier()
+        return chosen
+
+    @staticmethod
+    def checkpoint_state(folder: Path) -> dict:
+        """The state a checkpoint was written with (state.json without its list of files)."""
+        saved = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        saved.pop("files", None)
+        return saved
+
+    def save_model(self, write: Callable[[Path], None]) -> None:
+        """Write the model into .writing/model and swap it in for model/ (main process): a kill or a full disk
+        leaves the previous model/ as it was. A disk error is one UserError that says so."""
+        tmp = staging(self.model_dir)
+        kept = "the previous model there is intact" if self.model_dir.is_dir() else "no model was saved"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with self._disk_errors(f"could not save the model in '{self.model_dir}'", tmp, kept):
+            write(tmp)
+        swap_in(tmp, self.model_dir)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, what: str, tmp: Path, consequence: str) -> Iterator[None]:
+        """Delete the half-written ``tmp`` on any error; a disk error (full, read-only...) becomes a UserError."""
+        try:
+            yield
+        except BaseException as e:
+            discard(tmp)
+            reason = disk_error(e)
+            if reason is None:
+                raise
+            from warmstart.errors import UserError
+
+            raise UserError(f"{what}: {reason}; {consequence}") from None
 
     def say(self, msg: str) -> None:
         if not self.quiet and self.main:

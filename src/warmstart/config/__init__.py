@@ -2,6 +2,7 @@
 files, flags and keyword arguments (loading)."""
 
 from warmstart.config.commands import (
+    CalibrateConfig,
     EmbedConfig,
     EvaluateConfig,
     ExportConfig,
@@ -12,15 +13,24 @@ from warmstart.config.commands import (
     PretrainConfig,
     ProbeConfig,
     ServeConfig,
+    TuneConfig,
     ZeroshotConfig,
 )
-from warmstart.config.loading import absolute_paths, build, given_flags, make, read_config_file, to_dict
+from warmstart.config.loading import (
+    absolute_paths,
+    build,
+    given_flags,
+    make,
+    read_config_file,
+    refuse_inapplicable,
+    to_dict,
+)
 from warmstart.config.options import TRUNCATIONS, DataOptions, FeatureOptions, InferenceOptions, TrainOptions, opt
 
 __all__ = [
-    "given_flags",
+    "given_flags", "refuse_inapplicable", "CalibrateConfig",
     "TRUNCATIONS", "DataOptions", "EmbedConfig", "EvaluateConfig", "ExportConfig", "FeatureOptions", "FewshotConfig",
     "FinetuneConfig", "GenerateConfig", "InferenceOptions", "PredictConfig", "PretrainConfig", "ProbeConfig",
-    "ServeConfig", "TrainOptions", "ZeroshotConfig", "absolute_paths", "build", "make", "opt", "read_config_file",
-    "to_dict",
+    "ServeConfig", "TrainOptions", "TuneConfig", "ZeroshotConfig", "absolute_paths", "build", "make", "opt",
+    "read_config_file", "to_dict",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from warmstart.config.options import describe_bounds, within_bounds
 from warmstart.errors import UserError
 
 
@@ -31,6 +33,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     elif base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise UserError(f"option '{name}' must be a finite number, got {value!r}")
         return float(value)
     elif base is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
@@ -51,6 +55,9 @@ def build(cls: type, values: dict[str, Any], source: str = "arguments") -> Any:
         choices = fields[name].metadata.get("choices")
         if choices and kwargs[name] is not None and kwargs[name] not in choices:
             raise UserError(f"option '{name}' must be one of {', '.join(choices)}, got {value!r}")
+        bounds = fields[name].metadata.get("bounds")
+        if bounds and kwargs[name] is not None and not within_bounds(kwargs[name], bounds):
+            raise UserError(f"option '{name}' must be {describe_bounds(bounds)}, got {value!r}")
     return cls(**kwargs)
 
 
@@ -96,6 +103,19 @@ def make(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
 
 
 def given_flags(cfg: Any, names: tuple[str, ...]) -> list[str]:
-    """The --flags among the fields ``names`` that ``cfg`` sets (not None, not False): to name the options that
-    do not apply to what was asked."""
-    return [f"--{k.replace('_', '-')}" for k in names if getattr(cfg, k) is not None and getattr(cfg, k) is not False]
+    """The --flags among the fields ``names`` that ``cfg`` sets to something other than their default: to name the
+    options that do not apply to what was asked."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+
+    def default(name: str) -> Any:
+        f = fields[name]
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    return [f"--{k.replace('_', '-')}" for k in names if getattr(cfg, k) != default(k)]
+
+
+def refuse_inapplicable(cfg: Any, names: tuple[str, ...], what: str) -> None:
+    """One clear error when options among ``names`` are set although they do nothing for ``what``."""
+    flags = given_flags(cfg, names)
+    if flags:
+        raise UserError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {what}")

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+from warmstart.errors import UserError
 
-def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:
-    """A config field with the help text the CLI shows."""
-    meta = {"help": help, "choices": choices, "short": short}
+
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None,
+        ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with the help text the CLI shows and, for numbers, the range it must lie in (ge: ≥, gt: >,
+    le: ≤, lt: <), checked by ``build`` for flags, config files and keyword arguments alike, and shown in --help."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"help": help, "choices": choices, "short": short, "bounds": bounds}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
 # How prompt scoring cuts an overlong text (prompting.PromptScorer): head+tail keeps the first quarter and
-# the last three quarters, the best of the cuts Sun et al. (2019) compared for BERT on IMDb.
+# the last three quarters, the best of the cuts Sun et al. (2019) compared for BERT on IMDb (data.windows.head_tail).
 TRUNCATIONS = ("head", "head+tail")
+# How a sequence classifier reads a text longer than --max-length (LongTextOptions), and how chunk's windows
+# become one answer.
+LONG_TEXTS = ("truncate", "head+tail", "chunk")
+CHUNK_AGGREGATIONS = ("mean", "max", "first+last")
+
+_SYMBOLS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+_TESTS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+
+
+def describe_bounds(bounds: dict[str, float]) -> str:
+    """'≥ 1', '> 0', '≥ 0 and < 1': how --help and error messages state a field's range."""
+    return " and ".join(f"{_SYMBOLS[k]} {v if isinstance(v, int) else f'{v:g}'}" for k, v in bounds.items())
+
+
+def within_bounds(value: float, bounds: dict[str, float]) -> bool:
+    return all(_TESTS[k](value, limit) for k, limit in bounds.items())
 
 
 @dataclass
@@ -26,8 +48,8 @@ class DataOptions:
     text_column: str | None = opt(None, "column with the text (auto: text, review, sentence, ...)")
     text_pair_column: str | None = opt(None, "optional second text column for sentence-pair tasks")
     label_column: str | None = opt(None, "column with the label (auto: label, sentiment, ...)")
-    limit: int | None = opt(None, "read only the first N rows of each input file (quick runs)")
-    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)")
+    limit: int | None = opt(None, "read only the first N rows of each input file (quick runs)", ge=1)
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the model's limit)", ge=1)
 
 
 @dataclass
@@ -38,44 +60,85 @@ class TagOptions:
                                        "the token) or a column name in a JSONL/Parquet table (auto: tags, ner_tags...)")
     base_tags: bool = opt(False, "tokens: strip Brown-style tag modifiers (-tl, -hl, -nc, fw-, a trailing *): "
                                  "np-tl -> np, fw-in -> in; contractions keep both parts (vbz+rb)")
-    stride: int | None = opt(None, "tokens: sub-tokens shared by consecutive windows of a sentence longer than "
-                                   "--max-length (default: a quarter of the window)")
+
+
+@dataclass
+class LongTextOptions:
+    """Texts longer than --max-length (finetune, evaluate, predict, serve): how a sequence classifier reads them,
+    and the overlapping windows that both a tagger and --long-text chunk cut them into (data.windows)."""
+
+    long_text: str | None = opt(None, "sequence classifier, a text longer than --max-length: truncate keeps its "
+                                      "first tokens; head+tail its first quarter and last three quarters (Sun et al. "
+                                      "2019), at training and inference; chunk reads all of it in overlapping "
+                                      "windows at evaluate/predict/serve time and aggregates their logits (finetune "
+                                      "trains it on truncated texts). Default: finetune's choice, saved with the "
+                                      "model, else truncate", choices=LONG_TEXTS)
+    stride: int | None = opt(None, "sub-tokens shared by consecutive windows: of a tagger's sentence longer than "
+                                   "--max-length, or of a text with --long-text chunk (default: a quarter of the "
+                                   "window; at most half)", ge=0)
+    chunk_aggregation: str | None = opt(None, "--long-text chunk: a text's logits from its windows': their mean, "
+                                              "the max per class, or the mean of the first and the last window "
+                                              "(default: finetune's choice, else mean)", choices=CHUNK_AGGREGATIONS)
+
+
+@dataclass
+class ProblemOptions:
+    """What a sequence classifier predicts, and how skewed classes are handled (finetune --task sequence)."""
+
+    problem: str = opt("auto", "single-label: one class per text; multi-label: a set of classes per text (JSON "
+                               "lists, or values joined by --label-separator; sigmoid outputs, thresholds tuned on "
+                               "the valid split); regression: numbers (several: --label-column a,b). auto: from "
+                               "the label values, and said so",
+                       choices=("auto", "single-label", "multi-label", "regression"))
+    label_separator: str | None = opt(None, "multi-label: the character joining a row's labels (e.g. '|'), "
+                                            "for labels not written as JSON lists")
+    class_weights: str = opt("none", "weighted cross-entropy: none, balanced (n_rows / (n_classes x n_class)), or "
+                                     "LABEL=W,... (unlisted labels 1)")
+    sampler: str = opt("random", "training batches: random (length-grouped), or balanced: rows of the smaller "
+                                 "classes repeated (seeded) until every class has as many as the largest, then "
+                                 "length-grouped", choices=("random", "balanced"))
 
 
 @dataclass
 class TrainOptions:
     """How to train: shared by finetune and pretrain, and by both engines."""
 
-    epochs: float = opt(3.0, "number of passes over the training data")
-    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)")
-    batch_size: int = opt(16, "training batch size per device")
-    eval_batch_size: int | None = opt(None, "evaluation batch size (default: 2x batch size)")
-    grad_accum: int = opt(1, "gradient accumulation steps")
-    lr: float = opt(5e-5, "peak learning rate")
+    epochs: float = opt(3.0, "number of passes over the training data", gt=0)
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)", ge=1)
+    batch_size: int = opt(16, "training batch size per device", ge=1)
+    eval_batch_size: int | None = opt(None, "evaluation batch size (default: 2x batch size)", ge=1)
+    grad_accum: int = opt(1, "gradient accumulation steps", ge=1)
+    lr: float = opt(5e-5, "peak learning rate", gt=0)
     optimizer: str = opt("adamw", "optimizer", choices=("adamw", "adam"))
-    weight_decay: float = opt(0.01, "weight decay (AdamW; not applied to biases and LayerNorm)")
-    warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up")
+    weight_decay: float = opt(0.01, "weight decay (AdamW; not applied to biases and LayerNorm)", ge=0)
+    warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up", ge=0, le=1)
     scheduler: str = opt("linear", "learning-rate schedule after warm-up", choices=("linear", "constant"))
     attention_dropout: float | None = opt(
         0.0, "dropout on attention probabilities (none: keep the model's, 0.1 for BERT). 0 by default: with it, "
-             "PyTorch's fused CPU attention falls back to a kernel ~7x slower; hidden dropout still regularises")
-    max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (none: no clipping)")
-    seed: int = opt(42, "random seed for shuffling, initialisation and dropout")
+             "PyTorch's fused CPU attention falls back to a kernel ~7x slower; hidden dropout still regularises",
+        ge=0, lt=1)
+    max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (none: no clipping)", gt=0)
+    seed: int = opt(42, "random seed for shuffling, initialisation and dropout", ge=0, le=4294967295)
     precision: str = opt("auto", "auto, fp32, bf16 or fp16 (auto: bf16 on GPUs that support it; on a CPU bf16 "
                                  "where a measured training step is ≥1.15x faster, else fp32; cached per CPU)",
                          choices=("auto", "fp32", "bf16", "fp16"))
     cpu: bool = opt(False, "train on the CPU even when a GPU is present")
-    patience: int | None = opt(None, "stop when the valid metric has not improved for N epochs")
-    logging_steps: int = opt(50, "log loss, learning rate and samples/s every N steps")
+    patience: int | None = opt(None, "stop when the valid metric has not improved for N epochs", ge=1)
+    logging_steps: int = opt(50, "log loss, learning rate and samples/s every N steps", ge=1)
     logging_dir: str | None = opt(None, "also write the logged values as TensorBoard event files here "
                                         "(needs tensorboard)")
-    save_steps: int | None = opt(None, "also checkpoint every N steps (always at epoch end)")
-    save_total_limit: int = opt(2, "keep the last K checkpoints")
+    save_steps: int | None = opt(None, "also checkpoint every N steps (always at epoch end)", ge=1)
+    save_total_limit: int | None = opt(2, "keep the last K checkpoints (none: keep every one)", ge=1)
     resume: bool = opt(False, "continue from the last checkpoint in --out")
     overwrite: bool = opt(False, "replace an existing run folder")
     progress: bool = opt(True, "show progress bars")
     num_processes: int = opt(1, "train with N local processes: re-runs this command under `accelerate launch` "
-                                "(one per GPU, or gloo on the CPU); --batch-size is per process")
+                                "(one per GPU, or gloo on the CPU); --batch-size is per process", ge=1)
+
+    def __post_init__(self) -> None:
+        # Contradictions between these options, refused wherever the config comes from (flags, file, keywords).
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues the run in --out and --overwrite replaces it: give one of them")
 
 
 @dataclass
@@ -84,7 +147,7 @@ class InferenceOptions:
 
     batch_size: int | None = opt(None, "texts per forward pass (default: tuned for the device: up to 2,048 tokens "
                                        "a batch on CPUs, 64 texts on GPUs; int8 always runs one text at a time, one "
-                                       "per core, so that no text's scores depend on its neighbours)")
+                                       "per core, so that no text's scores depend on its neighbours)", ge=1)
     backend: str = opt("auto", "auto (ONNX Runtime on CPUs where onnxruntime is installed, else PyTorch), torch or "
                                "onnx (exports once into the model folder's onnx/ and reuses it)",
                        choices=("auto", "torch", "onnx"))
@@ -100,11 +163,13 @@ class FeatureOptions:
     """Which hidden states become features (shared by embed, probe and the similarity methods)."""
 
     pooling: str = opt("auto", "how token states become one vector: auto is the model's own (sentence-transformers "
-                               "config), else mean for encoders and last for decoders",
+                               "config), else mean for encoders and last for decoders (a sentence-transformers "
+                               "model's own max_seq_length is also the default --max-length)",
                        choices=("auto", "cls", "mean", "max", "last"))
     layers: str = opt("-1", "hidden layer(s): -1 (last), a list 2,4,6, or a range like -4: (0 is the embeddings)")
     layer_mode: str = opt("concat", "combine several --layers by concatenating or averaging them",
                           choices=("concat", "mean"))
-    normalize: bool = opt(False, "L2-normalise each feature vector")
+    normalize: bool | None = opt(None, "L2-normalise each feature vector (default: as the model does: yes for a "
+                                       "sentence-transformers model with a Normalize module, like minilm, else no)")
     precision: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32), fp32 or bf16",
                          choices=("auto", "fp32", "bf16"))

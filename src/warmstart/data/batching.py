@@ -3,11 +3,15 @@ evaluation batches are sorted by length, and every batch is padded only to its o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from warmstart.data.tables import Examples
+from warmstart.data.windows import head_tail, token_windows
+from warmstart.errors import UserError
 
 
 class Encoded(torch.utils.data.Dataset):
@@ -28,18 +32,86 @@ class Encoded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = {k: v[i] for k, v in self.features.items()}
-        if self.labels is not None:
-            item["labels"] = int(self.labels[i])
+        if self.labels is not None:  # a class id, or a row of floats (multi-hot labels, regression targets)
+            label = self.labels[i]
+            item["labels"] = label.tolist() if np.ndim(label) else int(label)
         return item
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, ex: Examples, max_length: int,
-           labels: np.ndarray | None = None) -> Encoded:
-    """Tokenise all texts in one call of the fast (Rust, multi-threaded) tokenizer, truncated, unpadded."""
+           labels: np.ndarray | None = None, long_text: str = "truncate") -> Encoded:
+    """Tokenise all texts in one call of the fast (Rust, multi-threaded) tokenizer, unpadded, cut to ``max_length``
+    tokens: the first ones (truncate) or, with ``long_text`` head+tail, the first quarter and the last three
+    quarters of the room left by the special tokens (data.windows.head_tail). chunk: see ``encode_chunks``."""
+    if long_text == "head+tail":
+        frame = special_frame(tokenizer)
+        room = max(max_length - frame.size, 1)
+        return Encoded(frame.features([head_tail(ids, room) for ids in text_ids(tokenizer, ex, long_text)]), labels)
+    if long_text != "truncate":
+        raise ValueError(f"encode cuts texts by truncate or head+tail, not {long_text!r}")
     enc = tokenizer(ex.texts, ex.pairs, truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False)
     features = {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
     return Encoded(features, labels)
+
+
+def encode_chunks(tokenizer: PreTrainedTokenizerBase, ex: Examples, max_length: int,
+                  stride: int | None = None) -> tuple[Encoded, np.ndarray]:
+    """Every token of every text, in windows of at most ``max_length`` tokens (special tokens included) of which
+    consecutive ones share ``stride`` tokens (data.windows.token_windows); and the number of windows of each text.
+    A text's windows follow each other, in text order; a text that fits is one window, exactly as ``encode``
+    would give it."""
+    frame = special_frame(tokenizer)
+    room = max(max_length - frame.size, 1)
+    pieces: list[list[int]] = []
+    counts: list[int] = []
+    for ids in text_ids(tokenizer, ex, "chunk"):
+        spans = token_windows(len(ids), room, stride)
+        pieces.extend(ids[s:e] for s, e in spans)
+        counts.append(len(spans))
+    return Encoded(frame.features(pieces)), np.array(counts, dtype=np.int64)
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, ex: Examples, long_text: str) -> list[list[int]]:
+    """The token ids of each whole text, without special tokens: what head+tail and chunk cut by hand."""
+    if ex.pairs is not None:
+        raise UserError(f"--long-text {long_text} reads one text per row; text pairs (--text-pair-column) are "
+                        "truncated longest-first: use --long-text truncate")
+    # verbose=False: a text longer than the model is expected here, no warning about it.
+    return tokenizer(ex.texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
+                     verbose=False)["input_ids"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The special tokens a tokenizer puts around one text (BERT: [CLS] before, [SEP] after; RoBERTa: <s>, </s>)
+    and the token type of the whole sequence, to wrap ids that were cut by hand."""
+
+    before: list[int]
+    after: list[int]
+    token_type: int | None  # None: the tokenizer gives no token_type_ids
+
+    @property
+    def size(self) -> int:
+        return len(self.before) + len(self.after)
+
+    def features(self, pieces: list[list[int]]) -> dict[str, list[list[int]]]:
+        ids = [[*self.before, *p, *self.after] for p in pieces]
+        if self.token_type is None:
+            return {"input_ids": ids}
+        return {"input_ids": ids, "token_type_ids": [[self.token_type] * len(x) for x in ids]}
+
+
+def special_frame(tokenizer: PreTrainedTokenizerBase) -> Frame:
+    """Read the frame off the tokenizer's own output for a one-word text (its special-tokens mask): transformers 5's
+    fast tokenizers no longer offer build_inputs_with_special_tokens or prepare_for_model to add them to ids."""
+    enc = tokenizer("a", return_special_tokens_mask=True, return_attention_mask=False)
+    ids, mask = enc["input_ids"], enc["special_tokens_mask"]
+    own = [i for i, m in enumerate(mask) if not m]
+    if not own or len(ids) - len(own) != tokenizer.num_special_tokens_to_add(pair=False):
+        raise ValueError(f"cannot tell the special tokens of {type(tokenizer).__name__} from a text's own")
+    types = enc.get("token_type_ids")
+    return Frame(ids[:own[0]], ids[own[-1] + 1:], None if types is None else int(types[own[0]]))
 
 
 def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:

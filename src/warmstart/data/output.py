@@ -19,7 +19,8 @@ def format_records(records: list[dict], fmt: str) -> str:
         flat = {}
         for k, v in r.items():
             if isinstance(v, dict):
-                flat.update({f"p_{name}": p for name, p in v.items()})
+                # probabilities/scores: p_<label>; a regression's several values: one column per target
+                flat.update({(name if k == "values" else f"p_{name}"): p for name, p in v.items()})
             else:
                 flat[k] = ";".join(v) if isinstance(v, list) else v
         if i == 0:

@@ -82,7 +82,9 @@ def read_table(path_like: str | Path, limit: int | None = None) -> pd.DataFrame:
                 df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
                                  keep_default_na=False, nrows=limit)
             elif fmt == "txt":
-                lines = [ln for ln in text.splitlines()]
+                # One text per line, as on standard input and in generate's prompt files: line ends (\n, \r\n) are
+                # dropped and blank lines skipped, so the same file gives the same texts to every command.
+                lines = [ln for ln in text.splitlines() if ln.strip()]
                 df = pd.DataFrame({"text": lines[:limit] if limit else lines})
             else:
                 lines = fmt == "jsonl" or not text.lstrip().startswith("[")
@@ -140,6 +142,8 @@ class Examples:
     labels: list[str] | None
     rows: list[int]
     label_column: str | None = None
+    # Regression on several columns (--label-column a,b): (rows, columns) numbers; ``labels`` then joins them.
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -151,7 +155,7 @@ class Examples:
             return None if xs is None else [xs[i] for i in idx]
 
         return replace(self, texts=pick(self.texts), pairs=pick(self.pairs), labels=pick(self.labels),
-                       rows=pick(self.rows))
+                       rows=pick(self.rows), targets=None if self.targets is None else self.targets[idx])
 
 
 def _texts(df: pd.DataFrame, path: Path | str, col: str) -> list[str]:
@@ -169,15 +173,32 @@ def examples_from_table(df: pd.DataFrame, path: Path | str, text_column: str | N
                         labelled: bool = True) -> Examples:
     tcol = find_column(df, path, text_column, TEXT_COLUMNS, "text", "--text-column")
     pcol = find_column(df, path, text_pair_column, (), "", "") if text_pair_column else None
-    labels, lcol = None, None
-    if labelled:
+    labels, lcol, targets = None, None, None
+    if labelled and label_column and "," in label_column and label_column not in df.columns:
+        targets, lcol = _numeric_columns(df, path, [c.strip() for c in label_column.split(",")])
+        labels = [",".join(label_value(v) or "" for v in row) for row in targets]
+    elif labelled:
         lcol = find_column(df, path, label_column, LABEL_COLUMNS, "label", "--label-column")
         labels = [label_value(v) for v in df[lcol].tolist()]
         if None in labels:
             raise UserError(f"{where(path, labels.index(None) + 1, lcol)}: label is missing")
     return Examples(source=str(path), texts=_texts(df, path, tcol),
                     pairs=_texts(df, path, pcol) if pcol else None, labels=labels,
-                    rows=list(range(1, len(df) + 1)), label_column=lcol if labelled else None)
+                    rows=list(range(1, len(df) + 1)), label_column=lcol if labelled else None, targets=targets)
+
+
+def _numeric_columns(df: pd.DataFrame, path: Path | str, names: list[str]) -> tuple[np.ndarray, str]:
+    """Several label columns of numbers (regression with several targets), as a (rows, columns) array."""
+    cols = [find_column(df, path, n, (), "label", "--label-column") for n in names]
+    out = np.empty((len(df), len(cols)), dtype=np.float32)
+    for k, c in enumerate(cols):
+        values = pd.to_numeric(df[c].astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(f"{where(path, i + 1, c)}: regression needs a number, got '{str(df[c].iloc[i])[:40]}'")
+        out[:, k] = values
+    return out, ",".join(cols)
 
 
 def read_examples(path: str, text_column: str | None = None, text_pair_column: str | None = None,

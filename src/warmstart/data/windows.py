@@ -1,10 +1,13 @@
-"""Overlapping windows over a sequence too long for the model, and which window answers for each unit.
+"""Overlapping windows over a sequence too long for the model, which window answers for each unit, and the
+head+tail cut.
 
-One helper for every kind of long input: words of a long sentence (token classification) today, tokens of a
-long document next. A window holds at most ``budget`` tokens; consecutive windows overlap by about ``stride``
-tokens, so a unit near a window's edge also appears with context on both sides in the next window. Each unit
-is answered for by exactly one window: the one where it has the most context (the larger of its smaller
-side), as in BERT's SQuAD windows (Devlin et al. 2019, "maximum context")."""
+One helper for every kind of long input: words of a long sentence (token classification) and tokens of a
+long document (sequence classification with --long-text chunk). A window holds at most ``budget`` tokens;
+consecutive windows overlap by about ``stride`` tokens, so a unit near a window's edge also appears with
+context on both sides in the next window. Each unit is answered for by exactly one window: the one where it
+has the most context (the larger of its smaller side), as in BERT's SQuAD windows (Devlin et al. 2019,
+"maximum context"). A document's windows all answer for it together: their logits are aggregated
+(inference.classifier.aggregate)."""
 
 from __future__ import annotations
 
@@ -52,3 +55,26 @@ def owners(sizes: Sequence[int], spans: list[tuple[int, int]]) -> np.ndarray:
         best[s:e][better] = k
         score[s:e][better] = context[better]
     return best
+
+
+def overlap(budget: int, stride: int | None) -> int:
+    """Tokens consecutive windows share: ``stride``, by default a quarter of the window; at most half of it, since
+    more would read most tokens three times or more for little extra context."""
+    return budget // 4 if stride is None else min(stride, budget // 2)
+
+
+def token_windows(n: int, budget: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """Windows ``[start, end)`` over a plain sequence of ``n`` tokens (a long document): ``windows`` with every
+    unit one token, sharing ``overlap(budget, stride)`` tokens. Never empty: a text of no tokens still gets one
+    (empty) window, so that it gets an answer like any other."""
+    return windows(np.ones(n, dtype=np.int64), budget, overlap(budget, stride)) or [(0, 0)]
+
+
+def head_tail(ids: list[int], n: int) -> list[int]:
+    """At most ``n`` of ``ids``: all of them when they fit, else the first quarter of ``n`` and the last three
+    quarters: the best of the cuts Sun et al. (2019) compared for BERT on IMDb (128 + 382 of 510 tokens), where a
+    review sets out its subject at the start and gives its verdict at the end."""
+    if len(ids) <= n:
+        return list(ids)
+    first = n // 4
+    return list(ids[:first]) + list(ids[len(ids) - (n - first):])

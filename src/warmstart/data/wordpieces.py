@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warmstart.data.batching import Encoded
-from warmstart.data.windows import owners, windows
+from warmstart.data.windows import overlap, owners, windows
 
 IGNORE = -100
 
@@ -55,7 +55,7 @@ def encode_words(tokenizer, sentences: list[list[str]], max_length: int, stride:
     (default: a quarter of the window). ``inside`` maps a B- label id to its I- id for ``all_subtokens``."""
     specials = tokenizer.num_special_tokens_to_add(pair=False)
     budget = max(max_length - specials, 1)
-    stride = budget // 4 if stride is None else min(stride, budget // 2)
+    stride = overlap(budget, stride)
     # Pass 1: sub-tokens per word. A word the tokenizer turns into nothing (a zero-width space, a control
     # character) would have no position to be predicted from; it is read as the unknown token instead.
     pieces = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False,

@@ -4,7 +4,8 @@ and `--backend onnx` runs.
 The export folder is self-contained (config.json, tokenizer, model.onnx, model.int8.onnx), so it can be
 passed as --model itself. Without --out it goes into the model folder's onnx/ subfolder (or, when that is
 not writable, ~/.cache/warmstart/onnx/), which is also where `--backend onnx` looks: the first ONNX
-prediction exports once, later ones reuse the export until the model's files change.
+prediction exports once, later ones reuse the export until the model's files change (`calibrate`, which
+changes only the temperature in config.json, updates the export's copy instead: ``adopt_config``).
 
 Steps: trace the model with eager attention (the pattern ONNX Runtime's transformer optimizer recognises),
 fuse attention, embedding and layer-norm subgraphs, then quantise the weights of the fused graph to int8
@@ -31,7 +32,7 @@ from warmstart.errors import UserError
 from warmstart.models.bundled import remove_stale
 from warmstart.models.classifier import HEADS, load_classifier
 from warmstart.models.registry import has_tagger_head, load_config, load_tokenizer
-from warmstart.runs import atomic_dir, atomic_write_json, cache_dir
+from warmstart.runs import atomic_dir, atomic_write_json, atomic_write_text, cache_dir
 
 EXPORT_FORMAT = 3  # bump when the export steps change, so cached exports are redone
 MARKER = "warmstart-onnx.json"
@@ -115,6 +116,28 @@ def ensure_export(model_dir: str, out: str | Path | None = None, int8: bool = Tr
     if not quiet:
         print(f"exported in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return target, False
+
+
+def current_export(model_dir: str | Path) -> Path | None:
+    """The default export folder of ``model_dir`` (where --backend onnx looks) when it is up to date, else None."""
+    try:
+        source = fingerprint(model_dir)
+    except ImportError:  # no onnxruntime: nothing could have used an export
+        return None
+    target = default_dir(model_dir)
+    marker = _marker(target)
+    return target if marker is not None and marker.get("source") == source else None
+
+
+def adopt_config(model_dir: str | Path, folder: Path) -> None:
+    """Copy ``model_dir``'s config.json into its export ``folder`` and mark the export as made from the model's
+    files as they are now. Only for a change the exported graph does not depend on (the calibration temperature,
+    which is applied to the logits outside the graph): the export stays current instead of being redone."""
+    marker = _marker(folder)
+    if marker is None:
+        return
+    atomic_write_text(folder / "config.json", (Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    atomic_write_json(folder / MARKER, {**marker, "source": fingerprint(model_dir)})
 
 
 def _write(model_dir: str, tmp: Path, source: dict, int8: bool) -> None:

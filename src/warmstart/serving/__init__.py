@@ -12,6 +12,11 @@ same name would replace it as an attribute of `warmstart` as soon as it is impor
 from __future__ import annotations
 
 import contextlib
+import copy
+import ipaddress
+import logging
+import logging.config
+import re
 import signal
 import socket
 import sys
@@ -19,23 +24,54 @@ import threading
 
 from warmstart.config import ServeConfig, make
 from warmstart.errors import UserError
-from warmstart.serving.app import create_app
+from warmstart.serving.app import API_KEY_VARIABLE, api_key, create_app
 from warmstart.serving.model import ServedModel
+
+logger = logging.getLogger("warmstart.serving")
+# What a browser sends as Origin: scheme://host[:port], no path (a trailing slash would never match).
+_ORIGIN = re.compile(r"https?://[^/\s]+")
 
 __all__ = ["ServeConfig", "ServedModel", "create_app", "serve"]
 
 
 def check(cfg: ServeConfig) -> None:
-    """Reject impossible settings before the model loads."""
+    """Reject impossible settings before the model loads (each number's range is checked when the config is built)."""
     if not cfg.model:
         raise UserError("no model given: warmstart serve MODEL (a run folder, minilm, smollm2, ...)")
-    if not 0 <= cfg.port <= 65535:
-        raise UserError(f"--port must be between 0 and 65535, got {cfg.port}")
-    for name in ("max_batch_size", "max_texts_per_request", "max_text_chars", "max_body_bytes", "max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_wait_ms < 0:
-        raise UserError(f"--max-wait-ms must be 0 or more, got {cfg.max_wait_ms}")
+    key = api_key(cfg)
+    if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):  # what a header carries unchanged
+        source = "--api-key" if cfg.api_key else API_KEY_VARIABLE
+        raise UserError(f"{source} must be printable ASCII without spaces (e.g. python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(32))')")
+    for origin in cfg.cors_origin:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise UserError(f"--cors-origin must be * or scheme://host[:port] with no path, as browsers send it "
+                            f"(e.g. https://app.example.com), got '{origin}'")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost may resolve to anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_open(cfg: ServeConfig) -> None:
+    if api_key(cfg) is None and not is_loopback(cfg.host):
+        logger.warning("no API key: anyone who can reach %s:%d can use this server and its model; give --api-key "
+                       "or set %s", cfg.host, cfg.port, API_KEY_VARIABLE)
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging, and ours (request failures with their id, timeouts, warnings) on the same handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["warmstart"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def _check_port(host: str, port: int) -> None:
@@ -61,13 +97,18 @@ def serve(config: ServeConfig | None = None, **kwargs) -> None:
     check(cfg)
     _check_port(cfg.host, cfg.port)
     served = ServedModel.load(cfg.model, max_length=cfg.max_length, cpu=cfg.cpu, backend=cfg.backend,
-                              quantize=cfg.quantize)
+                              quantize=cfg.quantize, long_text=cfg.long_text, stride=cfg.stride,
+                              chunk_aggregation=cfg.chunk_aggregation)
     app = create_app(served, cfg)
+    log_config = _log_config(cfg.log_level)
+    logging.config.dictConfig(log_config)  # uvicorn applies it again; ours must hold for the warning already
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"serving {cfg.model} ({served.kind}: {', '.join('/' + e for e in served.endpoints)}) at "
           f"http://{shown}:{cfg.port} (API docs: /docs)", file=sys.stderr, flush=True)
+    warn_if_open(cfg)
     with _stop_quietly():
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=30)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, log_config=log_config,
+                    timeout_graceful_shutdown=30)
 
 
 class _Stopped(Exception):

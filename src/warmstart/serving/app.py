@@ -1,14 +1,18 @@
 """The FastAPI app: one route per thing the model can do, limits, and JSON errors that name the field.
 
 Every error is ``{"error": sentence, "field": name-or-null}``: 413 for too much (texts, characters, bytes),
-422 for a malformed request, 404 for an endpoint this model does not serve. A request that fails inside
-the model gets a 500 of the same shape; the server keeps answering the others.
+422 for a malformed request, 404 for an endpoint this model does not serve, 401 without the API key, 503 when
+--max-queue requests are already in, 504 past --request-timeout. A request that fails inside the model gets a
+500 of the same shape with the request id (the details go to the log only); the server keeps answering the
+others. The middleware in front of the routes is in serving.middleware; /metrics in serving.metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -16,7 +20,8 @@ from dataclasses import asdict
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from warmstart import __version__
@@ -24,12 +29,13 @@ from warmstart.config import ServeConfig
 from warmstart.errors import UserError
 from warmstart.serving import generation
 from warmstart.serving.batcher import Batcher
+from warmstart.serving.metrics import CONTENT_TYPE, ServerMetrics
+from warmstart.serving.middleware import Admission, Queue, RequestContext, RequireKey, error_response
 from warmstart.serving.model import ENDPOINTS, ZEROSHOT_METHOD, ServedModel
 from warmstart.serving.schemas import (
     ERRORS,
     EmbedRequest,
     EmbedResponse,
-    ErrorBody,
     GenerateRequest,
     GenerateResponse,
     Health,
@@ -50,9 +56,12 @@ class ApiError(HTTPException):
         self.field = field
 
 
-def _error(status: int, message: str, field: str | None = None, errors: list | None = None) -> JSONResponse:
-    body = ErrorBody(error=message, field=field, errors=errors).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status)
+API_KEY_VARIABLE = "WARMSTART_API_KEY"
+
+
+def api_key(cfg: ServeConfig) -> str | None:
+    """The key requests must carry: --api-key, else the environment variable (which keeps it out of `ps`)."""
+    return cfg.api_key or os.environ.get(API_KEY_VARIABLE) or None
 
 
 def _field(loc: tuple) -> str:
@@ -75,7 +84,7 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
             message = f"{field}: {str(e.get('msg', 'invalid')).removeprefix('Value error, ')}"
         errors.append({"field": field, "message": message})
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-    return _error(422, first["message"], first["field"], errors)
+    return error_response(422, first["message"], first["field"], errors)
 
 
 class BodyLimit:
@@ -90,7 +99,7 @@ class BodyLimit:
         message = f"the request body is larger than this server's limit of {self.max_bytes} bytes"
         length = dict(scope.get("headers", [])).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            return await _error(413, message, "body")(scope, receive, send)
+            return await error_response(413, message, "body")(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -105,20 +114,26 @@ class BodyLimit:
 
 
 def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
-    """The app serving ``served`` with ``cfg``'s limits and batching (host and port are uvicorn's business)."""
+    """The app serving ``served`` with ``cfg``'s limits, batching and protection (API key, queue bound, timeout,
+    CORS); host and port are uvicorn's business."""
     cfg = cfg or ServeConfig(model=served.name)
     forward = ThreadPoolExecutor(1, thread_name_prefix="warmstart-forward")  # one pass at a time: all cores each
     generate_pool = ThreadPoolExecutor(1, thread_name_prefix="warmstart-generate")
     bs = cfg.max_batch_size
+    queue = Queue(cfg.max_queue)
+    metrics = ServerMetrics(lambda: queue.depth, bs)
 
-    def batcher(fn) -> Batcher:
-        return Batcher(fn, forward, max_batch_size=bs, max_wait_ms=cfg.max_wait_ms, enabled=cfg.batching)
+    def batcher(name: str, fn) -> Batcher:
+        on_pass = metrics.batch(name) if name in served.endpoints else None  # no empty series for the others
+        return Batcher(fn, forward, max_batch_size=bs, max_wait_ms=cfg.max_wait_ms, enabled=cfg.batching,
+                       on_pass=on_pass)
 
     batchers = {
-        "predict": batcher(lambda texts, key: served.predict(texts)),
-        "tag": batcher(lambda texts, key: served.tag(texts, key)),
-        "embed": batcher(lambda texts, key: served.embed(texts, batch_size=bs)),
-        "zeroshot": batcher(lambda texts, key: served.zeroshot(texts, list(key[0]), key[1], batch_size=bs)),
+        "predict": batcher("predict", lambda texts, key: served.predict(texts)),
+        "tag": batcher("tag", lambda texts, key: served.tag(texts, key)),
+        "embed": batcher("embed", lambda texts, key: served.embed(texts, batch_size=bs)),
+        "zeroshot": batcher("zeroshot", lambda texts, key: served.zeroshot(texts, list(key[0]), key[1],
+                                                                            batch_size=bs)),
     }
 
     @contextlib.asynccontextmanager
@@ -132,24 +147,22 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
                   description=f"Serving `{served.name}` ({served.kind}): "
                               f"{', '.join('/' + e for e in served.endpoints)}.")
     app.state.served, app.state.config, app.state.batchers = served, cfg, batchers
-    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.state.queue, app.state.metrics = queue, metrics
     app.add_exception_handler(RequestValidationError, _validation_error)
+    key = api_key(cfg)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = _document_limits(FastAPI.openapi(app), cfg)
+            app.openapi_schema = _document_limits(FastAPI.openapi(app), cfg, key is not None)
         return app.openapi_schema
 
     app.openapi = openapi
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "field", None))
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None))
 
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        # Logged by uvicorn with its traceback; the client gets one line and the server goes on.
-        return _error(500, f"the model failed on this request: {type(exc).__name__}: {exc}")
+    # Other exceptions reach RequestContext: a 500 with the request id, the traceback in the log.
 
     def check_texts(texts: list[str]) -> None:
         if len(texts) > cfg.max_texts_per_request:
@@ -170,6 +183,11 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
     async def health() -> dict:
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        """Prometheus text format: requests by endpoint and status, latency, batch sizes, queue depth."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     @app.get("/info", tags=["server"])
     async def info() -> dict:
         """The model, what it serves, its labels, and this server's limits."""
@@ -178,21 +196,21 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             "endpoints": [f"/{e}" for e in served.endpoints], "labels": served.labels, "backend": served.backend,
             "limits": {"max_texts_per_request": cfg.max_texts_per_request, "max_text_chars": cfg.max_text_chars,
                        "max_body_bytes": cfg.max_body_bytes, "max_tokens": served.token_limit,
-                       "max_new_tokens": cfg.max_new_tokens if served.causal_lm is not None else None},
+                       "max_new_tokens": cfg.max_new_tokens if served.causal_lm is not None else None,
+                       "max_queue": cfg.max_queue, "request_timeout": cfg.request_timeout},
             "batching": {"enabled": cfg.batching, "max_batch_size": bs, "max_wait_ms": cfg.max_wait_ms,
                          "forward_passes": {k: b.passes for k, b in batchers.items() if k in served.endpoints}},
         }
 
     if "predict" in served.endpoints:
-        @app.post("/predict", response_model=PredictResponse, responses=ERRORS, tags=["model"])
+        @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS,
+                  tags=["model"])
         async def predict(req: TextsRequest) -> dict:
-            """Label and class probabilities for each text."""
+            """For each text: its label and class probabilities; a multi-label model's labels above their thresholds
+            and every label's score; a regression model's value(s)."""
             check_texts(req.texts)
             probs = await run("predict", req.texts)
-            names = served.labels or []
-            return {"model": served.name, "predictions": [
-                {"label": names[int(p.argmax())], "score": float(p.max()),
-                 "probabilities": {n: float(v) for n, v in zip(names, p)}} for p in probs]}
+            return {"model": served.name, "predictions": served.records(probs)}
 
     if "tag" in served.endpoints:
         @app.post("/tag", response_model=TagResponse, responses=ERRORS, tags=["model"])
@@ -238,7 +256,7 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             **ERRORS, 200: {"content": {"text/event-stream": {}},
                             "description": "the result; with stream, server-sent events (token..., done)"}},
             tags=["model"])
-        async def generate(req: GenerateRequest):
+        async def generate(req: GenerateRequest, request: Request):
             """Continue a prompt (greedy, sampling or beam search); ``stream: true`` sends tokens as they come."""
             if len(req.prompt) > cfg.max_text_chars:
                 raise ApiError(413, f"prompt has {len(req.prompt)} characters, more than this server's limit of "
@@ -251,19 +269,46 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             except generation.RequestError as e:
                 raise ApiError(e.status, e.message, e.field) from None
             if req.stream:
-                return StreamingResponse(generation.stream_events(served.causal_lm, prepared, generate_pool),
-                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-            result = await loop.run_in_executor(generate_pool, generation.run, served.causal_lm, prepared)
+                events = generation.stream_events(served.causal_lm, prepared, generate_pool,
+                                                  request.state.request_id)
+                return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            cancelled = threading.Event()
+            try:
+                result = await loop.run_in_executor(generate_pool, generation.run, served.causal_lm, prepared, None,
+                                                    cancelled)
+            except asyncio.CancelledError:  # deadline passed or client gone: stop generating for nobody
+                cancelled.set()
+                raise
             return asdict(result)
 
     # The other endpoints answer 404 with the reason, rather than a bare "Not Found".
     for endpoint in sorted({e for es in ENDPOINTS.values() for e in es} - set(served.endpoints)):
         app.add_api_route(f"/{endpoint}", _unsupported(served, endpoint), methods=["POST"], include_in_schema=False)
+    _protect(app, cfg, key, queue, metrics)
     return app
 
 
-def _document_limits(schema: dict, cfg: ServeConfig) -> dict:
-    """Put this server's limits into the OpenAPI schema, so that a request the schema allows is one we accept."""
+def _protect(app: FastAPI, cfg: ServeConfig, key: str | None, queue: Queue, metrics: ServerMetrics) -> None:
+    """The middleware, innermost first (the last added runs first): body limit, queue bound and deadline, API
+    key (before a request takes a queue place), CORS (so that a 401 carries its headers and preflights need no
+    key), request id and metrics (around all, to count every answer)."""
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    model_paths = frozenset(f"/{e}" for e in app.state.served.endpoints)
+    app.add_middleware(Admission, paths=model_paths, queue=queue, timeout=cfg.request_timeout,
+                       stream_error=generation.failure_event)
+    if key is not None:
+        app.add_middleware(RequireKey, key=key)
+    if cfg.cors_origin:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origin), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
+    routes = frozenset(getattr(r, "path", "") for r in app.routes)
+    app.add_middleware(RequestContext, metrics=metrics, endpoints=routes)
+
+
+def _document_limits(schema: dict, cfg: ServeConfig, keyed: bool = False) -> dict:
+    """Put this server's limits into the OpenAPI schema, so that a request the schema allows is one we accept;
+    with an API key, the bearer scheme every operation but /health needs."""
     comps = schema.get("components", {}).get("schemas", {})
     for name in ("TextsRequest", "EmbedRequest", "ZeroshotRequest"):
         texts = comps.get(name, {}).get("properties", {}).get("texts")
@@ -276,6 +321,12 @@ def _document_limits(schema: dict, cfg: ServeConfig) -> dict:
         for branch in props["max_new_tokens"].get("anyOf", []):
             if branch.get("type") == "integer":
                 branch["maximum"] = cfg.max_new_tokens
+    if keyed:
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer", "description": "the server's --api-key (or WARMSTART_API_KEY)"}
+        schema["security"] = [{"bearer": []}]
+        for operation in schema.get("paths", {}).get("/health", {}).values():
+            operation["security"] = []
     return schema
 
 

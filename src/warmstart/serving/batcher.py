@@ -33,17 +33,19 @@ class _Item:
 class Batcher:
     """Runs ``fn(texts, key) -> rows`` (one row per text, in order) over gathered requests.
 
-    ``enabled=False`` runs each request alone: the one-request-at-a-time baseline.
+    ``enabled=False`` runs each request alone: the one-request-at-a-time baseline. A request whose caller stopped
+    waiting (cancelled: the client went away, or its deadline passed) is dropped if its pass has not started.
     """
 
     def __init__(self, fn: BatchFn, executor: Executor, max_batch_size: int = 32, max_wait_ms: float = 10.0,
-                 enabled: bool = True):
+                 enabled: bool = True, on_pass: Callable[[int], None] | None = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.fn, self.executor = fn, executor
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.enabled = enabled
         self.passes = 0  # forward passes run (for tests and /info: how well requests were gathered)
+        self.on_pass = on_pass  # called with each pass's number of texts (the /metrics batch size histogram)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
@@ -124,6 +126,8 @@ class Batcher:
             if not live:
                 continue
             texts = [t for it in live for t in it.texts]
+            if self.on_pass is not None:
+                self.on_pass(len(texts))
             try:
                 rows = await loop.run_in_executor(self.executor, self.fn, texts, live[0].key)
             except Exception as e:  # noqa: BLE001 - routed to the request(s), never kills the worker

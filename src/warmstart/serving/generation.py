@@ -5,8 +5,10 @@ streaming."""
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
@@ -25,6 +27,8 @@ from warmstart.inference.decoding import (
     token_budget,
 )
 from warmstart.models.causal import CausalLM
+
+logger = logging.getLogger("warmstart.serving")
 
 OPTIONS = ("max_length", "max_new_tokens", "strategy", "temperature", "top_k", "top_p", "typical_p",
            "repetition_penalty", "no_repeat_ngram_size", "num_beams", "num_return_sequences", "stop", "seed",
@@ -83,21 +87,51 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
     return Prepared(cfg, stops, prompt, ids, min(budget, max_new_tokens_limit))
 
 
-def run(lm: CausalLM, p: Prepared, streamer: Streamer | None = None) -> Generation:
-    """Generate for one prepared request (in the generation thread: it blocks while the model runs)."""
+class Abandoned(Exception):
+    """Raised in the generation thread once nobody waits for the result (deadline passed, client gone)."""
+
+
+class _CancelCheck:
+    """A streamer that streams nothing: transformers calls put() once per decoding step, which is where a
+    generation whose request was abandoned stops instead of running to its token budget."""
+
+    def __init__(self, cancelled: threading.Event) -> None:
+        self.cancelled = cancelled
+
+    def put(self, value: object) -> None:
+        if self.cancelled.is_set():
+            raise Abandoned
+
+    def end(self) -> None:
+        pass
+
+
+def run(lm: CausalLM, p: Prepared, streamer: Streamer | None = None,
+        cancelled: threading.Event | None = None) -> Generation:
+    """Generate for one prepared request (in the generation thread: it blocks while the model runs); once
+    ``cancelled`` is set it stops at the next token with `Abandoned` (beam search, which takes no streamer in
+    transformers, runs to the end)."""
+    if cancelled is not None and cancelled.is_set():  # dropped while it waited for the generation thread
+        raise Abandoned
     if p.cfg.seed is not None:
         seed_all(p.cfg.seed)
     gen_config = generation_config(p.cfg, lm.model.generation_config, p.stops)
+    if streamer is None and cancelled is not None and (gen_config.num_beams or 1) == 1:
+        streamer = _CancelCheck(cancelled)
     return complete(lm, [p.prompt], [p.ids], [p.budget], gen_config, p.stops, streamer)[0]
 
 
 class _QueueWriter:
-    """A text stream whose writes become queue items: what the decoding Streamer writes to."""
+    """A text stream whose writes become queue items: what the decoding Streamer writes to. Once nobody reads
+    (``abandoned``), a write stops the generation."""
 
     def __init__(self) -> None:
         self.items: queue.Queue = queue.Queue()
+        self.abandoned = False
 
     def write(self, s: str) -> int:
+        if self.abandoned:
+            raise Abandoned
         if s:
             self.items.put(s)
         return len(s)
@@ -113,7 +147,12 @@ def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def stream_events(lm: CausalLM, p: Prepared, executor: Executor) -> Iterator[str]:
+def failure_event(message: str, request_id: str) -> str:
+    """The ``error`` event that ends a stream which failed or ran out of time after its headers were sent."""
+    return sse("error", {"error": message, "request_id": request_id})
+
+
+def stream_events(lm: CausalLM, p: Prepared, executor: Executor, request_id: str = "-") -> Iterator[str]:
     """Server-sent events: ``token`` with each new piece of text, then ``done`` with the whole result (or
     ``error``). The decoding Streamer holds back text that may begin a stop string, so the pieces always
     add up to the final completion. A sync iterator: Starlette runs it in its thread pool."""
@@ -121,9 +160,17 @@ def stream_events(lm: CausalLM, p: Prepared, executor: Executor) -> Iterator[str
     streamer = Streamer(lm.tokenizer, out, p.stops)
     future = executor.submit(run, lm, p, streamer)
     future.add_done_callback(lambda _: out.items.put(_END))
-    while (piece := out.items.get()) is not _END:
-        yield sse("token", {"text": piece})
     try:
-        yield sse("done", asdict(future.result()))
-    except Exception as e:  # noqa: BLE001 - headers are sent already: the error goes in the stream
-        yield sse("error", {"error": f"generation failed: {type(e).__name__}: {e}"})
+        while (piece := out.items.get()) is not _END:
+            yield sse("token", {"text": piece})
+        try:
+            result = future.result()
+        except Exception as e:  # noqa: BLE001 - headers are sent already: the error goes in the stream
+            logger.error("request %s (POST /generate, streamed) failed", request_id, exc_info=e)
+            yield failure_event(f"generation failed: the server log has the details under request id {request_id}",
+                                request_id)
+        else:
+            yield sse("done", asdict(result))
+    finally:  # closed early (client gone, deadline passed): free the generation thread for the next request
+        future.cancel()
+        out.abandoned = True

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from warmstart.data.tables import Examples
-from warmstart.inference.classifier import Classifier
+from warmstart.errors import UserError
+from warmstart.inference.classifier import Classifier, label_records
 from warmstart.inference.features import Embedder
 from warmstart.inference.tagger import Tagger
 from warmstart.lowshot.zeroshot import load_method
@@ -58,18 +59,34 @@ class ServedModel:
 
     @classmethod
     def load(cls, name: str, max_length: int | None = None, cpu: bool = False, backend: str = "torch",
-             quantize: str = "none") -> ServedModel:
-        """``backend`` and ``quantize`` choose how a classifier runs /predict (see `Classifier.load`)."""
+             quantize: str = "none", long_text: str | None = None, stride: int | None = None,
+             chunk_aggregation: str | None = None) -> ServedModel:
+        """``backend`` and ``quantize`` choose how a classifier runs /predict (see `Classifier.load`), and
+        ``long_text``, ``stride`` and ``chunk_aggregation`` how it reads long texts (None: the model's own);
+        ``stride`` is also a tagger's."""
         path = resolve(name)
         served = cls(name, path, model_kind(load_config(path)), max_length, cpu)
+        served.refuse_long_text_options(long_text, stride, chunk_aggregation)
         if served.kind in ("classifier", "nli"):
             served.classifier = Classifier.load(path, max_length=max_length, cpu=cpu, backend=backend,
-                                                quantize=quantize)
+                                                quantize=quantize, long_text=long_text, stride=stride,
+                                                aggregation=chunk_aggregation)
         elif served.kind == "tagger":
-            served.tagger = Tagger.load(path, max_length=max_length, cpu=cpu, backend=backend, quantize=quantize)
+            served.tagger = Tagger.load(path, max_length=max_length, cpu=cpu, backend=backend, quantize=quantize,
+                                        stride=stride)
         elif served.kind == "causal-lm":
             served.causal_lm = CausalLM.load(served.source, cpu=cpu)
         return served
+
+    def refuse_long_text_options(self, long_text: str | None, stride: int | None,
+                                 chunk_aggregation: str | None) -> None:
+        """Long-text options are a classifier's (--stride a tagger's too): given for another model, one error."""
+        given = [flag for flag, value in (("--long-text", long_text), ("--chunk-aggregation", chunk_aggregation),
+                                          ("--stride", None if self.kind == "tagger" else stride))
+                 if value is not None and self.kind not in ("classifier", "nli")]
+        if given:
+            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to model "
+                            f"'{self.name}', {DESCRIPTION[self.kind]}: they say how /predict reads long texts")
 
     @property
     def source(self) -> str:
@@ -107,6 +124,12 @@ class ServedModel:
         """Why this model cannot serve ``endpoint``: one sentence."""
         return (f"model '{self.name}' is {DESCRIPTION[self.kind]}, which serves "
                 f"{', '.join('/' + e for e in self.endpoints)}; /{endpoint} needs {NEEDS[endpoint]}")
+
+    def records(self, outputs: np.ndarray) -> list[dict]:
+        """/predict's answer per text, from ``predict``'s rows (see Classifier.records)."""
+        if self.classifier is not None:
+            return self.classifier.records(outputs)
+        return label_records(self.labels or [], outputs)
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """(n, labels) class probabilities; ``batch_size`` None: the classifier's own batching for its backend

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from warmstart.config import GenerateConfig
 
 # Some character that is not white space (str.isspace), spelt out so that the JSON schema's regex engine and
 # Python's agree on what "blank" means.
@@ -26,6 +29,8 @@ class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong, in one sentence")
     field: str | None = Field(None, description="the request field it is about, e.g. texts[2]")
     errors: list[dict] | None = Field(None, description="every problem found, for malformed requests")
+    request_id: str | None = Field(None, description="for a 500 or 504: the id the server log files it under "
+                                                     "(also the X-Request-ID header of every response)")
 
 
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
@@ -33,7 +38,10 @@ ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in 
     (404, "this model does not serve this endpoint"),
     (413, "too many texts, too long a text, or too large a body"),
     (422, "malformed request: the field is named"),
-    (500, "the model failed on this request (the server keeps running)"),
+    (401, "no API key, or a wrong one (servers started with --api-key): send Authorization: Bearer KEY"),
+    (500, "the model failed on this request (the server keeps running; the body has the request id)"),
+    (503, "busy: --max-queue requests are already waiting or running; retry after the Retry-After seconds"),
+    (504, "the request took longer than --request-timeout"),
 )}
 
 
@@ -44,9 +52,15 @@ class TextsRequest(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str
-    score: float = Field(description="probability of the predicted label")
-    probabilities: dict[str, float]
+    """Single-label: label, score, probabilities; multi-label: labels, scores; regression: value or values."""
+
+    label: str | None = Field(None, description="the predicted class (single-label)")
+    score: float | None = Field(None, description="probability of the predicted label (single-label)")
+    probabilities: dict[str, float] | None = Field(None, description="every class's probability (single-label)")
+    labels: list[str] | None = Field(None, description="the labels at or above their thresholds (multi-label)")
+    scores: dict[str, float] | None = Field(None, description="every label's probability (multi-label)")
+    value: float | None = Field(None, description="the predicted number (regression, one target)")
+    values: dict[str, float] | None = Field(None, description="each target's predicted number (regression)")
 
 
 class PredictResponse(BaseModel):
@@ -115,8 +129,16 @@ class ZeroshotResponse(BaseModel):
     results: list[ZeroshotResult]
 
 
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Mass = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+def _like_generate(name: str):
+    """A sampling setting with the range `warmstart generate` gives it (declared once, in GenerateConfig): outside
+    it, e.g. a temperature or repetition penalty of 1e-300, the scores overflow and sampling fails."""
+    bounds = next(f for f in fields(GenerateConfig) if f.name == name).metadata["bounds"]
+    return Annotated[float, Field(**bounds, allow_inf_nan=False)]
+
+
+Temperature = _like_generate("temperature")
+Penalty = _like_generate("repetition_penalty")
+Mass = _like_generate("top_p")
 
 
 class GenerateRequest(BaseModel):
@@ -125,11 +147,11 @@ class GenerateRequest(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, description="most tokens of the completion (capped by the server)")
     max_length: int | None = Field(None, ge=1, description="most tokens of prompt + completion")
     strategy: Literal["auto", "greedy", "sample", "beam"] = "auto"
-    temperature: Positive | None = None
+    temperature: Temperature | None = None
     top_k: int | None = Field(None, ge=0)
     top_p: Mass | None = None
     typical_p: Mass | None = None
-    repetition_penalty: Positive | None = None
+    repetition_penalty: Penalty | None = None
     no_repeat_ngram_size: int | None = Field(None, ge=0)
     num_beams: int | None = Field(None, ge=1, le=16)
     num_return_sequences: int = Field(1, ge=1, le=16)

@@ -2,7 +2,9 @@
 
 Texts are embedded a chunk at a time and each finished chunk is saved (atomically) in a parts folder next
 to the output, so an interrupted run picks up after the last finished chunk. The final file is assembled
-from the parts, written to a temporary name and renamed: it either exists whole or not at all.
+from the parts, written to a temporary name and renamed: it either exists whole or not at all. A run killed
+while it assembled (or before it removed the parts) is finished by running the same command again: from the
+parts, with no model loaded.
 
     feats.parquet            columns: id, embedding (float32 list)[, label]
     feats.config.yaml        the resolved config: `warmstart embed --config feats.config.yaml` repeats it
@@ -21,7 +23,7 @@ import numpy as np
 import yaml
 
 from warmstart import distributed
-from warmstart.config import EmbedConfig, absolute_paths, make, to_dict
+from warmstart.config import EmbedConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.data.tables import examples_from_table, find_column, read_table
 from warmstart.errors import UserError
 from warmstart.inference.features import Embedder
@@ -98,22 +100,29 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
     out = Path(cfg.out).expanduser().resolve()
     if out.suffix not in FORMATS:
         raise UserError(f"--out '{cfg.out}': unknown format '{out.suffix}' (use {', '.join(FORMATS)})")
-    if out.exists() and not cfg.overwrite:
-        raise UserError(f"'{out}' already exists; pass --overwrite to replace it")
-    if cfg.chunk_size < 1 or cfg.batch_size < 1:
-        raise UserError("--chunk-size and --batch-size must be at least 1")
+    if out.suffix != ".parquet":  # a .npy is the matrix alone; .safetensors keeps integer ids, never labels
+        refuse_inapplicable(cfg, ("label_column",) if out.suffix == ".safetensors" else ("label_column", "id_column"),
+                            f"a {out.suffix} output (they are copied into .parquet outputs)")
+    parts = parts_dir(out)
+    exists = f"'{out}' already exists; pass --overwrite to replace it"
+    if out.exists() and not cfg.overwrite and not parts.is_dir():
+        raise UserError(exists)
     table = read_inputs(cfg)
-    embedder = Embedder.load(cfg.model, cfg.pooling, cfg.layers, cfg.layer_mode, cfg.normalize, cfg.max_length,
-                             cfg.cpu, cfg.precision)
     settings = {k: v for k, v in to_dict(cfg).items() if k not in NOT_COMPARED}
     settings["rows"] = len(table.texts)
-    parts = parts_dir(out)
+    n_chunks = -(-len(table.texts) // cfg.chunk_size)
+    # Every chunk written by a run killed while it assembled them (or just after, its output renamed but its
+    # chunks not yet removed): this rerun only assembles, with no model to load.
+    assemble_only = not cfg.overwrite and n_chunks > 0 and _all_chunks(parts, settings, n_chunks)
+    if out.exists() and not cfg.overwrite and not assemble_only:
+        raise UserError(exists)
+    embedder = None if assemble_only else Embedder.load(cfg.model, cfg.pooling, cfg.layers, cfg.layer_mode,
+                                                        cfg.normalize, cfg.max_length, cfg.cpu, cfg.precision)
     if distributed.is_main():  # under accelerate launch: one process checks/prepares the parts folder
         _check_resumable(parts, settings, cfg.overwrite)
     distributed.barrier()
 
     started = time.perf_counter()
-    n_chunks = -(-len(table.texts) // cfg.chunk_size)
     done_before = 0
     from tqdm.auto import tqdm
 
@@ -132,15 +141,25 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
             bar.update(hi - lo)
     seconds = time.perf_counter() - started
     distributed.barrier()  # all chunks written; the main process assembles them in input order
+    dim = embedder.dim if embedder is not None else np.load(parts / "chunk-00000.npy", mmap_mode="r").shape[1]
     if not distributed.is_main():
-        return EmbedResult(out, len(table.texts), embedder.dim, round(seconds, 2), 0.0)
-    _assemble(out, parts, n_chunks, table, embedder.dim)
+        return EmbedResult(out, len(table.texts), dim, round(seconds, 2), 0.0)
+    _assemble(out, parts, n_chunks, table, dim)
     cfg_path = out.with_name(out.name.rsplit(".", 1)[0] + ".config.yaml")
     atomic_write_text(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     shutil.rmtree(parts, ignore_errors=True)
     new = len(table.texts) - done_before
-    return EmbedResult(out, len(table.texts), embedder.dim, round(seconds, 2),
+    return EmbedResult(out, len(table.texts), dim, round(seconds, 2),
                        round(new / seconds, 2) if new and seconds > 0 else 0.0)
+
+
+def _all_chunks(parts: Path, settings: dict, n_chunks: int) -> bool:
+    """Whether ``parts`` holds every chunk of a run with these settings."""
+    try:
+        same = json.loads((parts / "settings.json").read_text(encoding="utf-8")) == settings
+    except (OSError, ValueError):
+        return False
+    return same and all((parts / f"chunk-{c:05d}.npy").is_file() for c in range(n_chunks))
 
 
 def _chunks(parts: Path, n_chunks: int):
@@ -151,6 +170,8 @@ def _chunks(parts: Path, n_chunks: int):
 def _assemble(out: Path, parts: Path, n_chunks: int, table: Table, dim: int) -> None:
     """Join the chunk files into ``out`` one chunk at a time (memory stays one chunk), then rename."""
     n = len(table.texts)
+    for stale in out.parent.glob(f".{out.name}.tmp*"):  # the unfinished file of an assembly that was killed
+        stale.unlink(missing_ok=True)
     with atomic_file(out) as tmp:
         if out.suffix == ".npy":
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))

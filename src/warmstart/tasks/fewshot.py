@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from warmstart.config import FewshotConfig, absolute_paths, make, to_dict
+from warmstart.config import FewshotConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.data.tables import LabelMap, read_examples
 from warmstart.errors import UserError
 from warmstart.lowshot.fewshot import PromptScores, incontext_repeat, sample_k, setfit_repeat
@@ -42,21 +42,28 @@ class FewshotResult:
         return self.metrics["accuracy_mean"]
 
 
+# The options that only some methods read: any other method refuses them rather than silently ignoring them.
+METHOD_OPTIONS = {
+    "select": ("incontext",), "example_max_length": ("incontext",),
+    "template": ("incontext", "prompt"), "calibrate": ("incontext", "prompt"), "chat": ("incontext", "prompt"),
+    "answer_prefix": ("incontext", "prompt"), "truncate": ("incontext", "prompt"), "descriptions": ("prompt",),
+    "pairs_per_example": ("setfit",), "epochs": ("setfit",), "lr": ("setfit",),
+}
+
+
 def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
     t0 = time.time()
     cfg = absolute_paths(make(FewshotConfig, config, kwargs), "data", "test", "model")
     if not cfg.data or not cfg.test:
         raise UserError("few-shot needs --data (where the k examples per class come from) and --test")
-    if cfg.repeats < 1:
-        raise UserError("--repeats must be at least 1")
+    refuse_inapplicable(cfg, tuple(n for n, methods in METHOD_OPTIONS.items() if cfg.method not in methods),
+                        f"--method {cfg.method}")
     pool = read_examples(cfg.data, cfg.text_column, label_column=cfg.label_column, limit=cfg.limit)
     test = read_examples(cfg.test, cfg.text_column, label_column=cfg.label_column, limit=cfg.limit)
     names = [n.strip() for n in cfg.labels.split(",")] if cfg.labels else None
     labels = LabelMap.from_examples(pool, names)
     y_pool, y_test = labels.encode(pool), labels.encode(test)
     draws = [sample_k(y_pool, cfg.k, cfg.seed + r, labels.names) for r in range(cfg.repeats)]  # fail early
-    if cfg.descriptions and cfg.method != "prompt":
-        raise UserError("--descriptions is for --method prompt (the similarity score beside the prompt's)")
     descriptions = parse_descriptions(cfg.descriptions, labels.names)  # a bad one fails before any output
     run = Run(cfg.out)
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)

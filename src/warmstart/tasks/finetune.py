@@ -10,9 +10,11 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from warmstart import plots
+from warmstart import distributed, plots
 from warmstart.config import FinetuneConfig, absolute_paths, make, to_dict
 from warmstart.errors import UserError
+from warmstart.inference import calibration
+from warmstart.inference.classifier import Classifier
 from warmstart.kinds import KINDS
 from warmstart.models import load_tokenizer, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
@@ -53,12 +55,15 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     set_seed(cfg.seed)  # before the new head is initialised
     tokenizer = load_tokenizer(path)
     model = kind.load_model(path, cfg)
+    calibration.forget_temperature(model.config)  # a calibrated starting model's T belonged to its old weights
     cfg.max_length = max_length_of(tokenizer, model.config, cfg.max_length)
     model.config.train_max_length = cfg.max_length  # saved with the model: evaluate/predict default to it
+    tokenizer.model_max_length = cfg.max_length  # and plain transformers (pipeline, truncation=True) cuts there too
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
 
     data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
-    run.say(f"model {cfg.model} ({path}); {kind.describe()}; max length {cfg.max_length}; rows "
+    problem = f"{kind.problem_note}, " if cfg.task == "sequence" else ""
+    run.say(f"model {cfg.model} ({path}); {problem}{kind.describe()}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
     job = kind.job(cfg, tokenizer, data)
     choice = choose_precision(cfg, model, job.lengths, run)
@@ -70,6 +75,8 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
         from warmstart.training import native as engine
     state = engine.train(cfg, model, job, run)
     train_seconds = time.time() - t0
+    calibrated = calibrate_model(cfg, kind, run)
+    finished = kind.finish(cfg, run.model_dir, run) if hasattr(kind, "finish") else {}  # multi-label thresholds
 
     metrics: dict = {"model": cfg.model, "rows": {r: len(p) for r, p in kind.parts.items()},
                      "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
@@ -79,6 +86,9 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
                      "train_seconds": round(train_seconds, 2), "precision": cfg.precision}
     if choice is not None:
         metrics["precision_auto"] = choice.record()
+    if calibrated is not None:
+        metrics["calibration"] = calibrated
+    metrics.update(finished)
     if "test" in kind.parts:
         metrics.update(kind.test(cfg, run.model_dir, run))
     if state.epochs_log and run.main:
@@ -90,9 +100,38 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     return FinetuneResult(run.dir, run.model_dir, metrics)
 
 
+def calibrate_model(cfg: FinetuneConfig, kind, run: Run) -> dict | None:
+    """Temperature scaling of the saved (best) model on the valid split, for single-label classification: T in
+    model/config.json, calibration.json and reliability.png in the run folder; the figures for metrics.json.
+
+    The valid logits come from one more pass of the saved model, fp32 PyTorch as the test pass, rather than from
+    training's last evaluation: that one may have run under bf16 autocast, the Trainer engine keeps only each
+    row's argmax, and a resumed run may have evaluated its best epoch in an earlier process. So both engines, and
+    a run resumed at any point, fit T on the same logits of the same saved model."""
+    single_label = cfg.task == "sequence" and getattr(kind, "problem", "single-label") == "single-label"
+    if not (cfg.calibrate and single_label and "valid" in kind.parts):
+        if run.main and (run.model_dir / "config.json").is_file():
+            calibration.save_temperature(run.model_dir, None)  # one an interrupted earlier attempt may have saved
+        return None
+    t = time.time()
+    clf = Classifier.load(str(run.model_dir), cfg.max_length, cfg.cpu)
+    valid = kind.parts["valid"]
+    logits = distributed.gather_rows(len(valid), lambda idx: clf.logits(
+        valid.take(idx), cfg.eval_batch_size, progress=cfg.progress and distributed.is_main()))
+    cal = calibration.calibrate(logits, kind.y["valid"])
+    if run.main:
+        calibration.write_report(cal, run.dir)
+        calibration.save_temperature(run.model_dir, cal.temperature)
+    distributed.barrier()  # the test pass of every process reads the calibrated config.json
+    run.say(cal.describe())
+    return {**cal.summary(), "seconds": round(time.time() - t, 2)}
+
+
 def report(cfg: FinetuneConfig, result: FinetuneResult) -> str:
     f1 = (result.metrics.get("test") or {}).get("f1") if cfg.task == "tokens" else None
     return (f"run folder: {result.run_dir}\n"
             + (f"test entity F1: {f1:.4f}\n" if f1 is not None else "")
             + (f"test {'word ' if cfg.task == 'tokens' else ''}accuracy: {result.test_accuracy:.4f}\n"
-               if result.test_accuracy is not None else ""))
+               if result.test_accuracy is not None else "")
+            + "".join(f"test {k.replace('_', ' ')}: {(result.metrics.get('test') or {})[k]:.4f}\n"
+                      for k in ("f1_micro", "rmse", "pearson") if k in (result.metrics.get("test") or {})))

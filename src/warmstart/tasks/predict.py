@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from warmstart import distributed
-from warmstart.config import PredictConfig, make
+from warmstart.config import PredictConfig, make, refuse_inapplicable
 from warmstart.data.output import format_records, format_tagged
 from warmstart.data.texts import read_texts, read_words
 from warmstart.errors import UserError
@@ -19,30 +19,40 @@ from warmstart.runs import atomic_write_text
 
 @dataclass
 class Prediction:
+    """One text's prediction: label, score and every class's probability (single-label); the labels at or above
+    their thresholds and every label's score (multi-label); or the value(s) (regression)."""
+
     text: str
-    label: str
-    score: float
-    probabilities: dict[str, float]
+    label: str | None = None
+    score: float | None = None
+    probabilities: dict[str, float] | None = None
+    labels: list[str] | None = None
+    scores: dict[str, float] | None = None
+    value: float | None = None
+    values: dict[str, float] | None = None
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def format_predictions(preds: list[Prediction], fmt: str) -> str:
-    return format_records([{"text": p.text, "label": p.label, "score": p.score, "probabilities": p.probabilities}
-                           for p in preds], fmt)
+    return format_records([p.record() for p in preds], fmt)
 
 
 def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] | list[Tagged]:
     cfg = make(PredictConfig, config, kwargs)
     if kind(load_config(resolve(cfg.model))) == "tagger":
         return tag(cfg)
-    if cfg.format == "conll" or cfg.stride is not None:
-        raise UserError(f"{'--format conll' if cfg.format == 'conll' else '--stride'} is for taggers (models from "
-                        "`finetune --task tokens`)")
+    if cfg.format == "conll":
+        raise UserError("--format conll is for taggers (models from `finetune --task tokens`)")
+    # --stride is a classifier's too, with --long-text chunk (Classifier.load refuses it otherwise).
+    refuse_inapplicable(cfg, ("aggregation",), "a sequence classifier (it is for taggers' entity scores; "
+                                               "--chunk-aggregation combines --long-text chunk's windows)")
     ex = read_texts(cfg.texts, cfg.input, cfg.text_column, cfg.text_pair_column, cfg.limit)
-    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision)
+    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision,
+                          cfg.long_text, cfg.stride, cfg.chunk_aggregation)
     probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)  # sharded under accelerate launch
-    names = clf.labels.names
-    preds = [Prediction(text, names[int(p.argmax())], float(p.max()), {n: float(v) for n, v in zip(names, p)})
-             for text, p in zip(ex.texts, probs)]
+    preds = [Prediction(text, **r) for text, r in zip(ex.texts, clf.records(probs))]
     text = format_predictions(preds, cfg.format)
     if cfg.out and distributed.is_main():
         atomic_write_text(Path(cfg.out), text)
@@ -52,6 +62,8 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
 def tag(cfg: PredictConfig) -> list[Tagged]:
     if cfg.text_pair_column:
         raise UserError("--text-pair-column is for sequence classifiers; a tagger reads one text at a time")
+    refuse_inapplicable(cfg, ("long_text", "chunk_aggregation"), "a tagger (it always reads a long sentence in "
+                                                                 "windows: --stride)")
     if distributed.is_distributed():
         raise UserError("predict with a tagger runs in one process")
     words = read_words(cfg.input, cfg.limit) if cfg.input and not cfg.texts else None

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from warmstart import distributed, objectives, plots
-from warmstart.config import PretrainConfig, absolute_paths, make, to_dict
+from warmstart.config import PretrainConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.data.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
 from warmstart.errors import UserError
 from warmstart.models import (
@@ -44,7 +44,7 @@ from warmstart.models import (
 from warmstart.objectives import clm, mlm, separator_id, stream
 from warmstart.objectives.denoise import DenoisingCollator
 from warmstart.objectives.nsp import NSPCollator
-from warmstart.runs import Run, prepare_run_folder
+from warmstart.runs import Run, atomic_write_json, prepare_run_folder
 from warmstart.training import native
 from warmstart.training.common import Job, choose_precision
 
@@ -218,6 +218,20 @@ def evaluator(cfg: PretrainConfig, batches: list[dict]):
     return evaluate
 
 
+def valid_before(cfg: PretrainConfig, run: Run, model, evaluate) -> dict:
+    """The held-out metrics of the model before training, measured once per run and kept in the run folder
+    (valid_before.json): a resumed run reports the figure its start measured."""
+    path = run.dir / "valid_before.json"
+    if cfg.resume and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    device = pick_device(cfg.cpu)
+    metrics = evaluate(model.to(device), device, contextlib.nullcontext)  # every process: a collective
+    if run.main:
+        atomic_write_json(path, metrics)
+    run.say("held-out before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
 def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     """Pre-train (or continue pre-training) on a raw-text corpus; returns the run folder and metrics."""
     t0 = time.time()
@@ -227,6 +241,12 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         raise UserError("no corpus: pass --data FILE or FOLDER")
     if not cfg.from_scratch and not cfg.model:
         raise UserError("pass --model to continue pre-training a model, or --from-scratch for a new one")
+    if cfg.from_scratch and cfg.model:
+        raise UserError("--from-scratch builds a new model and --model continues one: give one of them")
+    if not cfg.from_scratch:
+        refuse_inapplicable(cfg, ("size", "vocab_size"), "continued pre-training (they shape a --from-scratch model)")
+    if cfg.objective not in ("mlm", "mlm+nsp"):
+        refuse_inapplicable(cfg, ("whole_word_mask", "mlm_probability"), f"--objective {cfg.objective}")
     run = Run(cfg.out, tensorboard_dir=cfg.logging_dir)
     if streamed(cfg):  # corpora larger than memory: the training documents are only ever streamed
         split = split_stream(cfg.data, cfg.valid, cfg.text_column, cfg.limit, cfg.valid_fraction, cfg.seed)
@@ -275,10 +295,8 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
     evaluate = evaluator(cfg, batches) if batches else None
     metrics: dict = {"objective": cfg.objective, "documents": {"train": n_train, "valid": len(valid_docs)},
                      "sequences": len(train_data), "parameters": n_params}
-    if evaluate and not cfg.resume:
-        device = pick_device(cfg.cpu)
-        metrics["valid_before"] = evaluate(model.to(device), device, contextlib.nullcontext)
-        run.say("held-out before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_before"].items()))
+    if evaluate:
+        metrics["valid_before"] = valid_before(cfg, run, model, evaluate)
     job = Job(train=train_data, lengths=lengths, collate=collate, unit="sequences",
                      save=lambda m, folder, weights=None: (m.save_pretrained(folder, state_dict=weights),
                                                            tokenizer.save_pretrained(folder)),

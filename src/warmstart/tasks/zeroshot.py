@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from warmstart.config import ZeroshotConfig, make, to_dict
+from warmstart.config import ZeroshotConfig, make, refuse_inapplicable, to_dict
 from warmstart.data.output import format_records
 from warmstart.data.tables import LABEL_COLUMNS, examples_from_table, find_column, label_value, read_table
 from warmstart.errors import UserError, where
@@ -55,16 +55,21 @@ def gold_ids(values: list[str], labels: list[str], source: str, column: str) -> 
     return ids
 
 
+# The options that only some methods read: any other method refuses them rather than silently ignoring them.
+METHOD_OPTIONS = {
+    "descriptions": ("similarity",), "multi_label": ("nli", "similarity"),
+    "calibrate": ("prompt",), "chat": ("prompt",), "answer_prefix": ("prompt",), "truncate": ("prompt",),
+}
+
+
 def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
     cfg = make(ZeroshotConfig, config, kwargs)
+    refuse_inapplicable(cfg, tuple(n for n, methods in METHOD_OPTIONS.items() if cfg.method not in methods),
+                        f"--method {cfg.method}")
     labels = check_labels(cfg.labels.split(",")) if cfg.labels.strip() else check_labels([])
     if len(labels) < 2 and not cfg.multi_label:
         raise UserError("--labels needs at least two labels (or --multi-label for yes/no per label)")
     descriptions = parse_descriptions(cfg.descriptions, labels)
-    if descriptions and cfg.method != "similarity":
-        raise UserError("--descriptions is for --method similarity")
-    if cfg.chat and cfg.method != "prompt":
-        raise UserError("--chat is for --method prompt")
     y, column = None, None
     if cfg.texts and cfg.data:
         raise UserError("give texts as arguments or with --data, not both")

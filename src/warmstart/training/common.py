@@ -41,6 +41,8 @@ class Job:
     trainer_metrics: Callable[[], Callable] | None = None
     metric_names: tuple[str, ...] = ()  # valid metrics besides the loss, e.g. accuracy and f1_macro
     batch_loss: Callable[[Any, dict], float] | None = None
+    # The training loss when it is not the model's own (e.g. cross-entropy weighted by --class-weights).
+    loss: Callable[[Any, dict], torch.Tensor] | None = None
     tokenizer: Any = None  # saved with the Trainer's checkpoints
 
 
@@ -129,8 +131,11 @@ def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Op
         return cls(groups, lr=cfg.lr)
 
 
+LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mae")
+
+
 def better(metric: str, new: float, old: float | None) -> bool:
-    return old is None or (new < old if metric == "loss" else new > old)
+    return old is None or (new < old if metric in LOWER_IS_BETTER else new > old)
 
 
 def schedule(cfg: FinetuneConfig, batches_per_epoch: int) -> tuple[int, int, int]:
@@ -150,3 +155,10 @@ def judge_epoch(cfg, state, value: float, epoch: int, save_best) -> None:
         state.bad_epochs += 1
         if cfg.patience is not None and state.bad_epochs >= cfg.patience:
             state.stopped_early = True
+
+
+def full_weights(accelerator: Any, model: torch.nn.Module) -> dict:
+    """The model's whole state dict to save, through Accelerate: gathered where FSDP or DeepSpeed shard the weights
+    over the processes (a collective: every process must call this), the model's own (no copy) elsewhere. One path
+    for every setup, so a plain run checks the one a sharded run takes (save_pretrained writes the same files)."""
+    return accelerator.get_state_dict(model)

@@ -8,7 +8,6 @@ RNG states (accelerate) and our position in the data (state.json)."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -26,8 +24,16 @@ from warmstart import distributed
 from warmstart.data.batching import LengthGroupedBatches
 from warmstart.distributed import batch_part
 from warmstart.errors import UserError
-from warmstart.runs import Run, atomic_dir
-from warmstart.training.common import Job, State, judge_epoch, mixed_precision, optimizer_for, schedule
+from warmstart.runs import Run
+from warmstart.training.common import (
+    Job,
+    State,
+    full_weights,
+    judge_epoch,
+    mixed_precision,
+    optimizer_for,
+    schedule,
+)
 
 
 def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
@@ -44,8 +50,8 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
                               cpu=distributed.use_cpu(cfg.cpu),
                               gradient_accumulation_steps=cfg.grad_accum)
     world, me = accelerator.num_processes, accelerator.process_index
-    last = run.checkpoints()[-1] if cfg.resume and run.checkpoints() else None
-    saved = json.loads((last / "state.json").read_text()) if last else {}
+    last = run.resume_checkpoint(barrier=accelerator.wait_for_everyone) if cfg.resume else None
+    saved = run.checkpoint_state(last) if last else {}
     # A resumed run keeps the global batch of the run it continues, whatever its number of processes, so
     # the batches, steps and schedule go on exactly where they stopped.
     global_batch = saved.get("global_batch") or cfg.batch_size * world
@@ -81,11 +87,9 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
                             cfg.save_total_limit, barrier=accelerator.wait_for_everyone)
 
     def save_best() -> None:
-        # FSDP and DeepSpeed shard the weights: gathering them is a collective every process joins.
-        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        weights = accelerator.get_state_dict(model) if sharded else None
+        weights = full_weights(accelerator, model)
         if accelerator.is_main_process:
-            atomic_dir(run.model_dir, lambda d: job.save(accelerator.unwrap_model(model), d, weights))
+            run.save_model(lambda d: job.save(accelerator.unwrap_model(model), d, weights))
 
     run.say(f"training {len(job.train)} {job.unit}: {n_epochs} epoch(s), {total_steps} optimizer steps, "
             f"batch {global_batch // world}x{cfg.grad_accum}"
@@ -112,7 +116,8 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             accelerator.step = cfg.grad_accum - 1 if last_of_epoch else state.batches_done % cfg.grad_accum
             with accelerator.accumulate(model):
                 out = model(**batch)
-                accelerator.backward(out.loss * weight if weight != 1 else out.loss)
+                batch_loss = job.loss(out, batch) if job.loss is not None else out.loss
+                accelerator.backward(batch_loss * weight if weight != 1 else batch_loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -120,7 +125,7 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             n = len(part) if weight else 0
             correct, counted = job.accuracy(out, batch) if job.accuracy is not None and n else (0, 0)
             # Sums over all processes, so the state (and what it logs) is the whole batch's.
-            loss_sum, n, correct, counted = distributed.sum_all([out.loss.item() * n, n, correct, counted],
+            loss_sum, n, correct, counted = distributed.sum_all([batch_loss.item() * n, n, correct, counted],
                                                                 cfg.cpu)
             n, correct, counted = int(n), int(correct), int(counted)
             loss = loss_sum / max(n, 1)

@@ -1,34 +1,61 @@
 """The Trainer engine: the same config mapped onto Hugging Face `TrainingArguments` + `Trainer`.
 
 Same inputs as the native engine (the task kind's Job: tokenised once, unpadded, its collator), length
-grouping through `train_sampling_strategy="group_by_length"`, the same optimizer, and the same run
-folder: the best model in model/, history.jsonl, epoch records. The Trainer's own checkpoints live in
-checkpoints/ and `--resume` goes through `trainer.train(resume_from_checkpoint=...)`."""
+grouping through the Trainer's LengthGroupedSampler (shuffled per seed and epoch), the same optimizer, and the
+same run folder: the best model in model/, history.jsonl, epoch records. The Trainer's own checkpoints go through
+Run.save_checkpoint like the native engine's (written in checkpoints/.writing/, marked complete by state.json
+holding our counters, renamed into place), and `--resume` hands the newest sound one to
+`trainer.train(resume_from_checkpoint=...)`."""
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig
-from warmstart.runs import Run, atomic_dir, atomic_write_json
-from warmstart.training.common import Job, State, judge_epoch, mixed_precision, optimizer_for, schedule
+from warmstart.runs import Run, checkpoint_step
+from warmstart.training.common import Job, State, full_weights, judge_epoch, mixed_precision, optimizer_for, schedule
+
+
+class EpochSeededSampler(LengthGroupedSampler):
+    """The Trainer's length grouping, shuffled from (seed, epoch) rather than from the global RNG. A run resumed
+    mid-epoch then takes the batches an uninterrupted one takes: the Trainer draws an epoch's order before it
+    restores the checkpoint's RNG, so from the fresh process's RNG, which matches the interrupted run's only in
+    the first epoch. (The Trainer calls set_epoch through Accelerate's data loader.)"""
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        return super().__iter__()
 
 
 class _Trainer(Trainer):
     """The Trainer reports training loss only; this also counts the job's training accuracy per epoch, from
-    the outputs it computes anyway."""
+    the outputs it computes anyway, and writes its checkpoints the way the run folder does."""
 
-    def __init__(self, *args, stats: State, job: Job, **kwargs):
+    def __init__(self, *args, stats: State, job: Job, run: Run, keep: int | None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.stats, self.job = stats, job
+        self.stats, self.job, self.run, self.keep = stats, job, run, keep
+        self._writing_in: Path | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        return EpochSeededSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                  dataset=train_dataset, model_input_name="input_ids", seed=self.args.seed)
 
     def _get_eval_sampler(self, eval_dataset):
         # The valid rows in their own order (the Trainer would group them by length as for training): a kind's
@@ -38,13 +65,56 @@ class _Trainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
+        if self.job.loss is not None:  # the kind's own loss (e.g. class weights) replaces the model's
+            loss = self.job.loss(outputs, inputs)
         if model.training:
-            correct, counted = self.job.accuracy(outputs, inputs)
+            correct, counted = self.job.accuracy(outputs, inputs) if self.job.accuracy is not None \
+                else (0, len(inputs["input_ids"]))
             self.stats.loss_sum += self.job.batch_loss(outputs, inputs) * counted
             self.stats.correct += correct
             self.stats.seen += counted
             self.stats.samples += len(inputs["input_ids"])
         return (loss, outputs) if return_outputs else loss
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is written, the Trainer's "<output dir>/checkpoint-<step>" is our staging folder.
+        return str(self._writing_in) if self._writing_in is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint files, written in checkpoints/.writing/ and marked complete (state.json, our
+        counters) before they are renamed into place: a kill at any moment leaves no half checkpoint behind."""
+        if self.state.epoch == int(self.state.epoch) and len(self.stats.epochs_log) < round(self.state.epoch):
+            # The last step of an epoch, not yet evaluated: the epoch-end checkpoint follows at once. One taken
+            # now would resume in the next epoch and lose this one's record.
+            return
+        state = self.counters()  # a collective: every process, before any writes
+        trainer_save = super()._save_checkpoint
+
+        def write(folder: Path) -> None:
+            self._writing_in = folder.parent
+            try:
+                trainer_save(model, trial)
+            finally:
+                self._writing_in = None
+
+        self.run.save_checkpoint(self.state.global_step, write, state, self.keep,
+                                 barrier=self.accelerator.wait_for_everyone)
+
+    def counters(self) -> dict:
+        """What a resumed run needs besides the Trainer's own state: our State with the epoch's sums over all
+        processes, and the Trainer's running loss since its last log line (it does not checkpoint that, so a
+        resumed run would log a different average over fewer steps)."""
+        s = self.stats
+        cpu = self.args.use_cpu
+        loss_sum, correct, seen, tr_loss = distributed.sum_all([s.loss_sum, s.correct, s.seen,
+                                                                self._tr_loss.item()], cpu)
+        return {**asdict(s), "step": self.state.global_step, "epoch": len(s.epochs_log), "loss_sum": loss_sum,
+                "correct": int(correct), "seen": int(seen), "log_loss_sum": tr_loss / distributed.world_size(),
+                "last_logged_step": self._globalstep_last_logged, "processes": distributed.world_size()}
+
+    def global_samples(self) -> int:
+        """Training examples processed by all processes (each counts its own)."""
+        return int(distributed.sum_all([self.stats.samples], self.args.use_cpu)[0])
 
 
 class BarOnly(ProgressCallback):
@@ -57,48 +127,66 @@ class BarOnly(ProgressCallback):
 class RunCallback(TrainerCallback):
     """Writes our history.jsonl and epoch records, keeps the best model in model/, stops early.
 
-    Its counters go into each Trainer checkpoint as warmstart_state.json, so a resumed run keeps them."""
+    Its counters go into each Trainer checkpoint's state.json (_Trainer.counters), so a resumed run keeps them.
+    Every process runs it; counts are summed over the processes, the main one writes."""
 
     def __init__(self, cfg: FinetuneConfig, run: Run, stats: State, save_best, job: Job, total_steps: int):
         self.cfg, self.run, self.stats, self.save_best = cfg, run, stats, save_best
         self.has_valid, self.metric_names, self.total_steps = job.valid is not None, job.metric_names, total_steps
+        self.job_has_accuracy = job.accuracy is not None
         self.t_log, self.n_log = time.time(), 0
         self.t_epoch = time.time()
+        self.trainer: _Trainer | None = None
+        self.resumed_log: tuple[float, int] | None = None
 
     KEPT = ("best_metric", "best_epoch", "bad_epochs", "epochs_log", "stopped_early")
 
-    def on_save(self, args, state, control, **kw):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            atomic_write_json(folder / "warmstart_state.json", {k: getattr(self.stats, k) for k in self.KEPT})
+    def restore(self, saved: dict) -> None:
+        """Counters from a checkpoint's state.json. The epoch's sums are over all processes: the main one
+        carries them on (and the others start from 0), so their sum at the epoch's end is right again."""
+        for k in self.KEPT:
+            setattr(self.stats, k, saved[k])
+        if distributed.is_main():
+            for k in ("loss_sum", "correct", "seen"):
+                setattr(self.stats, k, saved[k])
+        self.resumed_log = (saved["log_loss_sum"], saved["last_logged_step"])
 
-    def restore(self, checkpoint: str) -> None:
-        path = Path(checkpoint) / "warmstart_state.json"
-        if path.is_file():
-            for k, v in json.loads(path.read_text()).items():
-                setattr(self.stats, k, v)
+    def on_train_begin(self, args, state, control, **kw):
+        # The Trainer has just set its running loss to 0 and its last logged step to the resumed one.
+        if self.resumed_log is not None and self.trainer is not None:
+            loss, step = self.resumed_log
+            self.trainer._tr_loss.fill_(loss)
+            self.trainer._globalstep_last_logged = step
 
     def on_epoch_begin(self, args, state, control, **kw):
         self.t_epoch = time.time()
-        self.stats.loss_sum, self.stats.correct, self.stats.seen = 0.0, 0, 0
 
     def on_log(self, args, state, control, logs=None, **kw):
-        if not logs or "loss" not in logs or not state.is_world_process_zero:
+        if not logs or "loss" not in logs:
             return
-        seen = self.stats.samples - self.n_log
+        samples = self.trainer.global_samples()  # every process logs this line: a collective
+        if not state.is_world_process_zero:
+            return
+        seen = samples - self.n_log
         rate = seen / max(time.time() - self.t_log, 1e-9)
         rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs["loss"],
                "lr": logs.get("learning_rate"), "samples_per_s": rate}
         self.run.log(rec)
         self.run.say(f"step {rec['step']}/{self.total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
                      f"{rate:.1f} samples/s")
-        self.t_log, self.n_log = time.time(), self.stats.samples
+        self.t_log, self.n_log = time.time(), samples
 
     def on_epoch_end(self, args, state, control, **kw):
         s = self.stats
+        # Every process counted its own slice of the batches.
+        loss_sum, correct, seen = distributed.sum_all([s.loss_sum, s.correct, s.seen], self.cfg.cpu)
         self.pending = {"step": state.global_step, "epoch": len(s.epochs_log) + 1,
-                        "train_loss": s.loss_sum / max(s.seen, 1), "train_accuracy": s.correct / max(s.seen, 1),
+                        "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                         "epoch_seconds": round(time.time() - self.t_epoch, 2)}
+        if not self.job_has_accuracy:  # regression: no accuracy to log
+            self.pending.pop("train_accuracy")
+        # The next epoch counts from 0 (reset here, not when it begins: a run resumed mid-epoch carries its sums on).
+        s.loss_sum, s.correct, s.seen = 0.0, 0, 0
         if not self.has_valid:
             self._finish_epoch(state, control)
 
@@ -117,9 +205,14 @@ class RunCallback(TrainerCallback):
         rec["elapsed_seconds"] = round(time.time() - self.run.started, 2)
         self.run.log(rec)
         self.stats.epochs_log.append(rec)
-        msg = f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f} acc {rec['train_accuracy']:.4f}"
+        msg = f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f}"
+        if "train_accuracy" in rec:
+            msg += f" acc {rec['train_accuracy']:.4f}"
         if "valid_loss" in rec:
-            msg += f" | valid loss {rec['valid_loss']:.4f} acc {rec['valid_accuracy']:.4f}"
+            best = self.cfg.metric_for_best
+            shown = "accuracy" if "valid_accuracy" in rec else best
+            msg += f" | valid loss {rec['valid_loss']:.4f} {shown[:3] if shown == 'accuracy' else shown} " \
+                   f"{rec[f'valid_{shown}']:.4f}"
         self.run.say(msg + f" | {rec['epoch_seconds']:.0f}s" + ("  (early stop)" if self.stats.stopped_early else ""))
         control.should_save = True  # a checkpoint at every epoch end, whatever --save-steps says
 
@@ -154,7 +247,7 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
         batch_eval_metrics=True,
         save_strategy="steps" if cfg.save_steps else "epoch",
         save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=None,  # Run.save_checkpoint keeps the last --save-total-limit
         report_to="none",
         disable_tqdm=not cfg.progress,
         dataloader_num_workers=0,
@@ -164,33 +257,39 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
     stats = State()
 
     def save_best() -> None:
+        # Sharded weights (FSDP, DeepSpeed) are gathered by every process, as the Trainer's save_model does.
+        weights = full_weights(trainer.accelerator, trainer.model_wrapped)
         if trainer.is_world_process_zero():
-            atomic_dir(run.model_dir, lambda d: job.save(trainer.model, d, None))
+            run.save_model(lambda d: job.save(trainer.accelerator.unwrap_model(trainer.model), d, weights))
 
     callback = RunCallback(cfg, run, stats, save_best, job, total_steps)
     trainer = _Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=valid_data,
                        data_collator=job.collate, processing_class=job.tokenizer,
                        compute_metrics=job.trainer_metrics() if job.trainer_metrics else None,
-                       optimizers=(optimizer_for(model, cfg), None), callbacks=[callback], stats=stats, job=job)
+                       optimizers=(optimizer_for(model, cfg), None), callbacks=[callback], stats=stats, job=job,
+                       run=run, keep=cfg.save_total_limit)
+    callback.trainer = trainer
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     if cfg.progress:
         trainer.add_callback(BarOnly())
-    last = get_last_checkpoint(str(run.checkpoints_dir)) if cfg.resume and run.checkpoints_dir.is_dir() else None
+    last = run.resume_checkpoint(required=("trainer_state.json",), barrier=trainer.accelerator.wait_for_everyone) \
+        if cfg.resume else None
     if cfg.resume:
-        run.truncate_history(int(Path(last).name.split("-")[1]) if last else 0)
+        run.truncate_history(checkpoint_step(last) if last else 0)
     if last:
-        callback.restore(last)
+        callback.restore(run.checkpoint_state(last))
     run.say(f"training {len(train_data)} {job.unit} with the HF Trainer: {total_steps} optimizer steps, "
             f"batch {cfg.batch_size}x{cfg.grad_accum}"
             + (f" per process x {distributed.world_size()} processes" if distributed.is_distributed() else "")
             + f", device {args.device}, precision {cfg.precision}→{precision}"
             + (f"; resuming from {last}" if last else ""))
-    out = trainer.train(resume_from_checkpoint=last)
+    out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
     stats.train_seconds = out.metrics["train_runtime"] - eval_seconds
     stats.step = trainer.state.global_step
     stats.epoch = len(stats.epochs_log)
+    stats.samples = trainer.global_samples()
     if valid_data is None or stats.best_epoch is None:
         save_best()
     return stats
