@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,17 +44,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+def start(model: str, port: int, extra: list[str], log=None, env: dict | None = None) -> subprocess.Popen:
+    """The server (warmstart's, or the hand-written one for --hf-pipeline), up once /health answers. Its stderr
+    goes to ``log`` (a file; by default a temporary one): a pipe nobody reads would fill up and stall it."""
     if extra == ["--hf-pipeline"]:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "hf_pipeline_server.py"), model, "--port", str(port)]
     else:
         cmd = [sys.executable, "-m", "warmstart", "serve", model, "--port", str(port), "--log-level", "warning",
                *extra]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    log = log or tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()}")
+            raise SystemExit(f"server exited: {Path(log.name).read_text()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc

@@ -20,7 +20,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import serve_load
 from prometheus_client.parser import text_string_to_metric_families
 from serve_load import ROOT, free_port, short_reviews
 
@@ -36,22 +36,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def start(model: str, port: int, extra: list[str], log) -> subprocess.Popen:
-    """The server, its log to a file (a pipe nobody reads would fill up and stall it), up once /health answers."""
-    cmd = [sys.executable, "-m", "warmstart", "serve", model, "--port", str(port), "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "WARMSTART_API_KEY": KEY})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {Path(log.name).read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start within 120 s")
+    """The server with an API key from the environment, its log to ``log``, up once /health answers."""
+    return serve_load.start(model, port, extra, log, env={"WARMSTART_API_KEY": KEY})
 
 
 def memory_kb(pid: int) -> dict[str, int]:

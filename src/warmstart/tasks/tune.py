@@ -52,7 +52,15 @@ from warmstart.config import (
     refuse_inapplicable,
 )
 from warmstart.errors import UserError
-from warmstart.runs import Run, atomic_dir, atomic_file, atomic_write_json, atomic_write_text, read_jsonl
+from warmstart.runs import (
+    Run,
+    atomic_dir,
+    atomic_file,
+    atomic_write_json,
+    atomic_write_text,
+    process_alive,
+    read_jsonl,
+)
 
 COMMAND_CONFIGS: dict[str, type] = {"finetune": FinetuneConfig, "probe": ProbeConfig}
 # Set by tune for every trial, so neither the base config nor the space may choose them.
@@ -273,16 +281,6 @@ def plan(cfg: TuneConfig) -> Search:
 
 # ---- the study and its folder ----
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _check_folder(search: Search) -> None:
     """Refuse a folder that another tune is using, or that holds something other than a search; --overwrite
     starts again. Optuna could share a study between processes, but two tunes on 2 cores would only slow each
@@ -292,7 +290,7 @@ def _check_folder(search: Search) -> None:
         pid = int((out / ".lock").read_text())
     except (OSError, ValueError):
         pid = None
-    if pid and pid != os.getpid() and _alive(pid):
+    if pid and pid != os.getpid() and process_alive(pid):
         raise UserError(f"another `warmstart tune` (process {pid}) is using '{out}'")
     if search.cfg.overwrite and out.exists():
         shutil.rmtree(out)
