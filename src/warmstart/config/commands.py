@@ -11,6 +11,7 @@ from warmstart.config.options import (
     FeatureOptions,
     InferenceOptions,
     LongTextOptions,
+    LoraOptions,
     ProblemOptions,
     TagOptions,
     TrainOptions,
@@ -19,7 +20,7 @@ from warmstart.config.options import (
 
 
 @dataclass
-class FinetuneConfig(TrainOptions, ProblemOptions, TagOptions, LongTextOptions, DataOptions):
+class FinetuneConfig(LoraOptions, TrainOptions, ProblemOptions, TagOptions, LongTextOptions, DataOptions):
     task: str = opt("sequence", "sequence: a label per text (or text pair); tokens: a tag per word (named entities, "
                                 "part of speech) from CoNLL files or JSONL/Parquet with token and tag lists",
                     choices=("sequence", "tokens"))

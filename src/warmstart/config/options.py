@@ -142,6 +142,25 @@ class TrainOptions:
 
 
 @dataclass
+class LoraOptions:
+    """Low-rank adapters instead of full fine-tuning (finetune, every task kind; models.lora)."""
+
+    lora_r: int = opt(0, "LoRA rank: train low-rank adapters on the attention projections (and a new task head in "
+                         "full) instead of every weight; 0: full fine-tuning", ge=0, le=4096)
+    lora_alpha: float | None = opt(None, "LoRA scale numerator: the adapters' update is scaled by alpha / r "
+                                         "(default: 2 x --lora-r)", gt=0)
+    lora_dropout: float = opt(0.05, "dropout on the adapters' input", ge=0, lt=1)
+    lora_target_modules: str | None = opt(None, "modules given adapters, comma separated (e.g. q_proj,k_proj,v_proj,"
+                                                "o_proj), or all-linear (default: the query and value projections "
+                                                "of the architecture: query,value for BERT-likes, q_proj,v_proj for "
+                                                "Llama-likes, c_attn for GPT-2)")
+    lora_save: str = opt("merged", "what model/ holds: the adapters merged into the weights (plain transformers "
+                                   "loads it), or the adapter alone (adapter_config.json + adapter_model.safetensors "
+                                   "with the head, for peft on the base model; warmstart commands read it too)",
+                         choices=("merged", "adapter"))
+
+
+@dataclass
 class InferenceOptions:
     """How a saved classifier runs (shared by evaluate and predict)."""
 
