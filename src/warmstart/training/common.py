@@ -134,7 +134,7 @@ def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Op
         return cls(groups, lr=cfg.lr)
 
 
-LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mae")
+LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mae", "cer", "wer")
 
 
 def better(metric: str, new: float, old: float | None) -> bool:
