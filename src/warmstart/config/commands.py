@@ -11,6 +11,7 @@ from warmstart.config.options import (
     DecodeOptions,
     FeatureOptions,
     InferenceOptions,
+    InstructionOptions,
     LongTextOptions,
     LoraOptions,
     PairOptions,
@@ -23,13 +24,14 @@ from warmstart.config.options import (
 
 
 @dataclass
-class FinetuneConfig(LoraOptions, TrainOptions, Seq2SeqOptions, DecodeOptions, PairOptions, ProblemOptions,
-                     TagOptions, LongTextOptions, DataOptions):
+class FinetuneConfig(LoraOptions, InstructionOptions, TrainOptions, Seq2SeqOptions, DecodeOptions, PairOptions,
+                     ProblemOptions, TagOptions, LongTextOptions, DataOptions):
     task: str = opt("sequence", "sequence: a label per text (or text pair); tokens: a tag per word (named entities, "
                                 "part of speech) from CoNLL files or JSONL/Parquet with token and tag lists; "
                                 "seq2seq: a target text per source text (an encoder-decoder: BART, T5, Marian, or "
-                                "two copies of an encoder)",
-                    choices=("sequence", "tokens", "seq2seq"))
+                                "two copies of an encoder); causal-lm: instruction tuning of a causal LM on pairs "
+                                "(--template, --chat), the loss on the completion only",
+                    choices=("sequence", "tokens", "seq2seq", "causal-lm"))
     data: str | None = opt(None, "training data: a table (CSV, TSV, JSONL or Parquet, optionally .gz); for --task "
                                  "tokens a CoNLL file (.conll: a token and a tag per line) or JSONL/Parquet")
     valid: str | None = opt(None, "separate validation table")

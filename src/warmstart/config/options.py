@@ -185,6 +185,22 @@ class TrainOptions:
 
 
 @dataclass
+class InstructionOptions:
+    """How `finetune --task causal-lm` turns a pair into a prompt and its completion (kinds.causal_lm); saved with
+    the model, so `generate` and `serve` prompt it the same way."""
+
+    template: str | None = opt(None, "causal-lm: the prompt made of a source text, with {source} where it goes (e.g. "
+                                     "'Translate to Spanish: {source}'); default: '{source}' with --chat, else "
+                                     "'{source}' and a new line")
+    chat: bool = opt(False, "causal-lm: send the templated source as a user message through the tokenizer's chat "
+                            "template; the target is the assistant's reply")
+    packing: bool = opt(False, "causal-lm: pack several short examples into each training row of up to "
+                               "--max-length tokens (positions restart per example, and attention does not cross "
+                               "examples in models that read packed rows from their positions, as Llama and GPT-2 "
+                               "do in transformers 5)")
+
+
+@dataclass
 class LoraOptions:
     """Low-rank adapters instead of full fine-tuning (finetune, every task kind; models.lora)."""
 

@@ -16,6 +16,7 @@ from warmstart.errors import UserError
 from warmstart.inference import calibration
 from warmstart.inference.classifier import Classifier
 from warmstart.kinds import KINDS
+from warmstart.metrics import TEXT_METRICS
 from warmstart.models import load_tokenizer, lora, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training.common import choose_precision
@@ -48,6 +49,8 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     if not cfg.lora_r:
         refuse_inapplicable(cfg, ("lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"),
                             "full fine-tuning: give --lora-r N for LoRA")
+    if cfg.task != "causal-lm":
+        refuse_inapplicable(cfg, ("template", "chat", "packing"), f"--task {cfg.task} (they are for --task causal-lm)")
     kind = KINDS[cfg.task](cfg)  # reads and checks the data: bad input fails before any work
     prepare_run_folder(run, to_dict(cfg), cfg.resume, cfg.overwrite)
     if cfg.resume and run.finished():
@@ -145,4 +148,5 @@ def report(cfg: FinetuneConfig, result: FinetuneResult) -> str:
             + (f"test {'word ' if cfg.task == 'tokens' else ''}accuracy: {result.test_accuracy:.4f}\n"
                if result.test_accuracy is not None else "")
             + "".join(f"test {k.replace('_', ' ')}: {(result.metrics.get('test') or {})[k]:.4f}\n"
-                      for k in ("f1_micro", "rmse", "pearson") if k in (result.metrics.get("test") or {})))
+                      for k in ("f1_micro", "rmse", "pearson", *TEXT_METRICS)
+                      if k in (result.metrics.get("test") or {})))
