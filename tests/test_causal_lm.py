@@ -176,3 +176,22 @@ def test_an_encoder_or_an_empty_target_is_refused(tiny_models, tiny_llama, copy_
                  "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "empty.tsv" in err[0] and "row 2" in err[0] and "empty" in err[0], err
+
+
+def test_causal_lm_resume_after_kill_gives_the_same_metrics(tiny_llama, copy_pairs, tmp_path):
+    from conftest import kill_after_checkpoint
+
+    args = ["finetune", "--task", "causal-lm", "--data", str(copy_pairs), "--split", "160,16,16", "--model",
+            str(tiny_llama), "--source-column", "src", "--target-column", "tgt", "--epochs", "2", "--batch-size",
+            "16", "--lr", "3e-3", "--lora-r", "4", "--save-steps", "5", "--metrics", "exact_match,chrf",
+            "--precision", "fp32", "--no-progress"]
+    killed = tmp_path / "killed"
+    ckpt = kill_after_checkpoint(args, killed)
+    assert 0 < ckpt["step"] < 20
+    assert main(["finetune", "--config", str(killed / "config.yaml"), "--resume", "--no-progress"]) == 0
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    resumed, full = (json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "full"))
+    assert resumed["test"] == full["test"]
+    volatile = {"epoch_seconds", "elapsed_seconds", "samples_per_s"}
+    assert ([{k: v for k, v in e.items() if k not in volatile} for e in resumed["epochs"]]
+            == [{k: v for k, v in e.items() if k not in volatile} for e in full["epochs"]])

@@ -75,6 +75,8 @@ def test_only_adapters_and_head_train_and_the_count_is_peft_s(lora_runs, tiny_mo
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
                                                  modules_to_save=["classifier"]))
     assert (info["trainable"], info["total"]) == peft_model.get_nb_trainable_parameters()
+    counted = json.loads((lora_runs["merged"] / "metrics.json").read_text())["parameters"]
+    assert counted == {"trainable": info["trainable"], "total": info["total"]}
     # Two adapted projections a layer, each A (r x hidden) and B (hidden x r), plus the head's weight and bias.
     assert info["trainable"] == layers * 2 * (2 * 4 * hidden) + (hidden * 2 + 2)
 

@@ -107,7 +107,8 @@ class CausalLMTuning:
         cfg.epochs = 3.0 if cfg.epochs is None else cfg.epochs
         self.cfg = cfg
         self.prompts: dict[str, list[list[int]]] = {}
-        self.cut: dict[str, int] = {}
+        self.cut: dict[str, int] = {}  # pairs whose completion is cut at --max-length
+        self.too_long: dict[str, int] = {}  # pairs whose prompt alone fills --max-length
         self.packed_rows: int | None = None
         self.max_new_tokens = cfg.max_new_tokens
         self.model: torch.nn.Module | None = None
@@ -117,6 +118,9 @@ class CausalLMTuning:
         how = f"template {self.template!r}" + (" in the chat template" if self.cfg.chat else "")
         cut = f"; cut at --max-length: {', '.join(f'{r} {n}' for r, n in self.cut.items() if n)}" \
             if any(self.cut.values()) else ""
+        if any(self.too_long.values()):
+            cut += ("; prompts of --max-length or more, left out of the loss: "
+                    + ", ".join(f"{r} {n}" for r, n in self.too_long.items() if n))
         packed = f"; packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
         return (f"causal-LM instruction tuning ({how}); loss on the completion only; generating up to "
                 f"{self.max_new_tokens} new tokens to score {', '.join(self.names)}{packed}{cut}")
@@ -148,15 +152,18 @@ class CausalLMTuning:
                        for t in part.targets]
         # Generation keeps the prompt's end (where the completion starts), within the window.
         self.prompts[role] = [p[-(max_length - 1):] for p in prompts]
-        ids, labels, cut = [], [], 0
+        ids, labels, cut, first_long = [], [], 0, None
         for i, (p, c) in enumerate(zip(prompts, completions)):
-            if len(p) >= max_length:
-                raise UserError(f"{part.where(i)}: the prompt is {len(p)} tokens, not shorter than --max-length "
-                                f"{max_length}, so no completion token would be trained; raise --max-length")
+            if len(p) >= max_length:  # no completion token would fit: left out of the loss (and said)
+                first_long = i if first_long is None else first_long
+                continue
             cut += len(p) + len(c) > max_length
             ids.append((p + c)[:max_length])
             labels.append(([IGNORE] * len(p) + c)[:max_length])
-        self.cut[role] = cut
+        self.cut[role], self.too_long[role] = cut, len(prompts) - len(ids)
+        if not ids and first_long is not None:
+            raise UserError(f"{part.where(first_long)}: the prompt is {len(prompts[first_long])} tokens, not shorter "
+                            f"than --max-length {max_length}, and so is every {role} prompt; raise --max-length")
         if role == "train" and self.max_new_tokens is None:
             # Room for the longest training completion and half as much again: a longer valid target is cut,
             # never at generate's default of 20 tokens.

@@ -70,6 +70,9 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     adapters = None
     if cfg.lora_r:
         model, adapters = lora.wrap(model, cfg)  # any kind: the body gets adapters, a new head trains in full
+    # Each tensor once (tied embeddings are one), as peft counts them.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     problem = f"{kind.problem_note}, " if cfg.task == "sequence" else ""
     run.say(f"model {cfg.model} ({path}); {problem}{kind.describe()}; max length {cfg.max_length}; rows "
@@ -96,6 +99,7 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
                      "train_loop_seconds": round(state.train_seconds, 2),
                      "train_samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 3),
                      "train_seconds": round(train_seconds, 2), "precision": cfg.precision}
+    metrics["parameters"] = {"trainable": trainable, "total": total}
     if adapters is not None:
         metrics["lora"] = {**asdict(adapters), "save": cfg.lora_save}
     if choice is not None:
