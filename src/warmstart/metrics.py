@@ -1,6 +1,9 @@
-"""Classification metrics (scikit-learn), tagging metrics (seqeval), softmax, cross-entropy, text tables."""
+"""Classification metrics (scikit-learn), tagging metrics (seqeval), metrics of generated text (sacreBLEU, jiwer),
+softmax, cross-entropy, text tables."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -174,3 +177,57 @@ def format_tagging_table(m: dict) -> str:
         lines.append(f"{'(tags)':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}")
     lines.append(f"{'word accuracy':<{w}}{m['accuracy']:>10.4f} over {m['n']} words, {m['sentences']} sentences")
     return "\n".join(lines)
+
+
+# Metrics of generated text (text_metrics). bleu and chrf are sacreBLEU's corpus scores on its 0-100 scale (as
+# papers report them); exact_match a share in 0..1; cer and wer the character and word error rates of jiwer
+# (edits / reference length, over the whole corpus; may pass 1 when the output is longer than the reference).
+TEXT_METRICS = ("bleu", "chrf", "exact_match", "cer", "wer")
+TEXT_LOWER_IS_BETTER = ("cer", "wer")
+
+
+def text_metrics(predictions: list[str], references: list[str], names: Sequence[str]) -> dict[str, float]:
+    """The ``names`` metrics of generated ``predictions`` against one reference each. Texts are compared as
+    written after stripping surrounding whitespace (no lower-casing): a model that gets case or accents wrong
+    is wrong. An empty corpus scores 0 (error rates 1)."""
+    unknown = [n for n in names if n not in TEXT_METRICS]
+    if unknown:
+        raise ValueError(f"unknown text metric(s) {', '.join(unknown)}; known: {', '.join(TEXT_METRICS)}")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    hyp = [p.strip() for p in predictions]
+    ref = [r.strip() for r in references]
+    out: dict[str, float] = {}
+    if not ref:
+        return {n: 1.0 if n in TEXT_LOWER_IS_BETTER else 0.0 for n in names}
+    for name in names:
+        if name == "bleu":
+            import sacrebleu
+
+            out[name] = float(sacrebleu.corpus_bleu(hyp, [ref]).score)
+        elif name == "chrf":
+            import sacrebleu
+
+            out[name] = float(sacrebleu.corpus_chrf(hyp, [ref]).score)
+        elif name == "exact_match":
+            out[name] = float(np.mean([h == r for h, r in zip(hyp, ref)]))
+        else:
+            out[name] = _error_rate(name, hyp, ref)
+    return out
+
+
+def _error_rate(name: str, hyp: list[str], ref: list[str]) -> float:
+    """jiwer's corpus CER/WER. It refuses an empty reference, so the rows whose reference is empty (no words, for
+    WER) count their hypothesis's length as insertions, added to jiwer's edits over the rest."""
+    import jiwer
+
+    units = (lambda t: list(t)) if name == "cer" else (lambda t: t.split())
+    kept = [i for i, r in enumerate(ref) if units(r)]
+    total = sum(len(units(ref[i])) for i in kept)
+    empty = set(range(len(ref))) - set(kept)
+    inserted = sum(len(units(hyp[i])) for i in empty)
+    edits = 0.0
+    if kept:
+        measure = jiwer.cer if name == "cer" else jiwer.wer
+        edits = measure([ref[i] for i in kept], [hyp[i] for i in kept]) * total
+    return float((edits + inserted) / max(total, 1))

@@ -8,10 +8,15 @@ from dataclasses import dataclass
 from warmstart.config.options import (
     TRUNCATIONS,
     DataOptions,
+    DecodeOptions,
     FeatureOptions,
     InferenceOptions,
+    InstructionOptions,
     LongTextOptions,
+    LoraOptions,
+    PairOptions,
     ProblemOptions,
+    Seq2SeqOptions,
     TagOptions,
     TrainOptions,
     opt,
@@ -19,10 +24,14 @@ from warmstart.config.options import (
 
 
 @dataclass
-class FinetuneConfig(TrainOptions, ProblemOptions, TagOptions, LongTextOptions, DataOptions):
+class FinetuneConfig(LoraOptions, InstructionOptions, TrainOptions, Seq2SeqOptions, DecodeOptions, PairOptions,
+                     ProblemOptions, TagOptions, LongTextOptions, DataOptions):
     task: str = opt("sequence", "sequence: a label per text (or text pair); tokens: a tag per word (named entities, "
-                                "part of speech) from CoNLL files or JSONL/Parquet with token and tag lists",
-                    choices=("sequence", "tokens"))
+                                "part of speech) from CoNLL files or JSONL/Parquet with token and tag lists; "
+                                "seq2seq: a target text per source text (an encoder-decoder: BART, T5, Marian, or "
+                                "two copies of an encoder); causal-lm: instruction tuning of a causal LM on pairs "
+                                "(--template, --chat), the loss on the completion only",
+                    choices=("sequence", "tokens", "seq2seq", "causal-lm"))
     data: str | None = opt(None, "training data: a table (CSV, TSV, JSONL or Parquet, optionally .gz); for --task "
                                  "tokens a CoNLL file (.conll: a token and a tag per line) or JSONL/Parquet")
     valid: str | None = opt(None, "separate validation table")
@@ -42,10 +51,10 @@ class FinetuneConfig(TrainOptions, ProblemOptions, TagOptions, LongTextOptions, 
     metric_for_best: str | None = opt(None, "valid metric that picks the best epoch (default: accuracy; "
                                             "balanced_accuracy when the classes are skewed; f1_micro for "
                                             "multi-label; rmse for regression; entity f1 for --task tokens with "
-                                            "entity tags)",
+                                            "entity tags; chrf for seq2seq, else the first of --metrics)",
                                       choices=("accuracy", "f1_macro", "f1", "precision", "recall", "loss",
                                                "balanced_accuracy", "f1_micro", "subset_accuracy", "rmse", "mae",
-                                               "pearson", "spearman"))
+                                               "pearson", "spearman", "bleu", "chrf", "exact_match", "cer", "wer"))
     epochs: float | None = opt(None, "number of passes over the training data (default: 3; 4 for --task tokens)", gt=0)
     lr: float | None = opt(None, "peak learning rate (default: 5e-5; 1.5e-4 for --task tokens)", gt=0)
     head_lr: float | None = opt(None, "learning rate of the new task head (default: --lr; 3e-3 for --task tokens "
@@ -85,7 +94,7 @@ class PretrainConfig(TrainOptions):
 
 
 @dataclass
-class EvaluateConfig(InferenceOptions, TagOptions, LongTextOptions, DataOptions):
+class EvaluateConfig(InferenceOptions, DecodeOptions, PairOptions, TagOptions, LongTextOptions, DataOptions):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
     data: str = opt("", "labelled table to evaluate on")
     label_separator: str | None = opt(None, "multi-label: the character joining a row's labels (default: the one "
@@ -96,7 +105,7 @@ class EvaluateConfig(InferenceOptions, TagOptions, LongTextOptions, DataOptions)
 
 
 @dataclass
-class PredictConfig(InferenceOptions, LongTextOptions):
+class PredictConfig(InferenceOptions, DecodeOptions, LongTextOptions):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
     texts: list[str] = opt([], "texts to classify or tag (else --input, else stdin, one per line)")
     input: str | None = opt(None, "file of texts: .txt (one per line, blank lines skipped) or a table with a text "

@@ -99,6 +99,49 @@ class ProblemOptions:
                                  "length-grouped", choices=("random", "balanced"))
 
 
+# The metrics of generated text (metrics.text_metrics) that --metrics may name; cer and wer are lower-is-better.
+TEXT_METRIC_NAMES = ("bleu", "chrf", "exact_match", "cer", "wer")
+
+
+@dataclass
+class PairOptions:
+    """Text pairs: the column a model reads and the one it should write, and how its output is scored (finetune
+    --task seq2seq, and evaluate on a text-to-text model)."""
+
+    source_column: str | None = opt(None, "text-to-text: the column of the input texts (auto: source, src, input, "
+                                          "prompt, question, text)")
+    target_column: str | None = opt(None, "text-to-text: the column of the texts to generate (auto: target, tgt, "
+                                          "output, completion, answer, response, summary)")
+    metrics: str = opt("bleu,chrf,exact_match,cer,wer", "text-to-text: metrics of the generated texts, comma "
+                                                        "separated: bleu and chrf (sacreBLEU, 0-100), exact_match "
+                                                        "(0-1), cer and wer (jiwer error rates; lower is better)")
+
+
+@dataclass
+class DecodeOptions:
+    """How a text-to-text model writes its output (finetune's evaluation each epoch, evaluate, predict)."""
+
+    max_new_tokens: int | None = opt(None, "text-to-text: most tokens generated per text (default: 1.5x the longest "
+                                           "training target, saved with the model; never a library's 20)", ge=1,
+                                     le=100_000)
+    num_beams: int = opt(1, "text-to-text: beams of beam search (1: greedy decoding)", ge=1, le=64)
+
+
+@dataclass
+class Seq2SeqOptions:
+    """What only `finetune --task seq2seq` reads: a model from scratch and the valid texts generated each epoch."""
+
+    from_scratch: bool = opt(False, "seq2seq: train a small BART from scratch (--size) with a tokenizer trained on "
+                                    "the training pairs (--tokenizer), instead of fine-tuning --model")
+    tokenizer: str = opt("bpe", "seq2seq --from-scratch: byte-level BPE (--vocab-size), or char: one token per "
+                                "character (spelling to phonemes, transliteration)", choices=("bpe", "char"))
+    size: str = opt("tiny", "seq2seq --from-scratch: model preset (tiny: 2 layers of 64; small: 6 of 384)",
+                    choices=("tiny", "small"))
+    vocab_size: int = opt(8000, "seq2seq --from-scratch --tokenizer bpe: vocabulary size", ge=300, le=1_000_000)
+    eval_samples: int | None = opt(None, "seq2seq: generate and score only the first N valid pairs each epoch "
+                                         "(generation is the slow part; the valid loss covers them all)", ge=1)
+
+
 @dataclass
 class TrainOptions:
     """How to train: shared by finetune and pretrain, and by both engines."""
@@ -139,6 +182,41 @@ class TrainOptions:
         # Contradictions between these options, refused wherever the config comes from (flags, file, keywords).
         if self.resume and self.overwrite:
             raise UserError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+
+
+@dataclass
+class InstructionOptions:
+    """How `finetune --task causal-lm` turns a pair into a prompt and its completion (kinds.causal_lm); saved with
+    the model, so `generate` and `serve` prompt it the same way."""
+
+    template: str | None = opt(None, "causal-lm: the prompt made of a source text, with {source} where it goes (e.g. "
+                                     "'Translate to Spanish: {source}'); default: '{source}' with --chat, else "
+                                     "'{source}' and a new line")
+    chat: bool = opt(False, "causal-lm: send the templated source as a user message through the tokenizer's chat "
+                            "template; the target is the assistant's reply")
+    packing: bool = opt(False, "causal-lm: pack several short examples into each training row of up to "
+                               "--max-length tokens (positions restart per example, and attention does not cross "
+                               "examples in models that read packed rows from their positions, as Llama and GPT-2 "
+                               "do in transformers 5)")
+
+
+@dataclass
+class LoraOptions:
+    """Low-rank adapters instead of full fine-tuning (finetune, every task kind; models.lora)."""
+
+    lora_r: int = opt(0, "LoRA rank: train low-rank adapters on the attention projections (and a new task head in "
+                         "full) instead of every weight; 0: full fine-tuning", ge=0, le=4096)
+    lora_alpha: float | None = opt(None, "LoRA scale numerator: the adapters' update is scaled by alpha / r "
+                                         "(default: 2 x --lora-r)", gt=0)
+    lora_dropout: float = opt(0.05, "dropout on the adapters' input", ge=0, lt=1)
+    lora_target_modules: str | None = opt(None, "modules given adapters, comma separated (e.g. q_proj,k_proj,v_proj,"
+                                                "o_proj), or all-linear (default: the query and value projections "
+                                                "of the architecture: query,value for BERT-likes, q_proj,v_proj for "
+                                                "Llama-likes, c_attn for GPT-2)")
+    lora_save: str = opt("merged", "what model/ holds: the adapters merged into the weights (plain transformers "
+                                   "loads it), or the adapter alone (adapter_config.json + adapter_model.safetensors "
+                                   "with the head, for peft on the base model; warmstart commands read it too)",
+                         choices=("merged", "adapter"))
 
 
 @dataclass

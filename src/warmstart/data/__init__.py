@@ -1,5 +1,5 @@
-"""What models read and what they write: labelled tables (tables), texts from arguments, files or stdin
-(texts), raw corpora (corpus), tokenised batches (batching) and predictions out (output)."""
+"""What models read and what they write: labelled tables (tables), source/target text pairs (pairs), texts from
+arguments, files or stdin (texts), raw corpora (corpus), tokenised batches (batching) and predictions out (output)."""
 
 from warmstart.data.tables import (
     LABEL_COLUMNS,

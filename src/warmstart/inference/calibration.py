@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.metrics import sigmoid, softmax
+from warmstart.models.lora import MERGED_CONFIG
 from warmstart.runs import atomic_write_json
 
 TEMPERATURE_KEY = "calibration_temperature"
@@ -172,6 +173,8 @@ def save_temperature(model_dir: str | Path, temperature: float | None) -> None:
     """Write ``temperature`` into ``model_dir``/config.json (None: remove it), atomically, keeping every other
     key as it is. A no-op when the file already says so (its mtime is what marks an ONNX export stale)."""
     path = Path(model_dir) / "config.json"
+    if not path.is_file() and (Path(model_dir) / MERGED_CONFIG).is_file():  # an adapter (--lora-save adapter)
+        path = Path(model_dir) / MERGED_CONFIG
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get(TEMPERATURE_KEY) == temperature or (temperature is None and TEMPERATURE_KEY not in config):
         return

@@ -6,6 +6,7 @@ registered in ``KINDS``.
     sequence   sequence classification: one label per text (or text pair)
     problems   the same for multi-label (a set of labels per text) and regression (numbers)
     tokens     token classification: a tag per word (named entities, part of speech)
+    causal_lm  instruction tuning of a causal LM on text pairs: the loss on the completion only
 
 Text-to-text is the next kind to add here.
 """
@@ -14,13 +15,15 @@ from collections.abc import Callable
 
 from warmstart.config import FinetuneConfig
 from warmstart.kinds.base import TaskKind
+from warmstart.kinds.causal_lm import CausalLMTuning
 from warmstart.kinds.problems import sequence_kind
 from warmstart.kinds.sequence import SequenceClassification
 from warmstart.kinds.tokens import TokenClassification
 
 # --task -> the kind for a config (sequence: single-label, multi-label or regression, from the labels).
 KINDS: dict[str, Callable[[FinetuneConfig], TaskKind]] = {SequenceClassification.name: sequence_kind,
-                                                          TokenClassification.name: TokenClassification}
+                                                          TokenClassification.name: TokenClassification,
+                                                          CausalLMTuning.name: CausalLMTuning}
 DEFAULT = SequenceClassification.name
 
 __all__ = ["DEFAULT", "KINDS", "TaskKind"]

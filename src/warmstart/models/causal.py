@@ -66,7 +66,31 @@ class CausalLM:
 
     def chat_text(self, prompt: str, system: str | None = None) -> str:
         """``prompt`` as a user message in the model's chat template, ready for the assistant's reply."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise UserError(f"model '{self.name}' has no chat template, so --chat cannot be used with it")
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_text(self.tokenizer, prompt, system, self.name)
+
+    def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+        """The token ids the model continues for ``prompt``: in the instruction format a model tuned by
+        `finetune --task causal-lm` was trained with (its template and chat, saved in its config), and through the
+        chat template when ``chat`` asks; `generate` and the server's /generate both read prompts here."""
+        config = self.model.config
+        template = getattr(config, "instruction_template", None)
+        return instruction_ids(self.tokenizer, prompt, template, chat or bool(getattr(config, "instruction_chat",
+                                                                                         False)), system, self.name)
+
+
+def chat_text(tokenizer, prompt: str, system: str | None = None, name: str = "this model") -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"model '{name}' has no chat template, so --chat cannot be used with it")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def instruction_ids(tokenizer, source: str, template: str | None, chat: bool, system: str | None = None,
+                    name: str = "this model") -> list[int]:
+    """The prompt of an instruction pair as token ids, the same at training (kinds.causal_lm) and generation: the
+    template with ``{source}`` filled in, as a user message of the chat template with ``chat``. A chat template
+    writes its own special tokens (e.g. BOS); a plain prompt gets the tokenizer's usual ones."""
+    text = template.replace("{source}", source) if template else source
+    if chat:
+        text = chat_text(tokenizer, text, system, name)
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]

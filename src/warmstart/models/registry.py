@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from warmstart.errors import UserError
+from warmstart.models import lora
 from warmstart.models.bundled import ALIASES
 
 # The "LOAD REPORT" table for a freshly added classification head is noise for our users.
@@ -39,9 +40,11 @@ def resolve(name: str, want: str | None = None) -> str:
         return str(folder())
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "model").is_dir():  # a warmstart run folder
+            path = path / "model"
+        if lora.is_adapter_folder(path):  # saved with --lora-save adapter: merged onto its base once, cached
+            return str(lora.merged_copy(path))
         if not (path / "config.json").is_file():
-            if (path / "model" / "config.json").is_file():  # a warmstart run folder
-                return str(path / "model")
             raise UserError(f"folder '{name}' has no config.json, so it is not a saved model")
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:

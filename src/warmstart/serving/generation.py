@@ -77,8 +77,7 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
         stops = check_options(cfg)
         if options.get("stream") and (cfg.num_return_sequences > 1 or strategy(cfg) == "beam"):
             raise RequestError("stream needs one completion per prompt and no beam search", "stream")
-        text = lm.chat_text(prompt, cfg.system) if cfg.chat else prompt
-        ids = lm.tokenizer(text, add_special_tokens=not cfg.chat)["input_ids"]
+        ids = lm.prompt_ids(prompt, cfg.chat, cfg.system)
         budget = token_budget(cfg, len(ids), lm.max_positions, "the prompt")
     except UserError as e:
         # The CLI's flags (--top-p) become the request's field names (top_p).

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate.utils import set_seed
 
 from warmstart import distributed, plots
-from warmstart.config import FinetuneConfig, absolute_paths, make, to_dict
+from warmstart.config import FinetuneConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.errors import UserError
 from warmstart.inference import calibration
 from warmstart.inference.classifier import Classifier
 from warmstart.kinds import KINDS
-from warmstart.models import load_tokenizer, max_length_of, resolve
+from warmstart.metrics import TEXT_METRICS
+from warmstart.models import load_tokenizer, lora, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training.common import choose_precision
 
@@ -45,6 +46,11 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     run = Run(cfg.out, tensorboard_dir=cfg.logging_dir)
     if cfg.patience is not None and not (cfg.valid or (cfg.split and len(cfg.split.split(",")) > 1)):
         raise UserError("--patience needs a validation split (--valid FILE or a --split with two or more parts)")
+    if not cfg.lora_r:
+        refuse_inapplicable(cfg, ("lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"),
+                            "full fine-tuning: give --lora-r N for LoRA")
+    if cfg.task != "causal-lm":
+        refuse_inapplicable(cfg, ("template", "chat", "packing"), f"--task {cfg.task} (they are for --task causal-lm)")
     kind = KINDS[cfg.task](cfg)  # reads and checks the data: bad input fails before any work
     prepare_run_folder(run, to_dict(cfg), cfg.resume, cfg.overwrite)
     if cfg.resume and run.finished():
@@ -61,11 +67,20 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     tokenizer.model_max_length = cfg.max_length  # and plain transformers (pipeline, truncation=True) cuts there too
     cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
 
+    adapters = None
+    if cfg.lora_r:
+        model, adapters = lora.wrap(model, cfg)  # any kind: the body gets adapters, a new head trains in full
+    # Each tensor once (tied embeddings are one), as peft counts them.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     problem = f"{kind.problem_note}, " if cfg.task == "sequence" else ""
     run.say(f"model {cfg.model} ({path}); {problem}{kind.describe()}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
     job = kind.job(cfg, tokenizer, data)
+    if adapters is not None:
+        run.say(adapters.describe())
+        job.save = lora.saver(job.save, cfg.lora_save)
     choice = choose_precision(cfg, model, job.lengths, run)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")},
                      notes=[choice.describe()] if choice else ())
@@ -84,6 +99,9 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
                      "train_loop_seconds": round(state.train_seconds, 2),
                      "train_samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 3),
                      "train_seconds": round(train_seconds, 2), "precision": cfg.precision}
+    metrics["parameters"] = {"trainable": trainable, "total": total}
+    if adapters is not None:
+        metrics["lora"] = {**asdict(adapters), "save": cfg.lora_save}
     if choice is not None:
         metrics["precision_auto"] = choice.record()
     if calibrated is not None:
@@ -134,4 +152,5 @@ def report(cfg: FinetuneConfig, result: FinetuneResult) -> str:
             + (f"test {'word ' if cfg.task == 'tokens' else ''}accuracy: {result.test_accuracy:.4f}\n"
                if result.test_accuracy is not None else "")
             + "".join(f"test {k.replace('_', ' ')}: {(result.metrics.get('test') or {})[k]:.4f}\n"
-                      for k in ("f1_micro", "rmse", "pearson") if k in (result.metrics.get("test") or {})))
+                      for k in ("f1_micro", "rmse", "pearson", *TEXT_METRICS)
+                      if k in (result.metrics.get("test") or {})))

@@ -37,9 +37,7 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     stops = check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.input)
     lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
-    texts = [lm.chat_text(p, cfg.system) for p in prompts] if cfg.chat else prompts
-    # A chat template writes its own special tokens (e.g. BOS); plain prompts get the tokenizer's usual ones.
-    ids = [lm.tokenizer(t, add_special_tokens=not cfg.chat)["input_ids"] for t in texts]
+    ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
     budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
     if cfg.seed is not None:
         seed_all(cfg.seed)

@@ -111,7 +111,10 @@ def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Op
     # The usual BERT recipe: no weight decay on biases and LayerNorm weights. With a head learning rate, the
     # parameters outside the pre-trained body (the new head) form groups of their own at that rate.
     head_lr = getattr(cfg, "head_lr", None)
-    body = getattr(model, "base_model", model)
+    # Under LoRA (models.lora) the task model is inside peft's wrapper; the head then trains in full (its
+    # copy lies outside the body) and the adapters, in the body, at --lr.
+    inner = model.get_base_model() if hasattr(model, "peft_config") else model
+    body = getattr(inner, "base_model", inner)
     in_body = {id(p) for p in body.parameters()} if head_lr is not None and body is not model else None
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
@@ -131,7 +134,7 @@ def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Op
         return cls(groups, lr=cfg.lr)
 
 
-LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mae")
+LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mae", "cer", "wer")
 
 
 def better(metric: str, new: float, old: float | None) -> bool:

@@ -1,0 +1,74 @@
+"""Read text pairs (a source text and the target text to generate from it) from a table: CSV, TSV, JSON Lines,
+JSON or Parquet, optionally gzipped. Every problem is a UserError naming the file, row and column, with the
+table rules of data.tables (row numbers are 1-based data rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from warmstart.data.tables import find_column, read_table
+from warmstart.errors import UserError, where
+
+# Looked for in this order when --source-column / --target-column are not given (case and spaces ignored).
+SOURCE_COLUMNS = ("source", "src", "input", "prompt", "question", "text")
+TARGET_COLUMNS = ("target", "tgt", "output", "completion", "answer", "response", "summary")
+
+
+@dataclass
+class Pairs:
+    """Source texts with their targets (None when the table has none, e.g. for predict) and their row numbers in
+    the file ``source`` (the name load_splits and split_examples read)."""
+
+    source: str
+    sources: list[str]
+    targets: list[str] | None
+    rows: list[int]
+    source_column: str
+    target_column: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def take(self, index: np.ndarray | list[int] | slice) -> Pairs:
+        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=int)
+        return replace(self, sources=[self.sources[i] for i in idx], rows=[self.rows[i] for i in idx],
+                       targets=None if self.targets is None else [self.targets[i] for i in idx])
+
+    def where(self, i: int, column: str | None = None) -> str:
+        """The file, row and column of pair ``i`` (its source column unless another is named)."""
+        return where(self.source, self.rows[i], column or self.source_column)
+
+
+def _cells(df: pd.DataFrame, path: str, column: str, what: str) -> list[str]:
+    """The column's texts; a missing or blank cell fails with its row: an empty target teaches nothing and an
+    empty reference cannot be scored."""
+    s = df[column]
+    bad = s.isna() | (s.astype(str).str.strip() == "")
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        state = "missing" if s.iloc[i] is None or pd.isna(s.iloc[i]) else "empty"
+        raise UserError(f"{where(path, i + 1, column)}: {what} is {state}")
+    return s.astype(str).tolist()
+
+
+def pairs_from_table(df: pd.DataFrame, path: str, source_column: str | None = None,
+                     target_column: str | None = None, targets: bool = True) -> Pairs:
+    """The pairs of a table already read. ``targets=False`` reads the sources alone (the target column is then
+    optional: read when named or found, else None)."""
+    scol = find_column(df, path, source_column, SOURCE_COLUMNS, "source", "--source-column")
+    tcol = find_column(df, path, target_column, TARGET_COLUMNS, "target", "--target-column", required=targets)
+    if tcol is not None and tcol == scol:
+        raise UserError(f"{where(path)}: the source and target columns are both '{scol}'; name them with "
+                        "--source-column and --target-column")
+    return Pairs(source=str(path), sources=_cells(df, path, scol, "source text"),
+                 targets=_cells(df, path, tcol, "target text") if tcol is not None else None,
+                 rows=list(range(1, len(df) + 1)), source_column=scol, target_column=tcol)
+
+
+def read_pairs(path: str, source_column: str | None = None, target_column: str | None = None,
+               limit: int | None = None, targets: bool = True) -> Pairs:
+    """Source/target pairs from the table at ``path`` (the first ``limit`` rows)."""
+    return pairs_from_table(read_table(path, limit), path, source_column, target_column, targets)
