@@ -231,3 +231,11 @@ def _error_rate(name: str, hyp: list[str], ref: list[str]) -> float:
         measure = jiwer.cer if name == "cer" else jiwer.wer
         edits = measure([ref[i] for i in kept], [hyp[i] for i in kept]) * total
     return float((edits + inserted) / max(total, 1))
+
+
+def format_text_metrics(m: dict) -> str:
+    """'BLEU 21.30, chrF 45.10, exact match 0.1200, CER 0.3100, WER 0.6000 on 500 pairs' (those present)."""
+    shown = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match", "cer": "CER", "wer": "WER"}
+    parts = [f"{label} {m[k]:.2f}" if k in ("bleu", "chrf") else f"{label} {m[k]:.4f}"
+             for k, label in shown.items() if k in m]
+    return ", ".join(parts) + (f" on {m['n']} pairs" if "n" in m else "")

@@ -1,5 +1,5 @@
-"""`warmstart finetune`: fine-tune an encoder with a head for a task kind (kinds/): a label per text, or a tag
-per word."""
+"""`warmstart finetune`: fine-tune a model for a task kind (kinds/): a label per text, a tag per word, or a target
+text per source text."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from warmstart.errors import UserError
 from warmstart.inference import calibration
 from warmstart.inference.classifier import Classifier
 from warmstart.kinds import KINDS
+from warmstart.metrics import format_text_metrics
 from warmstart.models import load_tokenizer, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training.common import choose_precision
@@ -51,10 +52,13 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
         run.say(f"run in '{run.dir}' has already finished; nothing to resume")
         return FinetuneResult(run.dir, run.model_dir, json.loads((run.dir / "metrics.json").read_text()))
 
-    path = resolve(cfg.model)
     set_seed(cfg.seed)  # before the new head is initialised
-    tokenizer = load_tokenizer(path)
-    model = kind.load_model(path, cfg)
+    if hasattr(kind, "load_model_and_tokenizer"):  # a kind that may build both (seq2seq --from-scratch)
+        path, model, tokenizer = kind.load_model_and_tokenizer(cfg)
+    else:
+        path = resolve(cfg.model)
+        tokenizer = load_tokenizer(path)
+        model = kind.load_model(path, cfg)
     calibration.forget_temperature(model.config)  # a calibrated starting model's T belonged to its old weights
     cfg.max_length = max_length_of(tokenizer, model.config, cfg.max_length)
     model.config.train_max_length = cfg.max_length  # saved with the model: evaluate/predict default to it
@@ -128,6 +132,10 @@ def calibrate_model(cfg: FinetuneConfig, kind, run: Run) -> dict | None:
 
 
 def report(cfg: FinetuneConfig, result: FinetuneResult) -> str:
+    if cfg.task == "seq2seq":
+        test = result.metrics.get("test") or result.metrics.get("valid_best")
+        return f"run folder: {result.run_dir}\n" + (f"{'test' if 'test' in result.metrics else 'valid'} "
+                                                     f"{format_text_metrics(test)}\n" if test else "")
     f1 = (result.metrics.get("test") or {}).get("f1") if cfg.task == "tokens" else None
     return (f"run folder: {result.run_dir}\n"
             + (f"test entity F1: {f1:.4f}\n" if f1 is not None else "")
