@@ -186,6 +186,18 @@ TEXT_METRICS = ("bleu", "chrf", "exact_match", "cer", "wer")
 TEXT_LOWER_IS_BETTER = ("cer", "wer")
 
 
+def text_metric_names(spec: str) -> tuple[str, ...]:
+    """--metrics 'bleu,chrf,...' as names, checked (UserError: a flag's value)."""
+    from warmstart.errors import UserError
+
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in TEXT_METRICS]
+    if unknown or not names:
+        raise UserError(f"--metrics {spec!r}: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; choose "
+                        f"among {', '.join(TEXT_METRICS)}")
+    return names
+
+
 def text_metrics(predictions: list[str], references: list[str], names: Sequence[str]) -> dict[str, float]:
     """The ``names`` metrics of generated ``predictions`` against one reference each. Texts are compared as
     written after stripping surrounding whitespace (no lower-casing): a model that gets case or accents wrong

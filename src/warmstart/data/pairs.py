@@ -4,6 +4,7 @@ table rules of data.tables (row numbers are 1-based data rows)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -72,3 +73,12 @@ def read_pairs(path: str, source_column: str | None = None, target_column: str |
                limit: int | None = None, targets: bool = True) -> Pairs:
     """Source/target pairs from the table at ``path`` (the first ``limit`` rows)."""
     return pairs_from_table(read_table(path, limit), path, source_column, target_column, targets)
+
+
+def prediction_lines(pairs: Pairs, predictions: list[str], finish_reasons: list[str]) -> str:
+    """predictions.jsonl: one pair a line (its row in the file, source, reference, the model's output and why the
+    output ended: eos, or length at the token limit)."""
+    return "".join(json.dumps({"row": r, "source": s, "reference": t, "prediction": p, "finish_reason": f},
+                              ensure_ascii=False) + "\n"
+                   for r, s, t, p, f in zip(pairs.rows, pairs.sources, pairs.targets or [None] * len(pairs),
+                                            predictions, finish_reasons))

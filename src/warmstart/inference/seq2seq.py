@@ -48,6 +48,8 @@ def write_texts(model, tokenizer, sources: list[str], max_length: int, max_new_t
     gen.early_stopping = num_beams > 1  # beam search stops when every beam has ended
     for key in ("temperature", "top_k", "top_p"):  # sampling settings a checkpoint may carry; unused here
         setattr(gen, key, None)
+
+    specials = set(tokenizer.all_special_ids)
     end = gen.eos_token_id if isinstance(gen.eos_token_id, int) else (gen.eos_token_id or [None])[0]
     out: list[Written | None] = [None] * len(sources)
     batches = sorted_batches(np.array([len(x) for x in ids]), batch_size)
@@ -55,14 +57,17 @@ def write_texts(model, tokenizer, sources: list[str], max_length: int, max_new_t
     model.eval()
     for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(device)
+        # BART's configs force </s> as the last token the limit allows, so that an output cut at the limit looks
+        # finished; without it a cut output says so (finish reason "length"). (Only a keyword overrides it: a
+        # None in the generation config falls back to the model's.)
         with torch.inference_mode(), (autocast() if autocast else contextlib.nullcontext()):
             rows = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  generation_config=gen)
+                                  generation_config=gen, forced_eos_token_id=None)
         for i, row in zip(idx, rows[:, 1:].tolist()):  # the decoder's start token is not the model's output
             stop = row.index(end) if end in row else None
             kept = row[:stop] if stop is not None else [t for t in row if t != gen.pad_token_id]
             out[i] = Written(tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False),
-                             len(kept), "eos" if stop is not None else "length")
+                             sum(t not in specials for t in kept), "eos" if stop is not None else "length")
     model.train(was_training)
     return [w for w in out if w is not None]
 

@@ -8,7 +8,6 @@ loss alone hides a model that loops or stops early."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -18,13 +17,12 @@ from transformers import DataCollatorForSeq2Seq
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, given_flags
-from warmstart.config.options import TEXT_METRIC_NAMES
 from warmstart.data.batching import Encoded
-from warmstart.data.pairs import Pairs, read_pairs
+from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
 from warmstart.inference.seq2seq import IGNORE, TextToText, Written, target_loss, write_texts
-from warmstart.metrics import format_text_metrics, text_metrics
+from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
 from warmstart.models.registry import load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
 from warmstart.runs import Run, atomic_write_text
@@ -42,21 +40,8 @@ OTHER_TASKS = ("text_column", "text_pair_column", "label_column", "problem", "la
 SCRATCH_ONLY = ("tokenizer", "size", "vocab_size")
 
 
-def metric_names(spec: str) -> tuple[str, ...]:
-    """--metrics bleu,chrf,... as names, checked."""
-    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    unknown = [n for n in names if n not in TEXT_METRIC_NAMES]
-    if unknown or not names:
-        raise UserError(f"--metrics {spec!r}: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; choose "
-                        f"among {', '.join(TEXT_METRIC_NAMES)}")
-    return names
-
-
-def prediction_records(part: Pairs, written: list[Written]) -> str:
-    """predictions.jsonl: one pair per line, with what the model wrote and why it stopped."""
-    return "".join(json.dumps({"row": r, "source": s, "reference": t, "prediction": w.text,
-                               "finish_reason": w.finish_reason}, ensure_ascii=False) + "\n"
-                   for r, s, t, w in zip(part.rows, part.sources, part.targets or [], written))
+def records(part: Pairs, written: list[Written]) -> str:
+    return prediction_lines(part, [w.text for w in written], [w.finish_reason for w in written])
 
 
 class GeneratedMetrics:
@@ -83,7 +68,7 @@ class Seq2Seq:
         if given and not cfg.from_scratch:
             raise UserError(f"{', '.join(given)} only apply with --from-scratch (a pre-trained model brings its own "
                             "tokenizer and size)")
-        self.metrics = metric_names(cfg.metrics)
+        self.metrics = text_metric_names(cfg.metrics)
         best = cfg.metric_for_best or ("chrf" if "chrf" in self.metrics else self.metrics[0])
         if best not in ("loss", *self.metrics):
             raise UserError(f"--metric-for-best {best} is not measured; choose loss or one of --metrics "
@@ -160,7 +145,7 @@ class Seq2Seq:
                                   self.model.generation_config.max_new_tokens, cfg.num_beams, cfg.eval_batch_size,
                                   device, autocast, progress=cfg.progress and distributed.is_main(), desc="valid")
             if distributed.is_main() and run_dir.is_dir():  # the latest epoch's, to look at while it trains
-                atomic_write_text(run_dir / "valid_predictions.jsonl", prediction_records(part, written))
+                atomic_write_text(run_dir / "valid_predictions.jsonl", records(part, written))
             return text_metrics([w.text for w in written], part.targets, self.metrics)
 
         def evaluate(model, device, autocast) -> dict:
@@ -198,7 +183,7 @@ class Seq2Seq:
         metrics = {**text_metrics([w.text for w in written], part.targets, self.metrics), "n": len(part),
                    "cut_at_limit": sum(w.finish_reason == "length" for w in written)}
         if run.main:
-            atomic_write_text(run.dir / "predictions.jsonl", prediction_records(part, written))
+            atomic_write_text(run.dir / "predictions.jsonl", records(part, written))
         return metrics, round(time.time() - t, 2)
 
     def finish(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
