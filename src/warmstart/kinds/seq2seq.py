@@ -8,6 +8,7 @@ loss alone hides a model that loops or stops early."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ from warmstart.training.common import Job
 NEW_TOKENS_FACTOR = 1.5
 # ... and never more than this, however long the targets: a model that loops would write that much per text.
 NEW_TOKENS_CAP = 1024
+# Accelerate warns on every checkpoint of a model with tied embeddings (BART, T5: one matrix for the encoder's and
+# decoder's inputs and the output layer) that it saved the matrix once; loading ties them again, as resume shows.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 OTHER_TASKS = ("text_column", "text_pair_column", "label_column", "problem", "label_separator", "class_weights",
                "sampler", "long_text", "stride", "chunk_aggregation", "tag_column", "base_tags", "label_all_subtokens",
                "label_names", "head_lr")
