@@ -53,6 +53,14 @@ def test_pairs_name_file_row_and_column_of_an_empty_target(tmp_path):
     assert pairs.sources == ["hello", "bye"] and pairs.targets is None
 
 
+
+def test_a_pronouncing_dictionary_reads_as_word_and_phoneme_pairs(tmp_path):
+    path = tmp_path / "tiny.dict"
+    path.write_text("read R IY1 D\nread(2) R EH1 D\nwarm W AO1 R M # comment\n")
+    pairs = read_pairs(str(path))
+    assert pairs.sources == ["read", "read", "warm"]
+    assert pairs.targets == ["R IY1 D", "R EH1 D", "W AO1 R M"]
+
 # --- fine-tuning ---------------------------------------------------------------------------------------------
 
 
