@@ -311,3 +311,9 @@ def test_bad_text_to_text_input_exits_2_with_one_clear_sentence(case, tmp_path, 
     assert expected in err, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists(), "a failed run must not leave a run folder"
+
+
+def test_text_to_text_options_are_refused_for_classification(tmp_path, capsys):
+    data = write(tmp_path, "a.csv", "review,sentiment\nA fine film.,1\nA dull film.,0\n")
+    assert main(["finetune", "--data", data, "--num-beams", "4", "--out", str(tmp_path / "run")]) == 2
+    assert "--num-beams does not apply to --task sequence" in capsys.readouterr().err

@@ -84,6 +84,7 @@ class Seq2Seq:
         # rather than fine-tuning's 5e-5, and more epochs.
         cfg.lr = (5e-4 if cfg.from_scratch else 5e-5) if cfg.lr is None else cfg.lr
         cfg.epochs = (10.0 if cfg.from_scratch else 3.0) if cfg.epochs is None else cfg.epochs
+        self.num_beams = cfg.num_beams
         self.model: torch.nn.Module | None = None
         self.start: int | None = None
         self.cut: dict[str, int] = {}
@@ -100,7 +101,6 @@ class Seq2Seq:
     def load_model_and_tokenizer(self, cfg: FinetuneConfig) -> tuple[str, torch.nn.Module, object]:
         """(what the model is, for the log; the model; its tokenizer): a new BART with --from-scratch, else
         --model as an encoder-decoder or warm-started from an encoder."""
-        self.num_beams = cfg.num_beams
         if cfg.from_scratch:
             train = self.parts["train"]
             model, tokenizer = new_bart(train.sources + (train.targets or []), cfg.tokenizer, cfg.size,
@@ -114,7 +114,6 @@ class Seq2Seq:
         return where, model, tokenizer
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
-        self.num_beams = cfg.num_beams
         self.model = load_seq2seq(path, cfg.model, load_tokenizer(path), cfg.attention_dropout)
         self.start = self.model.config.decoder_start_token_id
         return self.model

@@ -11,7 +11,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from warmstart import distributed, plots
-from warmstart.config import FinetuneConfig, absolute_paths, make, to_dict
+from warmstart.config import FinetuneConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.errors import UserError
 from warmstart.inference import calibration
 from warmstart.inference.classifier import Classifier
@@ -20,6 +20,10 @@ from warmstart.metrics import format_text_metrics
 from warmstart.models import load_tokenizer, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training.common import choose_precision
+
+# The options of text-to-text fine-tuning (config.options: PairOptions, DecodeOptions, Seq2SeqOptions).
+TEXT_TO_TEXT_OPTIONS = ("source_column", "target_column", "metrics", "max_new_tokens", "num_beams", "from_scratch",
+                        "tokenizer", "size", "vocab_size", "eval_samples")
 
 
 @dataclass
@@ -46,6 +50,8 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     run = Run(cfg.out, tensorboard_dir=cfg.logging_dir)
     if cfg.patience is not None and not (cfg.valid or (cfg.split and len(cfg.split.split(",")) > 1)):
         raise UserError("--patience needs a validation split (--valid FILE or a --split with two or more parts)")
+    if cfg.task in ("sequence", "tokens"):
+        refuse_inapplicable(cfg, TEXT_TO_TEXT_OPTIONS, f"--task {cfg.task} (they are for text to text: --task seq2seq)")
     kind = KINDS[cfg.task](cfg)  # reads and checks the data: bad input fails before any work
     prepare_run_folder(run, to_dict(cfg), cfg.resume, cfg.overwrite)
     if cfg.resume and run.finished():
@@ -67,7 +73,8 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
 
     data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     problem = f"{kind.problem_note}, " if cfg.task == "sequence" else ""
-    run.say(f"model {cfg.model} ({path}); {problem}{kind.describe()}; max length {cfg.max_length}; rows "
+    model_name = path if cfg.from_scratch else f"{cfg.model} ({path})"
+    run.say(f"model {model_name}; {problem}{kind.describe()}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
     job = kind.job(cfg, tokenizer, data)
     choice = choose_precision(cfg, model, job.lengths, run)
