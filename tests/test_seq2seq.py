@@ -295,6 +295,8 @@ BAD = {
                                         "--metric-for-best", "wer"], "--metric-for-best wer is not measured"),
     "scratch_option_alone": (lambda t, m: ["--data", write(t, "p.tsv", PAIRS), "--tokenizer", "char"],
                              "--tokenizer only apply with --from-scratch"),
+    "scratch_and_model": (lambda t, m: ["--data", write(t, "p.tsv", PAIRS), "--from-scratch", "--model",
+                                        str(m["bert"])], "--from-scratch builds a new BART and --model names one"),
     "classifier_option": (lambda t, m: ["--data", write(t, "p.tsv", PAIRS), "--label-column", "es"],
                           "--label-column does not apply to --task seq2seq"),
 }

@@ -68,6 +68,8 @@ class Seq2Seq:
         if given:
             raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --task seq2seq "
                             "(it reads --source-column and --target-column)")
+        if cfg.from_scratch and given_flags(cfg, ("model",)):
+            raise UserError("--from-scratch builds a new BART and --model names one to fine-tune: give one of them")
         given = given_flags(cfg, SCRATCH_ONLY)
         if given and not cfg.from_scratch:
             raise UserError(f"{', '.join(given)} only apply with --from-scratch (a pre-trained model brings its own "

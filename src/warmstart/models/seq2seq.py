@@ -10,6 +10,7 @@ tokenizer's [CLS] and ends with [SEP], as that encoder saw them framing every te
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -26,6 +27,10 @@ from transformers import (
 from warmstart.errors import UserError
 from warmstart.models import scratch
 from warmstart.models.registry import is_causal, load_config, set_attention_dropout
+
+# EncoderDecoderModel warns on its first forward pass that since transformers 4.12 it derives the decoder's inputs
+# from the labels: the behaviour warmstart relies on, nothing for a user to act on.
+warnings.filterwarnings("ignore", message="Version v4.12.0 introduces a better way", category=FutureWarning)
 
 
 def is_encoder_decoder(config: object) -> bool:
