@@ -186,6 +186,18 @@ TEXT_METRICS = ("bleu", "chrf", "exact_match", "cer", "wer")
 TEXT_LOWER_IS_BETTER = ("cer", "wer")
 
 
+def text_metric_names(spec: str) -> tuple[str, ...]:
+    """--metrics 'bleu,chrf,...' as names, checked (UserError: a flag's value)."""
+    from warmstart.errors import UserError
+
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in TEXT_METRICS]
+    if unknown or not names:
+        raise UserError(f"--metrics {spec!r}: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; choose "
+                        f"among {', '.join(TEXT_METRICS)}")
+    return names
+
+
 def text_metrics(predictions: list[str], references: list[str], names: Sequence[str]) -> dict[str, float]:
     """The ``names`` metrics of generated ``predictions`` against one reference each. Texts are compared as
     written after stripping surrounding whitespace (no lower-casing): a model that gets case or accents wrong
@@ -231,3 +243,11 @@ def _error_rate(name: str, hyp: list[str], ref: list[str]) -> float:
         measure = jiwer.cer if name == "cer" else jiwer.wer
         edits = measure([ref[i] for i in kept], [hyp[i] for i in kept]) * total
     return float((edits + inserted) / max(total, 1))
+
+
+def format_text_metrics(m: dict) -> str:
+    """'BLEU 21.30, chrF 45.10, exact match 0.1200, CER 0.3100, WER 0.6000 on 500 pairs' (those present)."""
+    shown = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match", "cer": "CER", "wer": "WER"}
+    parts = [f"{label} {m[k]:.2f}" if k in ("bleu", "chrf") else f"{label} {m[k]:.4f}"
+             for k, label in shown.items() if k in m]
+    return ", ".join(parts) + (f" on {m['n']} pairs" if "n" in m else "")

@@ -100,6 +100,8 @@ class EvaluateConfig(InferenceOptions, DecodeOptions, PairOptions, TagOptions, L
     label_separator: str | None = opt(None, "multi-label: the character joining a row's labels (default: the one "
                                             "the model was trained with; JSON lists need none)")
     out: str | None = opt(None, "write the metrics as JSON here")
+    predictions: str | None = opt(None, "text-to-text: write each pair with the model's output as JSON Lines here "
+                                        "(default: beside --out, as NAME.predictions.jsonl)")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(True, "show progress bars")
 

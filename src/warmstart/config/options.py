@@ -99,10 +99,6 @@ class ProblemOptions:
                                  "length-grouped", choices=("random", "balanced"))
 
 
-# The metrics of generated text (metrics.text_metrics) that --metrics may name; cer and wer are lower-is-better.
-TEXT_METRIC_NAMES = ("bleu", "chrf", "exact_match", "cer", "wer")
-
-
 @dataclass
 class PairOptions:
     """Text pairs: the column a model reads and the one it should write, and how its output is scored (finetune

@@ -1,10 +1,14 @@
 """Read text pairs (a source text and the target text to generate from it) from a table: CSV, TSV, JSON Lines,
-JSON or Parquet, optionally gzipped. Every problem is a UserError naming the file, row and column, with the
-table rules of data.tables (row numbers are 1-based data rows)."""
+JSON or Parquet, optionally gzipped; or a pronouncing dictionary in CMUdict's format (``.dict``: a word and its
+phonemes per line), read as the columns ``word`` and ``phonemes``. Every problem is a UserError naming the file,
+row and column, with the table rules of data.tables (row numbers are 1-based data rows)."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,4 +75,32 @@ def pairs_from_table(df: pd.DataFrame, path: str, source_column: str | None = No
 def read_pairs(path: str, source_column: str | None = None, target_column: str | None = None,
                limit: int | None = None, targets: bool = True) -> Pairs:
     """Source/target pairs from the table at ``path`` (the first ``limit`` rows)."""
+    if Path(path).suffix.lower() == ".dict":
+        return pairs_from_table(read_pronunciations(path, limit), path, source_column or "word",
+                                target_column or "phonemes", targets)
     return pairs_from_table(read_table(path, limit), path, source_column, target_column, targets)
+
+
+def read_pronunciations(path: str, limit: int | None = None) -> pd.DataFrame:
+    """CMUdict's lines ``word PH ON EMES`` as a table: an alternative pronunciation ``word(2)`` is a row of its
+    own for ``word``, a trailing ``# comment`` is dropped. A row is a line, blank lines included, so errors
+    name the line."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{where(path)} does not exist")
+    rows = []
+    for line in file.read_text(encoding="utf-8", errors="replace").splitlines()[:limit]:
+        word, _, phonemes = line.split("#", 1)[0].strip().partition(" ")
+        rows.append((re.sub(r"\(\d+\)$", "", word), phonemes.strip()))
+    if not rows:
+        raise UserError(f"{where(path)} is empty")
+    return pd.DataFrame(rows, columns=["word", "phonemes"])
+
+
+def prediction_lines(pairs: Pairs, predictions: list[str], finish_reasons: list[str]) -> str:
+    """predictions.jsonl: one pair a line (its row in the file, source, reference, the model's output and why the
+    output ended: eos, or length at the token limit)."""
+    return "".join(json.dumps({"row": r, "source": s, "reference": t, "prediction": p, "finish_reason": f},
+                              ensure_ascii=False) + "\n"
+                   for r, s, t, p, f in zip(pairs.rows, pairs.sources, pairs.targets or [None] * len(pairs),
+                                            predictions, finish_reasons))

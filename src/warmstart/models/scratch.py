@@ -7,6 +7,9 @@
 - BART (``denoise``): byte-level BPE, ``<s> <pad> </s> <unk> <mask>`` (ids 0–4, BART's order for the first
   four), ``<s> A </s>`` / ``<s> A </s></s> B </s>``.
 
+- characters (``char_tokenizer``, for `finetune --task seq2seq --from-scratch --tokenizer char`): one token per
+  character seen in the texts, with BART's special tokens and framing; decoding joins them back without spaces.
+
 Byte-level BPE starts from all 256 bytes, so it never produces an unknown token, and decoding gives the
 text back byte for byte (``clean_up_tokenization_spaces`` is off, as it would turn "a ," into "a,").
 Offsets are trimmed to the word (no leading space), which whole-word masking relies on.
@@ -14,11 +17,12 @@ Offsets are trimmed to the word (no leading space), which whole-word masking rel
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import transformers
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BartConfig, BertConfig, GPT2Config, PretrainedConfig, PreTrainedTokenizerFast
 
 from warmstart.errors import UserError
@@ -91,6 +95,28 @@ def train_tokenizer(kind: Literal["bpe", "wordpiece"], texts: Sequence[str], voc
     return transformers.BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                           cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                           model_max_length=max_length)
+
+
+def char_tokenizer(texts: Sequence[str], max_length: int = 512) -> PreTrainedTokenizerFast:
+    """One token per character of ``texts`` (most frequent first, after BART's ``<s> <pad> </s> <unk> <mask>``),
+    framed ``<s> A </s>`` like BART's. A character never seen becomes ``<unk>``. Where spelling maps to sound
+    letter by letter, a sub-word vocabulary hides the letters the model must read (Yao & Zweig 2015 read
+    characters)."""
+    counts = Counter(ch for t in texts for ch in t if ch not in "\r\n")
+    if not counts:
+        raise UserError("cannot train a tokenizer: the texts have no characters")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # the characters back as they were: no space between tokens
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", model_max_length=max_length,
+                                   clean_up_tokenization_spaces=False)
 
 
 def preset(arch: Arch, size: Literal["tiny", "small"], tokenizer: PreTrainedTokenizerFast,

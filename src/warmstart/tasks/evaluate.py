@@ -1,5 +1,6 @@
 """`warmstart evaluate`: accuracy, per-class precision/recall/F1 and the confusion matrix of a saved classifier;
-for a tagger, word accuracy and entity precision/recall/F1 per type (seqeval), counted on words."""
+for a tagger, word accuracy and entity precision/recall/F1 per type (seqeval), counted on words; for a text-to-text
+model, BLEU, chrF, exact match and CER/WER of the texts it writes (with each pair's output in a JSON Lines file)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,29 @@ from pathlib import Path
 
 from warmstart import distributed
 from warmstart.config import EvaluateConfig, given_flags, make
+from warmstart.data.pairs import prediction_lines, read_pairs
 from warmstart.data.tables import read_examples
 from warmstart.data.tagged import check_sentences, read_sentences
 from warmstart.data.targets import LabelSet, label_sets, numeric_targets
 from warmstart.errors import UserError
 from warmstart.inference.calibration import expected_calibration_error
 from warmstart.inference.classifier import Classifier
+from warmstart.inference.seq2seq import TextToText
 from warmstart.inference.tagger import Tagger
 from warmstart.metrics import (
     classification_metrics,
     format_table,
     format_tagging_table,
+    format_text_metrics,
     multilabel_metrics,
     regression_metrics,
     tagging_metrics,
+    text_metric_names,
+    text_metrics,
 )
 from warmstart.models.registry import kind, load_config, resolve
-from warmstart.runs import atomic_write_json
+from warmstart.models.seq2seq import is_encoder_decoder
+from warmstart.runs import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -42,7 +49,14 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs) -> EvaluateResult:
     cfg = make(EvaluateConfig, config, kwargs)
     if not cfg.data:
         raise UserError("no data to evaluate on: pass --data FILE")
-    tagger = kind(load_config(resolve(cfg.model))) == "tagger"
+    config = load_config(resolve(cfg.model))
+    pair_only = given_flags(cfg, ("source_column", "target_column", "metrics", "max_new_tokens", "num_beams",
+                                  "predictions"))
+    if is_encoder_decoder(config):
+        return evaluate_text_to_text(cfg)
+    if pair_only:
+        raise UserError(f"{', '.join(pair_only)} only apply to text-to-text models (finetune --task seq2seq)")
+    tagger = kind(config) == "tagger"
     # --stride applies to both: a tagger's windows, and a classifier's with --long-text chunk (Classifier.load).
     sequence_only = given_flags(cfg, ("text_column", "text_pair_column", "label_column", "label_separator", "long_text",
                                       "chunk_aggregation"))
@@ -56,6 +70,38 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs) -> EvaluateResult:
         metrics = evaluate_classifier(cfg)
     out = Path(cfg.out) if cfg.out else None
     if out and distributed.is_main():
+        atomic_write_json(out, metrics)
+    return EvaluateResult(metrics, out)
+
+
+def evaluate_text_to_text(cfg: EvaluateConfig) -> EvaluateResult:
+    """The model writes a target for every source of --data; the metrics of those texts, and each pair with its
+    output in --predictions (default: beside --out, as <name>.predictions.jsonl)."""
+    refuse = given_flags(cfg, ("text_column", "text_pair_column", "label_column", "label_separator", "long_text",
+                               "chunk_aggregation", "stride", "tag_column", "base_tags"))
+    if refuse:
+        raise UserError(f"{', '.join(refuse)} do not apply to a text-to-text model: it reads --source-column and "
+                        "--target-column")
+    if distributed.is_distributed():
+        raise UserError("evaluate with a text-to-text model runs in one process")
+    names = text_metric_names(cfg.metrics)
+    pairs = read_pairs(cfg.data, cfg.source_column, cfg.target_column, limit=cfg.limit)
+    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
+    t0 = time.time()
+    written = t2t.write(pairs.sources, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, cfg.progress)
+    seconds = time.time() - t0
+    metrics = {**text_metrics([w.text for w in written], pairs.targets, names), "n": len(pairs),
+               "cut_at_limit": sum(w.finish_reason == "length" for w in written),
+               "max_new_tokens": cfg.max_new_tokens or t2t.max_new_tokens, "num_beams": cfg.num_beams,
+               "model": t2t.path, "data": str(Path(cfg.data).resolve()), "seconds": round(seconds, 2),
+               "pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 2)}
+    out = Path(cfg.out) if cfg.out else None
+    where = Path(cfg.predictions) if cfg.predictions else (out.with_suffix(".predictions.jsonl") if out else None)
+    if where is not None:
+        atomic_write_text(where, prediction_lines(pairs, [w.text for w in written],
+                                                    [w.finish_reason for w in written]))
+        metrics["predictions"] = str(where)
+    if out:
         atomic_write_json(out, metrics)
     return EvaluateResult(metrics, out)
 
@@ -124,6 +170,10 @@ def evaluate_tagger(cfg: EvaluateConfig) -> dict:
 
 def report(cfg: EvaluateConfig, result: EvaluateResult) -> str:
     m = result.metrics
+    if "cut_at_limit" in m:  # a text-to-text model
+        return (format_text_metrics(m) + f"\n{m['cut_at_limit']} output(s) stopped at {m['max_new_tokens']} new tokens"
+                + (f"\npredictions written to {m['predictions']}" if "predictions" in m else "") + "\n"
+                + (f"metrics written to {result.out}\n" if result.out else ""))
     if "problem" in m:  # multi-label or regression: the headline figures, one per line
         keys = ("f1_micro", "f1_macro", "subset_accuracy") if m["problem"] == "multi-label" else \
             ("rmse", "mae", "pearson", "spearman")

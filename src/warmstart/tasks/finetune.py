@@ -1,5 +1,5 @@
-"""`warmstart finetune`: fine-tune an encoder with a head for a task kind (kinds/): a label per text, or a tag
-per word."""
+"""`warmstart finetune`: fine-tune a model for a task kind (kinds/): a label per text, a tag per word, or a target
+text per source text."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from warmstart.errors import UserError
 from warmstart.inference import calibration
 from warmstart.inference.classifier import Classifier
 from warmstart.kinds import KINDS
-from warmstart.metrics import TEXT_METRICS
+from warmstart.metrics import format_text_metrics
 from warmstart.models import load_tokenizer, lora, max_length_of, resolve
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training.common import choose_precision
+
+# The options of text-to-text fine-tuning (config.options: PairOptions, DecodeOptions, Seq2SeqOptions).
+TEXT_TO_TEXT_OPTIONS = ("source_column", "target_column", "metrics", "max_new_tokens", "num_beams", "from_scratch",
+                        "tokenizer", "size", "vocab_size", "eval_samples")
 
 
 @dataclass
@@ -51,16 +55,22 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
                             "full fine-tuning: give --lora-r N for LoRA")
     if cfg.task != "causal-lm":
         refuse_inapplicable(cfg, ("template", "chat", "packing"), f"--task {cfg.task} (they are for --task causal-lm)")
+    if cfg.task in ("sequence", "tokens"):
+        refuse_inapplicable(cfg, TEXT_TO_TEXT_OPTIONS,
+                            f"--task {cfg.task} (they are for text to text: --task seq2seq or causal-lm)")
     kind = KINDS[cfg.task](cfg)  # reads and checks the data: bad input fails before any work
     prepare_run_folder(run, to_dict(cfg), cfg.resume, cfg.overwrite)
     if cfg.resume and run.finished():
         run.say(f"run in '{run.dir}' has already finished; nothing to resume")
         return FinetuneResult(run.dir, run.model_dir, json.loads((run.dir / "metrics.json").read_text()))
 
-    path = resolve(cfg.model)
     set_seed(cfg.seed)  # before the new head is initialised
-    tokenizer = load_tokenizer(path)
-    model = kind.load_model(path, cfg)
+    if hasattr(kind, "load_model_and_tokenizer"):  # a kind that may build both (seq2seq --from-scratch)
+        path, model, tokenizer = kind.load_model_and_tokenizer(cfg)
+    else:
+        path = resolve(cfg.model)
+        tokenizer = load_tokenizer(path)
+        model = kind.load_model(path, cfg)
     calibration.forget_temperature(model.config)  # a calibrated starting model's T belonged to its old weights
     cfg.max_length = max_length_of(tokenizer, model.config, cfg.max_length)
     model.config.train_max_length = cfg.max_length  # saved with the model: evaluate/predict default to it
@@ -75,7 +85,8 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     total = sum(p.numel() for p in model.parameters())
     data = {role: kind.encode(tokenizer, role, cfg.max_length, cfg) for role in kind.parts}
     problem = f"{kind.problem_note}, " if cfg.task == "sequence" else ""
-    run.say(f"model {cfg.model} ({path}); {problem}{kind.describe()}; max length {cfg.max_length}; rows "
+    model_name = path if cfg.from_scratch else f"{cfg.model} ({path})"
+    run.say(f"model {model_name}; {problem}{kind.describe()}; max length {cfg.max_length}; rows "
             + ", ".join(f"{r} {len(p)}" for r, p in kind.parts.items()))
     job = kind.job(cfg, tokenizer, data)
     if adapters is not None:
@@ -146,11 +157,15 @@ def calibrate_model(cfg: FinetuneConfig, kind, run: Run) -> dict | None:
 
 
 def report(cfg: FinetuneConfig, result: FinetuneResult) -> str:
+    if cfg.task in ("seq2seq", "causal-lm"):  # text to text
+        test = result.metrics.get("test") or result.metrics.get("valid_best")
+        return f"run folder: {result.run_dir}\n" + (f"{'test' if 'test' in result.metrics else 'valid'} "
+                                                     f"{format_text_metrics(test)}\n" if test else "")
     f1 = (result.metrics.get("test") or {}).get("f1") if cfg.task == "tokens" else None
     return (f"run folder: {result.run_dir}\n"
             + (f"test entity F1: {f1:.4f}\n" if f1 is not None else "")
             + (f"test {'word ' if cfg.task == 'tokens' else ''}accuracy: {result.test_accuracy:.4f}\n"
                if result.test_accuracy is not None else "")
             + "".join(f"test {k.replace('_', ' ')}: {(result.metrics.get('test') or {})[k]:.4f}\n"
-                      for k in ("f1_micro", "rmse", "pearson", *TEXT_METRICS)
+                      for k in ("f1_micro", "rmse", "pearson")
                       if k in (result.metrics.get("test") or {})))

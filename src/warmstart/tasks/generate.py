@@ -1,4 +1,5 @@
-"""`warmstart generate`: continue prompts with a causal LM (greedy, sampling or beam search).
+"""`warmstart generate`: continue prompts with a causal LM (greedy, sampling or beam search); with a text-to-text
+model (`finetune --task seq2seq`: BART, T5, Marian...), write its output for each text (greedy or beam search).
 
 How --max-length and --max-new-tokens limit each prompt's completion, and what counts as the prompt's tokens,
 is written once in inference/decoding.py (the server's /generate follows the same rules)."""
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from warmstart.config import GenerateConfig, make
 from warmstart.data.texts import read_prompts
+from warmstart.errors import UserError
 from warmstart.inference.decoding import (
     Generation,
     Streamer,
@@ -25,7 +27,10 @@ from warmstart.inference.decoding import (
     strategy,
     token_budget,
 )
+from warmstart.inference.seq2seq import TextToText
 from warmstart.models.causal import CausalLM
+from warmstart.models.registry import ALIASES, load_config, resolve
+from warmstart.models.seq2seq import is_encoder_decoder
 from warmstart.runs import atomic_write_text
 
 __all__ = ["Generation", "format_generations", "generate", "report", "streamable"]
@@ -36,6 +41,8 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     cfg = make(GenerateConfig, config, kwargs)
     stops = check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.input)
+    if text_to_text(cfg):
+        return rewrite(cfg, prompts, stream_to if streamable(cfg) else None)
     lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
     ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
     budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
@@ -70,6 +77,31 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     return done
 
 
+def text_to_text(cfg: GenerateConfig) -> bool:
+    """Whether --model is an encoder-decoder (its output is a new text, not a continuation of the prompt)."""
+    if cfg.model.strip().lower() in ALIASES:
+        return False  # the aliases are an encoder and a causal LM
+    return is_encoder_decoder(load_config(resolve(cfg.model)))
+
+
+def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> list[Generation]:
+    """An encoder-decoder's output for each text: greedy (or beam search with --num-beams), at most
+    --max-new-tokens tokens (default: the model's saved limit)."""
+    if cfg.chat or cfg.system or cfg.stop or cfg.max_length is not None or strategy(cfg) == "sample" \
+            or cfg.num_return_sequences > 1:
+        raise UserError("a text-to-text model writes one output per text, greedy or with --num-beams; --chat, "
+                        "--system, --stop, --max-length, sampling and --num-return-sequences are for causal LMs")
+    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision)
+    written = t2t.write(texts, cfg.max_new_tokens, cfg.num_beams or 1, cfg.batch_size, cfg.progress)
+    gens = [Generation(t, [w.text], len(t2t.tokenizer(t)["input_ids"]), [w.tokens], [w.finish_reason])
+            for t, w in zip(texts, written)]
+    if stream_to is not None:  # the CLI prints nothing more for a streamable config on a terminal
+        stream_to.write(format_generations(gens, cfg.format, chat=True))
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), format_generations(gens, cfg.format, chat=True))
+    return gens
+
+
 def streamable(cfg: GenerateConfig) -> bool:
     """Whether text can be shown as it is produced: one sequence per prompt, plain text to the terminal."""
     return (cfg.stream and cfg.format == "text" and not cfg.out and cfg.num_return_sequences == 1
@@ -96,4 +128,5 @@ def report(cfg: GenerateConfig, gens: list[Generation]) -> str:
     # Streamed text is on the terminal already (the CLI streams only there).
     if cfg.out or (streamable(cfg) and sys.stdout.isatty()):
         return ""
-    return format_generations(gens, cfg.format, cfg.chat)
+    # A text-to-text model's output is a text of its own, shown alone (as a chat reply is).
+    return format_generations(gens, cfg.format, cfg.chat or text_to_text(cfg))

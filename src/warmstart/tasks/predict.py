@@ -1,5 +1,6 @@
 """`warmstart predict`: label and class probabilities per text, in the input's order; for a tagger (a model from
-`finetune --task tokens`), each word's tag and the entity spans, with offsets into the text."""
+`finetune --task tokens`), each word's tag and the entity spans, with offsets into the text; for a text-to-text
+model (`finetune --task seq2seq`), the text it writes for each."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from warmstart.data.output import format_records, format_tagged
 from warmstart.data.texts import read_texts, read_words
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier
+from warmstart.inference.seq2seq import TextToText
 from warmstart.inference.tagger import Tagged, Tagger
 from warmstart.models.registry import kind, load_config, resolve
+from warmstart.models.seq2seq import is_encoder_decoder
 from warmstart.runs import atomic_write_text
 
 
@@ -30,6 +33,7 @@ class Prediction:
     scores: dict[str, float] | None = None
     value: float | None = None
     values: dict[str, float] | None = None
+    output: str | None = None  # a text-to-text model's
 
     def record(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -41,7 +45,12 @@ def format_predictions(preds: list[Prediction], fmt: str) -> str:
 
 def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] | list[Tagged]:
     cfg = make(PredictConfig, config, kwargs)
-    if kind(load_config(resolve(cfg.model))) == "tagger":
+    model_config = load_config(resolve(cfg.model))
+    if is_encoder_decoder(model_config):
+        return write(cfg)
+    refuse_inapplicable(cfg, ("max_new_tokens", "num_beams"), "a classifier or tagger (they are for text-to-text "
+                                                              "models)")
+    if kind(model_config) == "tagger":
         return tag(cfg)
     if cfg.format == "conll":
         raise UserError("--format conll is for taggers (models from `finetune --task tokens`)")
@@ -56,6 +65,23 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
     text = format_predictions(preds, cfg.format)
     if cfg.out and distributed.is_main():
         atomic_write_text(Path(cfg.out), text)
+    return preds
+
+
+def write(cfg: PredictConfig) -> list[Prediction]:
+    """A text-to-text model writes an output for every text."""
+    if cfg.format == "conll":
+        raise UserError("--format conll is for taggers (models from `finetune --task tokens`)")
+    refuse_inapplicable(cfg, ("aggregation", "long_text", "chunk_aggregation", "stride", "text_pair_column"),
+                        "a text-to-text model (it reads one text and writes another)")
+    if distributed.is_distributed():
+        raise UserError("predict with a text-to-text model runs in one process")
+    ex = read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit)
+    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
+    written = t2t.write(ex.texts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, cfg.progress)
+    preds = [Prediction(text, output=w.text) for text, w in zip(ex.texts, written)]
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), format_predictions(preds, cfg.format))
     return preds
 
 

@@ -1,0 +1,126 @@
+"""Text-to-text inference: an encoder-decoder writes a target for each source text, in length-sorted batches,
+greedy or with beam search, with an explicit limit on new tokens (never transformers' default of 20 in all: a
+translation cut at 20 tokens scores as a bad one). Also the teacher-forced loss of the targets, the valid loss
+that finetune logs each epoch. finetune's evaluation, its test pass, evaluate, predict and generate all write
+through ``write_texts``."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from warmstart.data.batching import Encoded, sorted_batches
+from warmstart.errors import UserError
+from warmstart.models.device import pick_device
+from warmstart.models.registry import load_config, load_tokenizer, max_length_of, resolve
+
+IGNORE = -100  # label positions the loss skips (padding), as transformers' losses expect
+
+
+@dataclass
+class Written:
+    """One source's output: the text, the tokens generated (end-of-sequence not counted) and whether the model
+    ended it itself (``eos``) or the token limit did (``length``)."""
+
+    text: str
+    tokens: int
+    finish_reason: str
+
+
+def write_texts(model, tokenizer, sources: list[str], max_length: int, max_new_tokens: int, num_beams: int = 1,
+                batch_size: int = 32, device: torch.device | None = None, autocast: Callable | None = None,
+                progress: bool = False, desc: str = "generate") -> list[Written]:
+    """Generate a target for every source (cut to ``max_length`` tokens), in the sources' order. Deterministic:
+    greedy (``num_beams`` 1) or beam search, never sampling, so a resumed run scores what an uninterrupted one
+    does."""
+    device = device or next(model.parameters()).device
+    ids = tokenizer(sources, truncation=True, max_length=max_length, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    gen = copy.deepcopy(model.generation_config)
+    gen.max_new_tokens, gen.max_length, gen.min_length = max_new_tokens, None, 0
+    gen.num_beams, gen.do_sample, gen.num_return_sequences = num_beams, False, 1
+    gen.early_stopping = num_beams > 1  # beam search stops when every beam has ended
+    for key in ("temperature", "top_k", "top_p"):  # sampling settings a checkpoint may carry; unused here
+        setattr(gen, key, None)
+
+    specials = set(tokenizer.all_special_ids)
+    end = gen.eos_token_id if isinstance(gen.eos_token_id, int) else (gen.eos_token_id or [None])[0]
+    out: list[Written | None] = [None] * len(sources)
+    batches = sorted_batches(np.array([len(x) for x in ids]), batch_size)
+    was_training = model.training
+    model.eval()
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(device)
+        # BART's configs force </s> as the last token the limit allows, so that an output cut at the limit looks
+        # finished; without it a cut output says so (finish reason "length"). (Only a keyword overrides it: a
+        # None in the generation config falls back to the model's.)
+        with torch.inference_mode(), (autocast() if autocast else contextlib.nullcontext()):
+            rows = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  generation_config=gen, forced_eos_token_id=None)
+        for i, row in zip(idx, rows[:, 1:].tolist()):  # the decoder's start token is not the model's output
+            stop = row.index(end) if end in row else None
+            kept = row[:stop] if stop is not None else [t for t in row if t != gen.pad_token_id]
+            out[i] = Written(tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False),
+                             sum(t not in specials for t in kept), "eos" if stop is not None else "length")
+    model.train(was_training)
+    return [w for w in out if w is not None]
+
+
+def target_loss(model, data: Encoded, batch_size: int, collate: Callable, device: torch.device,
+                autocast: Callable | None = None) -> float:
+    """Mean cross-entropy per target token (teacher forcing), padding excluded: the valid loss."""
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for idx in sorted_batches(data.lengths, batch_size):
+        batch = {k: v.to(device) for k, v in collate([data[i] for i in idx]).items()}
+        with torch.inference_mode(), (autocast() if autocast else contextlib.nullcontext()):
+            logits = model(**batch).logits
+        labels = batch["labels"]
+        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                                   ignore_index=IGNORE, reduction="sum").item()
+        count += int((labels != IGNORE).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class TextToText:
+    """A saved encoder-decoder with its tokenizer, for evaluate, predict, generate and finetune's test pass."""
+
+    path: str
+    model: object
+    tokenizer: object
+    max_length: int
+    max_new_tokens: int  # the model's saved default (finetune: 1.5x its longest training target)
+
+    @classmethod
+    def load(cls, name: str, cpu: bool = False, precision: str = "auto", max_length: int | None = None) -> TextToText:
+        from transformers import AutoModelForSeq2SeqLM
+
+        path = resolve(name)
+        config = load_config(path)
+        if not getattr(config, "is_encoder_decoder", False):
+            arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+            raise UserError(f"model '{name}' is a {arch}, not an encoder-decoder (text-to-text) model")
+        tokenizer = load_tokenizer(path)
+        device = pick_device(cpu)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True)
+        # On a CPU fp32 unless bf16 is asked for: the measured choice (models.precision) times classifiers and
+        # causal LMs, not an encoder-decoder's decoding.
+        if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            model = model.to(torch.bfloat16)
+        model.to(device).eval()
+        saved = getattr(model.generation_config, "max_new_tokens", None)
+        return cls(path, model, tokenizer, max_length_of(tokenizer, config, max_length), saved or 256)
+
+    def write(self, sources: list[str], max_new_tokens: int | None = None, num_beams: int = 1,
+              batch_size: int | None = None, progress: bool = False) -> list[Written]:
+        return write_texts(self.model, self.tokenizer, sources, self.max_length, max_new_tokens or self.max_new_tokens,
+                           num_beams, batch_size or 32, progress=progress)
