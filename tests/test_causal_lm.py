@@ -14,7 +14,8 @@ import torch
 import warmstart
 from warmstart.cli import main
 from warmstart.config import FinetuneConfig
-from warmstart.kinds.causal_lm import IGNORE, CausalLMTuning, pack, pad_rows
+from warmstart.data.batching import IGNORE
+from warmstart.kinds.causal_lm import CausalLMTuning, pack, pad_rows
 from warmstart.models.causal import instruction_ids
 
 LETTERS = "abcdef"

@@ -16,9 +16,9 @@ from transformers import AutoModelForSeq2SeqLM
 import warmstart
 from warmstart.cli import main
 from warmstart.config import FinetuneConfig, make
+from warmstart.data.batching import IGNORE
 from warmstart.data.pairs import read_pairs
 from warmstart.errors import UserError
-from warmstart.inference.seq2seq import IGNORE
 from warmstart.kinds import KINDS
 from warmstart.metrics import text_metrics
 

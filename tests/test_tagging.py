@@ -16,6 +16,7 @@ import pytest
 import warmstart
 from conftest import SHARED, kill_after_checkpoint
 from warmstart.cli import main
+from warmstart.data.batching import IGNORE
 from warmstart.data.tagged import (
     Sentences,
     base_tag,
@@ -26,7 +27,7 @@ from warmstart.data.tagged import (
     split_words,
 )
 from warmstart.data.windows import owners, windows
-from warmstart.data.wordpieces import IGNORE, encode_words
+from warmstart.data.wordpieces import encode_words
 from warmstart.inference.tagger import Tagged, Tagger, entities
 from warmstart.metrics import tagging_metrics
 

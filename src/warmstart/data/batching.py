@@ -13,6 +13,9 @@ from warmstart.data.tables import Examples
 from warmstart.data.windows import head_tail, token_windows
 from warmstart.errors import UserError
 
+# The label of a position the loss skips (padding, a prompt, a word's later pieces), as transformers' losses expect.
+IGNORE = -100
+
 
 class Encoded(torch.utils.data.Dataset):
     """Token ids of every text (no padding), optionally with label ids."""

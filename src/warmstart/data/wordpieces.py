@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from warmstart.data.batching import Encoded
+from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.windows import overlap, owners, windows
-
-IGNORE = -100
 
 
 @dataclass

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from warmstart.data.batching import Encoded, sorted_batches
+from warmstart.data.batching import IGNORE, Encoded, sorted_batches
 from warmstart.errors import UserError
 from warmstart.models.device import pick_device
 from warmstart.models.registry import load_config, load_tokenizer, max_length_of, resolve
-
-IGNORE = -100  # label positions the loss skips (padding), as transformers' losses expect
 
 
 @dataclass

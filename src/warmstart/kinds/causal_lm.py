@@ -19,7 +19,7 @@ import torch
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, given_flags
-from warmstart.data.batching import Encoded
+from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.pairs import Pairs, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
@@ -30,7 +30,6 @@ from warmstart.models.causal import CausalLM, instruction_ids
 from warmstart.runs import Run, atomic_write_text
 from warmstart.training.common import Job
 
-IGNORE = -100  # label of a position the loss skips (prompt, padding)
 # Options of other kinds, refused here with one line rather than ignored.
 OTHER_KINDS = ("text_column", "text_pair_column", "label_column", "label_names", "problem", "label_separator",
                "class_weights", "sampler", "long_text", "stride", "chunk_aggregation", "tag_column", "base_tags",

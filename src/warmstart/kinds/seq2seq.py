@@ -18,16 +18,16 @@ from transformers import DataCollatorForSeq2Seq
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, given_flags
-from warmstart.data.batching import Encoded
+from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
-from warmstart.inference.seq2seq import IGNORE, TextToText, Written, target_loss, write_texts
+from warmstart.inference.seq2seq import TextToText, Written, target_loss, write_texts
 from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
 from warmstart.models.registry import load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
 from warmstart.runs import Run, atomic_write_text
-from warmstart.training.common import Job
+from warmstart.training.common import Job, token_accuracy, token_loss
 
 # The default limit on new tokens: this many times the longest training target, so that a valid text somewhat
 # longer than any seen can still be written whole (a run that ends every text at the limit shows it in its
@@ -161,22 +161,14 @@ class Seq2Seq:
             model = self.model
             return score(model, next(model.parameters()).device, None)
 
-        def accuracy(out, batch) -> tuple[int, int]:  # next-token accuracy on the target tokens
-            mask = batch["labels"] != IGNORE
-            return int((out.logits.argmax(-1)[mask] == batch["labels"][mask]).sum()), int(mask.sum())
-
-        def batch_loss(out, batch) -> float:
-            return torch.nn.functional.cross_entropy(out.logits.detach().float().flatten(0, 1),
-                                                     batch["labels"].flatten(), ignore_index=IGNORE).item()
-
         def save(model, folder: Path, weights: dict | None = None) -> None:
             model.save_pretrained(folder, state_dict=weights)
             tokenizer.save_pretrained(folder)
 
         return Job(train=data["train"], lengths=data["train"].lengths, collate=collate, save=save,
-                   evaluate=evaluate if valid is not None else None, accuracy=accuracy, valid=valid,
+                   evaluate=evaluate if valid is not None else None, accuracy=token_accuracy, valid=valid,
                    trainer_metrics=lambda: GeneratedMetrics(trainer_score), metric_names=self.metrics,
-                   batch_loss=batch_loss, tokenizer=tokenizer, unit="pairs")
+                   batch_loss=token_loss, tokenizer=tokenizer, unit="pairs")
 
     def written(self, cfg: FinetuneConfig, model_dir: Path, part: Pairs, run: Run) -> tuple[dict, float]:
         """The saved model (reloaded as evaluate loads it) writes ``part``'s targets: its metrics, and the

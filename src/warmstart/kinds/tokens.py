@@ -15,7 +15,7 @@ from transformers import DataCollatorForTokenClassification
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, given_flags
-from warmstart.data.batching import Encoded
+from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.tables import load_splits
 from warmstart.data.tagged import (
     Sentences,
@@ -25,14 +25,14 @@ from warmstart.data.tagged import (
     read_sentences,
     scheme_of,
 )
-from warmstart.data.wordpieces import IGNORE, WordWindows, encode_words
+from warmstart.data.wordpieces import WordWindows, encode_words
 from warmstart.errors import UserError
 from warmstart.inference.batched import predict_logits
 from warmstart.inference.tagger import Tagger
 from warmstart.metrics import format_tagging_table, softmax, tagging_metrics
 from warmstart.models.classifier import load_classifier
 from warmstart.runs import Run
-from warmstart.training.common import Job
+from warmstart.training.common import Job, token_accuracy, token_loss
 
 
 def tag_collator(tokenizer) -> DataCollatorForTokenClassification:
@@ -175,22 +175,14 @@ class TokenClassification:
             return {"loss": word_loss(words, self.parts["valid"].tags, self.ids),
                     **{k: m[k] for k in metric_names(self.scheme)}}
 
-        def accuracy(out, batch) -> tuple[int, int]:
-            mask = batch["labels"] != IGNORE
-            return int((out.logits.argmax(-1)[mask] == batch["labels"][mask]).sum()), int(mask.sum())
-
-        def batch_loss(out, batch) -> float:
-            return torch.nn.functional.cross_entropy(out.logits.detach().float().flatten(0, 1),
-                                                     batch["labels"].flatten(), ignore_index=IGNORE).item()
-
         def save(model, folder: Path, weights: dict | None = None) -> None:
             model.save_pretrained(folder, state_dict=weights)
             tokenizer.save_pretrained(folder)
 
         return Job(train=data["train"], lengths=data["train"].lengths, collate=collate, save=save,
-                   evaluate=evaluate if valid is not None else None, accuracy=accuracy, valid=valid,
+                   evaluate=evaluate if valid is not None else None, accuracy=token_accuracy, valid=valid,
                    trainer_metrics=lambda: WordMetrics(self), metric_names=metric_names(self.scheme),
-                   batch_loss=batch_loss, tokenizer=tokenizer, unit="sentence windows")
+                   batch_loss=token_loss, tokenizer=tokenizer, unit="sentence windows")
 
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
         # Reload from disk through the same path `evaluate` uses: proves the saved model is complete.

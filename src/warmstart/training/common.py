@@ -15,6 +15,7 @@ import torch
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig
+from warmstart.data.batching import IGNORE
 from warmstart.errors import UserError
 from warmstart.models import precision as measured
 from warmstart.models.device import auto_precision, pick_device
@@ -45,6 +46,19 @@ class Job:
     loss: Callable[[Any, dict], torch.Tensor] | None = None
     tokenizer: Any = None  # saved with the Trainer's checkpoints
 
+
+
+def token_accuracy(out, batch: dict) -> tuple[int, int]:
+    """(correct, counted) over the labelled positions of a batch whose logits line up with its labels (tags,
+    targets): what a token-level kind reports as train accuracy."""
+    mask = batch["labels"] != IGNORE
+    return int((out.logits.argmax(-1)[mask] == batch["labels"][mask]).sum()), int(mask.sum())
+
+
+def token_loss(out, batch: dict) -> float:
+    """The batch's mean cross-entropy over its labelled positions (fp32, whatever the autocast)."""
+    return torch.nn.functional.cross_entropy(out.logits.detach().float().flatten(0, 1), batch["labels"].flatten(),
+                                             ignore_index=IGNORE).item()
 
 @dataclass
 class State:
