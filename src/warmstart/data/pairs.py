@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from warmstart.data.tables import find_column, read_table
+from warmstart.data.tables import column_texts, find_column, read_table
 from warmstart.errors import UserError, where
 
 # Looked for in this order when --source-column / --target-column are not given (case and spaces ignored).
@@ -46,18 +46,6 @@ class Pairs:
         return where(self.source, self.rows[i], column or self.source_column)
 
 
-def _cells(df: pd.DataFrame, path: str, column: str, what: str) -> list[str]:
-    """The column's texts; a missing or blank cell fails with its row: an empty target teaches nothing and an
-    empty reference cannot be scored."""
-    s = df[column]
-    bad = s.isna() | (s.astype(str).str.strip() == "")
-    if bad.any():
-        i = int(np.argmax(bad.to_numpy()))
-        state = "missing" if s.iloc[i] is None or pd.isna(s.iloc[i]) else "empty"
-        raise UserError(f"{where(path, i + 1, column)}: {what} is {state}")
-    return s.astype(str).tolist()
-
-
 def pairs_from_table(df: pd.DataFrame, path: str, source_column: str | None = None,
                      target_column: str | None = None, targets: bool = True) -> Pairs:
     """The pairs of a table already read. ``targets=False`` reads the sources alone (the target column is then
@@ -67,8 +55,9 @@ def pairs_from_table(df: pd.DataFrame, path: str, source_column: str | None = No
     if tcol is not None and tcol == scol:
         raise UserError(f"{where(path)}: the source and target columns are both '{scol}'; name them with "
                         "--source-column and --target-column")
-    return Pairs(source=str(path), sources=_cells(df, path, scol, "source text"),
-                 targets=_cells(df, path, tcol, "target text") if tcol is not None else None,
+    # A blank source or target is an error: an empty target teaches nothing and an empty reference cannot be scored.
+    return Pairs(source=str(path), sources=column_texts(df, path, scol, "source text"),
+                 targets=column_texts(df, path, tcol, "target text") if tcol is not None else None,
                  rows=list(range(1, len(df) + 1)), source_column=scol, target_column=tcol)
 
 

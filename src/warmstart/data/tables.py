@@ -158,13 +158,14 @@ class Examples:
                        rows=pick(self.rows), targets=None if self.targets is None else self.targets[idx])
 
 
-def _texts(df: pd.DataFrame, path: Path | str, col: str) -> list[str]:
+def column_texts(df: pd.DataFrame, path: Path | str, col: str, what: str = "text") -> list[str]:
+    """The column's texts; a missing or blank cell fails naming its file, row and column."""
     s = df[col]
     bad = s.isna() | (s.astype(str).str.strip() == "")
     if bad.any():
         i = int(np.argmax(bad.to_numpy()))
-        what = "missing" if s.iloc[i] is None or pd.isna(s.iloc[i]) else "empty"
-        raise UserError(f"{where(path, i + 1, col)}: text is {what}")
+        state = "missing" if s.iloc[i] is None or pd.isna(s.iloc[i]) else "empty"
+        raise UserError(f"{where(path, i + 1, col)}: {what} is {state}")
     return s.astype(str).tolist()
 
 
@@ -182,8 +183,8 @@ def examples_from_table(df: pd.DataFrame, path: Path | str, text_column: str | N
         labels = [label_value(v) for v in df[lcol].tolist()]
         if None in labels:
             raise UserError(f"{where(path, labels.index(None) + 1, lcol)}: label is missing")
-    return Examples(source=str(path), texts=_texts(df, path, tcol),
-                    pairs=_texts(df, path, pcol) if pcol else None, labels=labels,
+    return Examples(source=str(path), texts=column_texts(df, path, tcol),
+                    pairs=column_texts(df, path, pcol) if pcol else None, labels=labels,
                     rows=list(range(1, len(df) + 1)), label_column=lcol if labelled else None, targets=targets)
 
 
