@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig, given_flags
+from warmstart.config import FinetuneConfig, refuse_inapplicable
 from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.pairs import Pairs, read_pairs
 from warmstart.data.tables import load_splits
@@ -76,10 +76,7 @@ class CausalLMTuning:
     name = "causal-lm"
 
     def __init__(self, cfg: FinetuneConfig):
-        given = given_flags(cfg, OTHER_KINDS)
-        if given:
-            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --task causal-lm "
-                            "(it reads --source-column and --target-column)")
+        refuse_inapplicable(cfg, OTHER_KINDS, "--task causal-lm (it reads --source-column and --target-column)")
         # An encoder cannot continue a prompt: said before the data is read or a run folder written.
         config = load_config(resolve(cfg.model))
         if not is_causal(config):

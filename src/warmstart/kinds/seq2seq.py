@@ -17,7 +17,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig, given_flags
+from warmstart.config import FinetuneConfig, given_flags, refuse_inapplicable
 from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
@@ -64,10 +64,7 @@ class Seq2Seq:
     name = "seq2seq"
 
     def __init__(self, cfg: FinetuneConfig):
-        given = given_flags(cfg, OTHER_TASKS)
-        if given:
-            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --task seq2seq "
-                            "(it reads --source-column and --target-column)")
+        refuse_inapplicable(cfg, OTHER_TASKS, "--task seq2seq (it reads --source-column and --target-column)")
         if cfg.from_scratch and given_flags(cfg, ("model",)):
             raise UserError("--from-scratch builds a new BART and --model names one to fine-tune: give one of them")
         given = given_flags(cfg, SCRATCH_ONLY)
