@@ -107,7 +107,7 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     metrics: dict = {"model": cfg.model, "rows": {r: len(p) for r, p in kind.parts.items()},
                      "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
                      "epochs": state.epochs_log, "engine": cfg.engine,
-                     "train_loop_seconds": round(state.train_seconds, 2),
+                     "train_loop_seconds": round(state.train_seconds, 2), "train_samples": state.samples,
                      "train_samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 3),
                      "train_seconds": round(train_seconds, 2), "precision": cfg.precision}
     metrics["parameters"] = {"trainable": trainable, "total": total}
