@@ -18,9 +18,11 @@ from warmstart.cli import main
 from warmstart.config import FinetuneConfig, make
 from warmstart.data.batching import IGNORE
 from warmstart.data.pairs import read_pairs
+from warmstart.data.tables import split_examples
 from warmstart.errors import UserError
 from warmstart.kinds import KINDS
 from warmstart.metrics import text_metrics
+from warmstart.models.scratch import symbol_tokenizer
 
 VERSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bible-en-es" / "verses.tsv"
 
@@ -60,6 +62,42 @@ def test_a_pronouncing_dictionary_reads_as_word_and_phoneme_pairs(tmp_path):
     pairs = read_pairs(str(path))
     assert pairs.sources == ["read", "read", "warm"]
     assert pairs.targets == ["R IY1 D", "R EH1 D", "W AO1 R M"]
+
+def test_a_word_with_two_pronunciations_is_right_when_either_is_written():
+    refs = [["R IY1 D", "R EH1 D"], ["W AO1 R M"]]
+    m = text_metrics(["R EH1 D", "W AO1 R N"], refs, ["exact_match", "wer", "bleu"])
+    assert m["exact_match"] == 0.5
+    assert m["wer"] == pytest.approx(1 / 7)  # "R EH1 D" needs no edit; one phoneme of four is wrong in "warm"
+    # the closest reference, not the first: "R EH0 D" is one edit from "R EH1 D" and from "R IY1 D" ...
+    assert text_metrics(["R EH1 T"], [["R IY1 D", "R EH1 D"]], ["wer"])["wer"] == pytest.approx(1 / 3)
+    # ... and a single reference scores as before
+    assert text_metrics(["R EH1 D"], ["R IY1 D"], ["wer"]) == text_metrics(["R EH1 D"], [["R IY1 D"]], ["wer"])
+    assert m["bleu"] == text_metrics(["R EH1 D", "W AO1 R N"], [["R EH1 D"], ["W AO1 R M"]], ["bleu"])["bleu"]
+
+
+def test_a_split_keeps_every_pronunciation_of_a_word_on_one_side(tmp_path):
+    words = short_strings(300, 3, "abcdefghij")
+    lines = [f"{w} {' '.join(w.upper())}" for w in words] + [f"{w}(2) {w.upper()[0]}" for w in words[::3]]
+    path = tmp_path / "two.dict"
+    path.write_text("\n".join(lines) + "\n")
+    parts = split_examples(read_pairs(str(path)), "0.8,0.1,0.1", True, 0)
+    seen = [set(p.sources) for p in parts]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert sum(len(p) for p in parts) == len(lines)
+    test, refs = parts[2].distinct()
+    assert len(test) == len(seen[2]) and sorted(sum(refs, [])) == sorted(parts[2].targets)
+    assert any(len(r) == 2 for r in refs)
+
+
+def test_the_symbols_tokenizer_makes_each_phoneme_one_token_and_spells_words():
+    tok = symbol_tokenizer(["read R IY1 D", "ready R EH1 D IY0"] * 20 + ["xylophone"])
+    phonemes = tok("R EH1 D IY0")["input_ids"]
+    assert tok.convert_ids_to_tokens(phonemes)[1:-1] == ["R", "EH1", "D", "IY0"]
+    assert tok.decode(phonemes, skip_special_tokens=True) == "R EH1 D IY0"
+    word = tok("xylophone read")["input_ids"]
+    # a word seen once is spelled out; one seen 20 times ("read") is a symbol like a phoneme
+    assert len(word) == 2 + 9 + 1 and tok.decode(word, skip_special_tokens=True) == "xylophone read"
+
 
 # --- fine-tuning ---------------------------------------------------------------------------------------------
 
@@ -121,7 +159,9 @@ def test_a_bart_from_scratch_learns_to_copy_and_writes_its_run_folder(scratch_ru
                  "valid_predictions.jsonl", "metrics.json", "history.jsonl", "config.yaml"):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 40 and set(rows[0]) >= {"source", "reference", "prediction"}
+    # One line per distinct valid source (the 40 held-out strings, a repeated one written once).
+    assert len(rows) == scratch_run.metrics["valid_best"]["n"] == len({r["source"] for r in rows}) >= 38
+    assert set(rows[0]) >= {"source", "reference", "prediction"}
     # No test part: predictions.jsonl is the best model's valid outputs, scored like an epoch.
     best = scratch_run.metrics["valid_best"]
     assert best["exact_match"] == pytest.approx(np.mean([r["prediction"] == r["reference"] for r in rows]))
@@ -200,13 +240,14 @@ def test_evaluate_honours_max_new_tokens_and_says_which_outputs_it_cut(scratch_r
     assert full.metrics["max_new_tokens"] == 11 and full.metrics["cut_at_limit"] == 0
     assert full.metrics["exact_match"] == scratch_run.metrics["valid_best"]["exact_match"]
     rows = [json.loads(line) for line in (tmp_path / "m.predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 40 and all(r["finish_reason"] == "eos" for r in rows)
+    distinct = len({line.split("\t")[0] for line in lines[-40:]})  # a source given twice is written once
+    assert len(rows) == full.metrics["n"] == distinct and all(r["finish_reason"] == "eos" for r in rows)
     # Two new tokens: BART's <s>, then one character; every output is cut there and says so.
     cut = warmstart.evaluate(model=str(scratch_run.run_dir), data=str(test), max_new_tokens=2,
                              predictions=str(tmp_path / "cut.jsonl"), metrics="exact_match", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
     assert all(len(r["prediction"]) <= 1 and r["finish_reason"] == "length" for r in rows)
-    assert cut.metrics["cut_at_limit"] == 40 and cut.metrics["exact_match"] == 0.0
+    assert cut.metrics["cut_at_limit"] == distinct and cut.metrics["exact_match"] == 0.0
 
 
 def test_generate_and_predict_write_what_evaluate_scored(scratch_run, capsys):

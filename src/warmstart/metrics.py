@@ -198,34 +198,61 @@ def text_metric_names(spec: str) -> tuple[str, ...]:
     return names
 
 
-def text_metrics(predictions: list[str], references: list[str], names: Sequence[str]) -> dict[str, float]:
-    """The ``names`` metrics of generated ``predictions`` against one reference each. Texts are compared as
-    written after stripping surrounding whitespace (no lower-casing): a model that gets case or accents wrong
-    is wrong. An empty corpus scores 0 (error rates 1)."""
+def text_metrics(predictions: list[str], references: Sequence[str | Sequence[str]],
+                 names: Sequence[str]) -> dict[str, float]:
+    """The ``names`` metrics of generated ``predictions`` against one reference each, or a list of acceptable
+    references each (a word with two pronunciations): BLEU and chrF read them all (sacreBLEU's multi-reference
+    scores), exact match takes any, CER and WER the closest (the one needing fewest edits, as grapheme-to-phoneme
+    scoring does). Texts are compared as written after stripping surrounding whitespace (no lower-casing): a
+    model that gets case or accents wrong is wrong. An empty corpus scores 0 (error rates 1)."""
     unknown = [n for n in names if n not in TEXT_METRICS]
     if unknown:
         raise ValueError(f"unknown text metric(s) {', '.join(unknown)}; known: {', '.join(TEXT_METRICS)}")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     hyp = [p.strip() for p in predictions]
-    ref = [r.strip() for r in references]
+    refs = [[r.strip()] if isinstance(r, str) else [x.strip() for x in r] for r in references]
+    if any(not r for r in refs):
+        raise ValueError("a prediction without a reference")
     out: dict[str, float] = {}
-    if not ref:
+    if not refs:
         return {n: 1.0 if n in TEXT_LOWER_IS_BETTER else 0.0 for n in names}
+    # sacreBLEU's reference streams: the k-th reference of every text, None where a text has fewer.
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(max(len(r) for r in refs))]
     for name in names:
         if name == "bleu":
             import sacrebleu
 
-            out[name] = float(sacrebleu.corpus_bleu(hyp, [ref]).score)
+            out[name] = float(sacrebleu.corpus_bleu(hyp, streams).score)
         elif name == "chrf":
             import sacrebleu
 
-            out[name] = float(sacrebleu.corpus_chrf(hyp, [ref]).score)
+            out[name] = float(sacrebleu.corpus_chrf(hyp, streams).score)
         elif name == "exact_match":
-            out[name] = float(np.mean([h == r for h, r in zip(hyp, ref)]))
+            out[name] = float(np.mean([h in r for h, r in zip(hyp, refs)]))
         else:
-            out[name] = _error_rate(name, hyp, ref)
+            out[name] = _error_rate(name, hyp, [_closest(name, h, r) for h, r in zip(hyp, refs)])
     return out
+
+
+def _closest(name: str, hyp: str, refs: list[str]) -> str:
+    """The reference ``hyp`` is fewest edits from (the first of equals); one reference is itself."""
+    if hyp in refs:
+        return hyp
+    if len(refs) == 1:
+        return refs[0]
+    import jiwer
+
+    process = jiwer.process_characters if name == "cer" else jiwer.process_words
+
+    def edits(ref: str) -> int:
+        if not (ref if name == "cer" else ref.split()):
+            return len(hyp if name == "cer" else hyp.split())
+        o = process(ref, hyp) if hyp else None
+        return len(ref if name == "cer" else ref.split()) if o is None else \
+            o.substitutions + o.deletions + o.insertions
+
+    return min(refs, key=edits)
 
 
 def _error_rate(name: str, hyp: list[str], ref: list[str]) -> float:

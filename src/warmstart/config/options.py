@@ -129,8 +129,10 @@ class Seq2SeqOptions:
 
     from_scratch: bool = opt(False, "seq2seq: train a small BART from scratch (--size) with a tokenizer trained on "
                                     "the training pairs (--tokenizer), instead of fine-tuning --model")
-    tokenizer: str = opt("bpe", "seq2seq --from-scratch: byte-level BPE (--vocab-size), or char: one token per "
-                                "character (spelling to phonemes, transliteration)", choices=("bpe", "char"))
+    tokenizer: str = opt("bpe", "seq2seq --from-scratch: byte-level BPE (--vocab-size); char: one token per "
+                                "character (transliteration); symbols: characters, but a whitespace-separated "
+                                "symbol seen 20+ times is one token (spelling to phonemes)",
+                         choices=("bpe", "char", "symbols"))
     size: str = opt("tiny", "seq2seq --from-scratch: model preset (tiny: 2 layers of 64; small: 6 of 384)",
                     choices=("tiny", "small"))
     vocab_size: int = opt(8000, "seq2seq --from-scratch --tokenizer bpe: vocabulary size", ge=300, le=1_000_000)

@@ -41,6 +41,27 @@ class Pairs:
         return replace(self, sources=[self.sources[i] for i in idx], rows=[self.rows[i] for i in idx],
                        targets=None if self.targets is None else [self.targets[i] for i in idx])
 
+    def group_keys(self) -> list[str]:
+        """What split_examples keeps in one part: the rows of one source (a word's pronunciations) are all
+        trained on or all held out."""
+        return self.sources
+
+    def distinct(self) -> tuple[Pairs, list[list[str]] | None]:
+        """One pair per distinct source (its first row, in order) and every target this part gives that source:
+        a word with two pronunciations is written once and is right when it is either (how grapheme-to-phoneme
+        is scored; a deterministic model writes the same text for the same source anyway)."""
+        group: dict[str, int] = {}
+        rows: list[int] = []
+        refs: list[list[str]] = []
+        for i, s in enumerate(self.sources):
+            if s not in group:
+                group[s] = len(rows)
+                rows.append(i)
+                refs.append([])
+            if self.targets is not None:
+                refs[group[s]].append(self.targets[i])
+        return self.take(rows), refs if self.targets is not None else None
+
     def where(self, i: int, column: str | None = None) -> str:
         """The file, row and column of pair ``i`` (its source column unless another is named)."""
         return where(self.source, self.rows[i], column or self.source_column)
@@ -86,10 +107,11 @@ def read_pronunciations(path: str, limit: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["word", "phonemes"])
 
 
-def prediction_lines(pairs: Pairs, predictions: list[str], finish_reasons: list[str]) -> str:
+def prediction_lines(pairs: Pairs, predictions: list[str], finish_reasons: list[str],
+                     references: list[list[str]] | None = None) -> str:
     """predictions.jsonl: one pair a line (its row in the file, source, reference, the model's output and why the
-    output ended: eos, or length at the token limit)."""
-    return "".join(json.dumps({"row": r, "source": s, "reference": t, "prediction": p, "finish_reason": f},
-                              ensure_ascii=False) + "\n"
-                   for r, s, t, p, f in zip(pairs.rows, pairs.sources, pairs.targets or [None] * len(pairs),
-                                            predictions, finish_reasons))
+    output ended: eos, or length at the token limit); ``references`` too where a source has more than one."""
+    refs = references or [[t] for t in pairs.targets or [None] * len(pairs)]
+    return "".join(json.dumps({"row": r, "source": s, "reference": t[0], "prediction": p, "finish_reason": f,
+                               **({"references": t} if len(t) > 1 else {})}, ensure_ascii=False) + "\n"
+                   for r, s, t, p, f in zip(pairs.rows, pairs.sources, refs, predictions, finish_reasons))

@@ -283,11 +283,23 @@ def split_sizes(spec: str, n: int, source: str) -> list[int]:
 
 
 def split_examples(ex: Any, spec: str, shuffle: bool, seed: int) -> list[Any]:
+    """``ex`` cut into the parts of --split (shuffled first with --shuffle). Where ``ex`` has ``group_keys`` (text
+    pairs: their sources), rows of one key stay in one part, each cut moving forward to the end of a group: a
+    word's second pronunciation is not trained on while its first is held out."""
     order = np.random.default_rng(seed).permutation(len(ex)) if shuffle else np.arange(len(ex))
+    keys = ex.group_keys() if hasattr(ex, "group_keys") else None
+    if keys is not None:
+        # Shuffle groups, not rows: ranking a group by its earliest row would draw many-row groups to the front.
+        group = {k: g for g, k in enumerate(dict.fromkeys(keys))}
+        rank = np.random.default_rng(seed).permutation(len(group)) if shuffle else np.arange(len(group))
+        order = np.array(sorted(range(len(ex)), key=lambda i: (rank[group[keys[i]]], i)), dtype=int)
     parts, start = [], 0
     for size in split_sizes(spec, len(ex), ex.source):
-        parts.append(ex.take(order[start:start + size]))
-        start += size
+        end = min(start + size, len(order))
+        while keys is not None and 0 < end < len(order) and keys[order[end]] == keys[order[end - 1]]:
+            end += 1
+        parts.append(ex.take(order[start:end]))
+        start = end
     return parts
 
 

@@ -44,8 +44,8 @@ OTHER_TASKS = ("text_column", "text_pair_column", "label_column", "problem", "la
 SCRATCH_ONLY = ("tokenizer", "size", "vocab_size")
 
 
-def records(part: Pairs, written: list[Written]) -> str:
-    return prediction_lines(part, [w.text for w in written], [w.finish_reason for w in written])
+def records(part: Pairs, written: list[Written], refs: list[list[str]] | None) -> str:
+    return prediction_lines(part, [w.text for w in written], [w.finish_reason for w in written], refs)
 
 
 class GeneratedMetrics:
@@ -142,13 +142,13 @@ class Seq2Seq:
         run_dir = Path(cfg.out)
 
         def score(model, device, autocast) -> dict:
-            part = self.parts["valid"].take(slice(0, cfg.eval_samples))
+            part, refs = self.parts["valid"].take(slice(0, cfg.eval_samples)).distinct()
             written = write_texts(model, tokenizer, part.sources, cfg.max_length,
                                   self.model.generation_config.max_new_tokens, cfg.num_beams, cfg.eval_batch_size,
                                   device, autocast, progress=cfg.progress and distributed.is_main(), desc="valid")
             if distributed.is_main() and run_dir.is_dir():  # the latest epoch's, to look at while it trains
-                atomic_write_text(run_dir / "valid_predictions.jsonl", records(part, written))
-            return text_metrics([w.text for w in written], part.targets, self.metrics)
+                atomic_write_text(run_dir / "valid_predictions.jsonl", records(part, written, refs))
+            return text_metrics([w.text for w in written], refs, self.metrics)
 
         def evaluate(model, device, autocast) -> dict:
             return {"loss": target_loss(model, valid, cfg.eval_batch_size, collate, device, autocast),
@@ -169,15 +169,17 @@ class Seq2Seq:
 
     def written(self, cfg: FinetuneConfig, model_dir: Path, part: Pairs, run: Run) -> tuple[dict, float]:
         """The saved model (reloaded as evaluate loads it) writes ``part``'s targets: its metrics, and the
-        pairs with predictions in predictions.jsonl."""
+        pairs with predictions in predictions.jsonl (a source given twice is written once, scored against both
+        targets)."""
+        part, refs = part.distinct()
         t = time.time()
         t2t = TextToText.load(str(model_dir), cfg.cpu, "fp32", cfg.max_length)
         written = t2t.write(part.sources, cfg.max_new_tokens, cfg.num_beams, cfg.eval_batch_size,
                             progress=cfg.progress and run.main)
-        metrics = {**text_metrics([w.text for w in written], part.targets, self.metrics), "n": len(part),
+        metrics = {**text_metrics([w.text for w in written], refs, self.metrics), "n": len(part),
                    "cut_at_limit": sum(w.finish_reason == "length" for w in written)}
         if run.main:
-            atomic_write_text(run.dir / "predictions.jsonl", records(part, written))
+            atomic_write_text(run.dir / "predictions.jsonl", records(part, written, refs))
         return metrics, round(time.time() - t, 2)
 
     def finish(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:

@@ -99,9 +99,11 @@ def set_special_tokens(model: Any, start: int, end: int, pad: int) -> None:
 def new_bart(texts: list[str], tokenizer_kind: str, size: str, vocab_size: int,
              max_length: int) -> tuple[BartForConditionalGeneration, PreTrainedTokenizerBase]:
     """A BART of the ``size`` preset with a tokenizer trained on ``texts`` (the training sources and targets):
-    byte-level BPE, or one token per character."""
+    byte-level BPE, one token per character, or characters and recurring symbols (phonemes)."""
     if tokenizer_kind == "char":
         tokenizer = scratch.char_tokenizer(texts, max_length)
+    elif tokenizer_kind == "symbols":
+        tokenizer = scratch.symbol_tokenizer(texts, max_length)
     else:
         tokenizer = scratch.train_tokenizer("bpe", texts, vocab_size=vocab_size, max_length=max_length, arch="bart")
     config = scratch.preset("bart", size, tokenizer, max_length)

@@ -85,12 +85,13 @@ def evaluate_text_to_text(cfg: EvaluateConfig) -> EvaluateResult:
     if distributed.is_distributed():
         raise UserError("evaluate with a text-to-text model runs in one process")
     names = text_metric_names(cfg.metrics)
-    pairs = read_pairs(cfg.data, cfg.source_column, cfg.target_column, limit=cfg.limit)
+    # A source given twice (a word with two pronunciations) is written once and right when it is either target.
+    pairs, refs = read_pairs(cfg.data, cfg.source_column, cfg.target_column, limit=cfg.limit).distinct()
     t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
     t0 = time.time()
     written = t2t.write(pairs.sources, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, cfg.progress)
     seconds = time.time() - t0
-    metrics = {**text_metrics([w.text for w in written], pairs.targets, names), "n": len(pairs),
+    metrics = {**text_metrics([w.text for w in written], refs, names), "n": len(pairs),
                "cut_at_limit": sum(w.finish_reason == "length" for w in written),
                "max_new_tokens": cfg.max_new_tokens or t2t.max_new_tokens, "num_beams": cfg.num_beams,
                "model": t2t.path, "data": str(Path(cfg.data).resolve()), "seconds": round(seconds, 2),
@@ -99,7 +100,7 @@ def evaluate_text_to_text(cfg: EvaluateConfig) -> EvaluateResult:
     where = Path(cfg.predictions) if cfg.predictions else (out.with_suffix(".predictions.jsonl") if out else None)
     if where is not None:
         atomic_write_text(where, prediction_lines(pairs, [w.text for w in written],
-                                                    [w.finish_reason for w in written]))
+                                                    [w.finish_reason for w in written], refs))
         metrics["predictions"] = str(where)
     if out:
         atomic_write_json(out, metrics)
