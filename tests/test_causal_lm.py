@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -135,10 +136,28 @@ def test_the_saved_model_generates_in_its_trained_format(copy_run):
     assert [g.completions[0] for g in gens] == [p["prediction"] for p in preds]
 
 
+def test_evaluate_and_predict_score_the_saved_model_as_its_test_pass_did(copy_run, tmp_path):
+    preds = [json.loads(x) for x in (copy_run / "predictions.jsonl").read_text().splitlines()]
+    test = tmp_path / "test.tsv"
+    test.write_text("src\ttgt\n" + "".join(f"{p['source']}\t{p['reference']}\n" for p in preds))
+    result = warmstart.evaluate(model=str(copy_run), data=str(test), source_column="src", target_column="tgt",
+                                metrics="exact_match,cer", precision="fp32", out=str(tmp_path / "m.json"),
+                                progress=False)
+    first = {p["source"]: p for p in reversed(preds)}  # a source given twice is written and scored once
+    assert result.metrics["n"] == len(first) and result.metrics["max_new_tokens"] == 8
+    assert result.metrics["exact_match"] == pytest.approx(np.mean([p["prediction"] == p["reference"]
+                                                                   for p in first.values()]))
+    rows = [json.loads(x) for x in (tmp_path / "m.predictions.jsonl").read_text().splitlines()]
+    assert {r["source"]: r["prediction"] for r in rows} == {s: p["prediction"] for s, p in first.items()}
+    out = warmstart.predict(model=str(copy_run), texts=[p["source"] for p in preds[:5]], precision="fp32")
+    assert [p.output for p in out] == [p["prediction"] for p in preds[:5]]
+
+
 def test_lora_causal_lm_with_chat_and_the_trainer_engine(tiny_llama, copy_pairs, tmp_path):
     out = tmp_path / "lora"
     result = warmstart.finetune(task="causal-lm", data=str(copy_pairs), split="96,16,16", model=str(tiny_llama),
-                                source_column="src", target_column="tgt", chat=True, epochs=1, batch_size=16,
+                                source_column="src", target_column="tgt", chat=True, system="be brief", epochs=1,
+                                batch_size=16,
                                 lora_r=4, lora_save="adapter", engine="trainer", metrics="exact_match",
                                 precision="fp32", out=str(out), progress=False)
     lora = result.metrics["lora"]
@@ -147,13 +166,27 @@ def test_lora_causal_lm_with_chat_and_the_trainer_engine(tiny_llama, copy_pairs,
     assert "valid_exact_match" in result.metrics["epochs"][0]
     gens = warmstart.generate(model=str(out), prompts=["abc"], strategy="greedy", max_new_tokens=4,
                               precision="fp32")
-    assert gens[0].prompt_tokens == len("<u>abc</><a>")  # the saved chat format, applied by generate
+    # the saved chat format and system message, applied by generate (and replaced by another system message)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "model")
+
+    def chat_tokens(system: str) -> int:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": "abc"}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    assert gens[0].prompt_tokens == chat_tokens("be brief")
+    other = warmstart.generate(model=str(out), prompts=["abc"], chat=True, system="be very brief", strategy="greedy",
+                               max_new_tokens=4, precision="fp32")
+    assert other[0].prompt_tokens == chat_tokens("be very brief") == chat_tokens("be brief") + 5
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--target-column", "nope"], "nope"),
     (["--template", "copy this"], "has no {source}"),
     (["--text-column", "src"], "--text-column does not apply to --task causal-lm"),
+    (["--system", "be brief"], "needs --chat"),
 ])
 def test_bad_causal_lm_input_gets_one_clear_error(tiny_llama, copy_pairs, tmp_path, capsys, extra, message):
     args = ["finetune", "--task", "causal-lm", "--data", str(copy_pairs), "--split", "20,5", "--model",

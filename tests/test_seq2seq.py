@@ -260,6 +260,33 @@ def test_generate_and_predict_write_what_evaluate_scored(scratch_run, capsys):
         [r["prediction"] for r in rows]
 
 
+def test_serve_generate_writes_what_evaluate_scored_and_refuses_causal_lm_options(scratch_run):
+    from fastapi.testclient import TestClient
+
+    from warmstart.config import ServeConfig
+    from warmstart.serving import ServedModel, create_app
+
+    served = ServedModel.load(str(scratch_run.run_dir), cpu=True)
+    assert served.kind == "text-to-text" and served.endpoints == ("generate",)
+    rows = [json.loads(line) for line in (scratch_run.run_dir / "predictions.jsonl").read_text().splitlines()][:3]
+    with TestClient(create_app(served, ServeConfig(model=served.name))) as api:
+        for r in rows:
+            answer = api.post("/generate", json={"prompt": r["source"]})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["completions"] == [r["prediction"]] and body["finish_reasons"] == [r["finish_reason"]]
+        cut = api.post("/generate", json={"prompt": rows[0]["source"], "max_new_tokens": 1}).json()
+        assert cut["finish_reasons"] == ["length"] and cut["completion_tokens"][0] <= 1
+        beams = api.post("/generate", json={"prompt": rows[0]["source"], "num_beams": 3})
+        assert beams.status_code == 200
+        assert beams.json()["completions"] == [served.text_to_text.write([rows[0]["source"]], num_beams=3)[0].text]
+        for options, field in (({"temperature": 0.7}, "temperature"), ({"chat": True}, "chat"),
+                               ({"stream": True}, "stream"), ({"num_return_sequences": 2}, "num_return_sequences")):
+            refused = api.post("/generate", json={"prompt": "abc", **options})
+            assert refused.status_code == 422 and field in refused.text and "text-to-text" in refused.text
+        assert api.post("/predict", json={"texts": ["abc"]}).status_code == 404
+
+
 @pytest.fixture(scope="module")
 def verses(tmp_path_factory) -> Path:
     """The first 150 English-Spanish verse pairs."""

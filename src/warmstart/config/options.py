@@ -192,6 +192,9 @@ class InstructionOptions:
                                      "'{source}' and a new line")
     chat: bool = opt(False, "causal-lm: send the templated source as a user message through the tokenizer's chat "
                             "template; the target is the assistant's reply")
+    system: str | None = opt(None, "causal-lm --chat: the system message of every training prompt (saved with the "
+                                   "model: generate and serve use it unless given another); default: the chat "
+                                   "template's own")
     packing: bool = opt(False, "causal-lm: pack several short examples into each training row of up to "
                                "--max-length tokens (positions restart per example, and attention does not cross "
                                "examples in models that read packed rows from their positions, as Llama and GPT-2 "

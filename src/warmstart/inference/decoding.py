@@ -229,19 +229,26 @@ class Streamer(TextStreamer):
 
 def complete_texts(lm: CausalLM, ids: list[list[int]], max_new_tokens: int, batch_size: int, num_beams: int = 1,
                    progress: bool = False) -> list[str]:
-    """The completion of each prompt (token ids) without sampling: greedy, or beam search with ``num_beams``; at
-    most ``max_new_tokens`` each, said outright (never generate's default of 20). Prompts of similar length are
-    batched together; texts come back in the prompts' order. For scoring generated text (finetune --task causal-lm)."""
+    """The completion of each prompt (token ids): see ``complete_all``."""
+    return [g.completions[0] for g in complete_all(lm, ids, max_new_tokens, batch_size, num_beams, progress)]
+
+
+def complete_all(lm: CausalLM, ids: list[list[int]], max_new_tokens: int, batch_size: int, num_beams: int = 1,
+                 progress: bool = False) -> list[Generation]:
+    """Each prompt (token ids) completed without sampling: greedy, or beam search with ``num_beams``; at most
+    ``max_new_tokens`` each, said outright (never generate's default of 20). Prompts of similar length are
+    batched together; results come back in the prompts' order. For scoring generated text (finetune --task
+    causal-lm, evaluate and predict on an instruction-tuned model)."""
     eos = sorted(eos_ids(lm))
     gen_config = GenerationConfig(do_sample=False, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                   pad_token_id=lm.tokenizer.pad_token_id, eos_token_id=eos)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    texts: list[str] = [""] * len(ids)
+    out: list[Generation | None] = [None] * len(ids)
     from tqdm.auto import tqdm
 
     for k in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", disable=not progress, leave=False):
         batch = order[k:k + batch_size]
         gens = complete(lm, [""] * len(batch), [ids[i] for i in batch], [max_new_tokens] * len(batch), gen_config, [])
         for i, g in zip(batch, gens):
-            texts[i] = g.completions[0]
-    return texts
+            out[i] = g
+    return [g for g in out if g is not None]

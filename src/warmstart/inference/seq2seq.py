@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from warmstart.data.batching import IGNORE, Encoded, sorted_batches
 from warmstart.errors import UserError
+from warmstart.inference.decoding import complete_all
+from warmstart.models.causal import CausalLM
 from warmstart.models.device import pick_device
 from warmstart.models.registry import load_config, load_tokenizer, max_length_of, resolve
 
@@ -122,3 +124,44 @@ class TextToText:
               batch_size: int | None = None, progress: bool = False) -> list[Written]:
         return write_texts(self.model, self.tokenizer, sources, self.max_length, max_new_tokens or self.max_new_tokens,
                            num_beams, batch_size or 32, progress=progress)
+
+
+def instruction_tuned(config: object) -> bool:
+    """A causal LM from `finetune --task causal-lm`: its prompt format is saved in its config."""
+    return getattr(config, "instruction_template", None) is not None
+
+
+@dataclass
+class InstructionWriter:
+    """A causal LM tuned by `finetune --task causal-lm` writing the target of each source, prompted as it was
+    trained (its template, chat and system message, from its config) and decoded as its test pass decoded: the
+    same ``write`` as TextToText, for evaluate and predict."""
+
+    path: str
+    lm: CausalLM
+    max_length: int
+    max_new_tokens: int  # the model's saved default (finetune: 1.5x its longest training completion)
+
+    @classmethod
+    def load(cls, name: str, cpu: bool = False, precision: str = "auto",
+             max_length: int | None = None) -> InstructionWriter:
+        lm = CausalLM.load(name, cpu, precision)
+        config = lm.model.config
+        window = max_length or getattr(config, "train_max_length", None) or lm.max_positions or 1024
+        return cls(lm.path, lm, window, getattr(lm.model.generation_config, "max_new_tokens", None) or 256)
+
+    def write(self, sources: list[str], max_new_tokens: int | None = None, num_beams: int = 1,
+              batch_size: int | None = None, progress: bool = False) -> list[Written]:
+        # The prompt's end is kept where it is too long, as in training: the completion starts there.
+        ids = [self.lm.prompt_ids(s)[-(self.max_length - 1):] for s in sources]
+        gens = complete_all(self.lm, ids, max_new_tokens or self.max_new_tokens, batch_size or 32, num_beams,
+                            progress)
+        return [Written(g.completions[0], g.completion_tokens[0], g.finish_reasons[0]) for g in gens]
+
+
+def load_writer(name: str, cpu: bool = False, precision: str = "auto",
+                max_length: int | None = None) -> TextToText | InstructionWriter:
+    """What evaluate and predict run on text pairs: an encoder-decoder, or an instruction-tuned causal LM."""
+    if instruction_tuned(load_config(resolve(name))):
+        return InstructionWriter.load(name, cpu, precision, max_length)
+    return TextToText.load(name, cpu, precision, max_length)

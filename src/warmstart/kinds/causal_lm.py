@@ -84,6 +84,8 @@ class CausalLMTuning:
             raise UserError(f"model '{cfg.model}' is a {arch}, not a causal language model; --task causal-lm needs "
                             "a decoder-only model (smollm2, GPT-2, Llama, Qwen...); for an encoder-decoder use "
                             "--task seq2seq")
+        if cfg.system is not None and not cfg.chat:
+            raise UserError("--system is the system message of the chat template: it needs --chat")
         self.template = cfg.template if cfg.template is not None else ("{source}" if cfg.chat else "{source}\n")
         if "{source}" not in self.template:
             raise UserError(f"--template '{cfg.template}' has no {{source}}: it must say where the source text goes")
@@ -143,7 +145,8 @@ class CausalLMTuning:
             raise UserError("the model's tokenizer has no end-of-sequence token, so a completion cannot be ended")
         part = self.parts[role]
         chat = bool(cfg and cfg.chat)
-        prompts = [instruction_ids(tokenizer, s, self.template, chat) for s in part.sources]
+        system = cfg.system if cfg else None
+        prompts = [instruction_ids(tokenizer, s, self.template, chat, system) for s in part.sources]
         completions = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                        for t in part.targets]
         # Generation keeps the prompt's end (where the completion starts), within the window.
@@ -220,6 +223,7 @@ class CausalLMTuning:
             # The instruction format goes with the model: generate and serve prompt it as it was trained.
             model.config.instruction_template = self.template
             model.config.instruction_chat = bool(cfg.chat)
+            model.config.instruction_system = cfg.system
             model.config.train_max_length = cfg.max_length
             gc = model.generation_config
             gc.max_new_tokens, gc.pad_token_id = self.max_new_tokens, tokenizer.pad_token_id

@@ -71,9 +71,11 @@ class CausalLM:
     def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
         """The token ids the model continues for ``prompt``: in the instruction format a model tuned by
         `finetune --task causal-lm` was trained with (its template and chat, saved in its config), and through the
-        chat template when ``chat`` asks; `generate` and the server's /generate both read prompts here."""
+        chat template when ``chat`` asks (with the system message it was trained with, unless ``system`` is
+        another); `generate` and the server's /generate both read prompts here."""
         config = self.model.config
         template = getattr(config, "instruction_template", None)
+        system = system if system is not None else getattr(config, "instruction_system", None)
         return instruction_ids(self.tokenizer, prompt, template, chat or bool(getattr(config, "instruction_chat",
                                                                                          False)), system, self.name)
 

@@ -88,13 +88,15 @@ def has_tagger_head(config: object) -> bool:
 
 
 def kind(config: object) -> str:
-    """classifier, nli (a classifier whose labels include entailment), tagger (a token classifier), causal-lm
-    or encoder."""
+    """classifier, nli (a classifier whose labels include entailment), tagger (a token classifier), text-to-text
+    (an encoder-decoder: BART, T5, Marian...), causal-lm or encoder."""
     if has_tagger_head(config):
         return "tagger"
     if has_classifier_head(config):
         labels = [str(x).lower() for x in (getattr(config, "label2id", None) or {})]
         return "nli" if any(x.startswith("entail") for x in labels) else "classifier"
+    if getattr(config, "is_encoder_decoder", False):
+        return "text-to-text"
     return "causal-lm" if is_causal(config) else "encoder"
 
 

@@ -257,11 +257,19 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
                             "description": "the result; with stream, server-sent events (token..., done)"}},
             tags=["model"])
         async def generate(req: GenerateRequest, request: Request):
-            """Continue a prompt (greedy, sampling or beam search); ``stream: true`` sends tokens as they come."""
+            """Continue a prompt (greedy, sampling or beam search); ``stream: true`` sends tokens as they come. A
+            text-to-text model writes its output for the prompt (greedy or beam search)."""
             if len(req.prompt) > cfg.max_text_chars:
                 raise ApiError(413, f"prompt has {len(req.prompt)} characters, more than this server's limit of "
                                     f"{cfg.max_text_chars}", "prompt")
             loop = asyncio.get_running_loop()
+            if served.text_to_text is not None:
+                try:
+                    text = generation.prepare_text(served.text_to_text, req.model_dump(), cfg.max_new_tokens)
+                except generation.RequestError as e:
+                    raise ApiError(e.status, e.message, e.field) from None
+                return asdict(await loop.run_in_executor(generate_pool, generation.run_text, served.text_to_text,
+                                                         text))
             try:
                 # In the generation thread too: a fast tokenizer must not be used from two threads at once.
                 prepared = await loop.run_in_executor(generate_pool, generation.prepare, served.causal_lm,

@@ -4,7 +4,8 @@
 - a tagger (a ...ForTokenClassification checkpoint from `finetune --task tokens`): /tag, /embed;
 - an NLI classifier (its labels include entailment): also /zeroshot (method nli);
 - a plain encoder (e.g. minilm): /embed, /zeroshot (method similarity);
-- a causal LM (smollm2, GPT-2 folders...): /generate, /embed (last-token pooling), /zeroshot (method prompt).
+- a causal LM (smollm2, GPT-2 folders...): /generate, /embed (last-token pooling), /zeroshot (method prompt);
+- a text-to-text model (an encoder-decoder from `finetune --task seq2seq`): /generate (its output for the prompt).
 
 The part each endpoint needs is loaded on its first use (the embedder, a zero-shot method): a causal LM
 served only for /generate never holds a second copy of its weights.
@@ -22,6 +23,7 @@ from warmstart.data.tables import Examples
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier, label_records
 from warmstart.inference.features import Embedder
+from warmstart.inference.seq2seq import TextToText
 from warmstart.inference.tagger import Tagger
 from warmstart.lowshot.zeroshot import load_method
 from warmstart.models.causal import CausalLM
@@ -34,12 +36,15 @@ ENDPOINTS = {
     "nli": ("predict", "embed", "zeroshot"),
     "encoder": ("embed", "zeroshot"),
     "causal-lm": ("generate", "embed", "zeroshot"),
+    "text-to-text": ("generate",),
 }
 ZEROSHOT_METHOD = {"nli": "nli", "encoder": "similarity", "causal-lm": "prompt"}
 DESCRIPTION = {"classifier": "a text classifier", "tagger": "a token tagger", "nli": "an NLI classifier",
-               "encoder": "a plain encoder", "causal-lm": "a causal language model"}
+               "encoder": "a plain encoder", "causal-lm": "a causal language model",
+               "text-to-text": "a text-to-text model"}
 NEEDS = {"predict": "a fine-tuned classifier (warmstart finetune)",
-         "tag": "a tagger (warmstart finetune --task tokens)", "generate": "a causal language model",
+         "tag": "a tagger (warmstart finetune --task tokens)",
+         "generate": "a causal language model or a text-to-text model",
          "zeroshot": "an NLI classifier, an encoder or a causal language model",
          "embed": "an encoder, a classifier or a causal language model"}
 
@@ -54,6 +59,7 @@ class ServedModel:
     classifier: Classifier | None = None  # for /predict
     tagger: Tagger | None = None  # for /tag
     causal_lm: CausalLM | None = None  # for /generate
+    text_to_text: TextToText | None = None  # for /generate
     _parts: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -76,6 +82,8 @@ class ServedModel:
                                         stride=stride)
         elif served.kind == "causal-lm":
             served.causal_lm = CausalLM.load(served.source, cpu=cpu)
+        elif served.kind == "text-to-text":
+            served.text_to_text = TextToText.load(path, cpu, max_length=max_length)
         return served
 
     def refuse_long_text_options(self, long_text: str | None, stride: int | None,
@@ -117,6 +125,8 @@ class ServedModel:
             return int((self.classifier or self.tagger).max_length)
         if self.causal_lm is not None:
             return self.causal_lm.max_positions
+        if self.text_to_text is not None:
+            return self.text_to_text.max_length
         embedder = self._parts.get("embed")  # a plain encoder: known once /embed has loaded it
         return int(embedder.max_length) if embedder is not None else self.max_length
 

@@ -17,7 +17,7 @@ from warmstart.data.targets import LabelSet, label_sets, numeric_targets
 from warmstart.errors import UserError
 from warmstart.inference.calibration import expected_calibration_error
 from warmstart.inference.classifier import Classifier
-from warmstart.inference.seq2seq import TextToText
+from warmstart.inference.seq2seq import instruction_tuned, load_writer
 from warmstart.inference.tagger import Tagger
 from warmstart.metrics import (
     classification_metrics,
@@ -52,10 +52,11 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs) -> EvaluateResult:
     config = load_config(resolve(cfg.model))
     pair_only = given_flags(cfg, ("source_column", "target_column", "metrics", "max_new_tokens", "num_beams",
                                   "predictions"))
-    if is_encoder_decoder(config):
+    if is_encoder_decoder(config) or instruction_tuned(config):
         return evaluate_text_to_text(cfg)
     if pair_only:
-        raise UserError(f"{', '.join(pair_only)} only apply to text-to-text models (finetune --task seq2seq)")
+        raise UserError(f"{', '.join(pair_only)} only apply to text-to-text models (finetune --task seq2seq or "
+                        "causal-lm)")
     tagger = kind(config) == "tagger"
     # --stride applies to both: a tagger's windows, and a classifier's with --long-text chunk (Classifier.load).
     sequence_only = given_flags(cfg, ("text_column", "text_pair_column", "label_column", "label_separator", "long_text",
@@ -87,7 +88,7 @@ def evaluate_text_to_text(cfg: EvaluateConfig) -> EvaluateResult:
     names = text_metric_names(cfg.metrics)
     # A source given twice (a word with two pronunciations) is written once and right when it is either target.
     pairs, refs = read_pairs(cfg.data, cfg.source_column, cfg.target_column, limit=cfg.limit).distinct()
-    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
+    t2t = load_writer(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
     t0 = time.time()
     written = t2t.write(pairs.sources, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, cfg.progress)
     seconds = time.time() - t0

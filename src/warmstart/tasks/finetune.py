@@ -54,7 +54,8 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
         refuse_inapplicable(cfg, ("lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"),
                             "full fine-tuning: give --lora-r N for LoRA")
     if cfg.task != "causal-lm":
-        refuse_inapplicable(cfg, ("template", "chat", "packing"), f"--task {cfg.task} (they are for --task causal-lm)")
+        refuse_inapplicable(cfg, ("template", "chat", "system", "packing"),
+                            f"--task {cfg.task} (they are for --task causal-lm)")
     if cfg.task in ("sequence", "tokens"):
         refuse_inapplicable(cfg, TEXT_TO_TEXT_OPTIONS,
                             f"--task {cfg.task} (they are for text to text: --task seq2seq or causal-lm)")

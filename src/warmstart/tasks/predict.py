@@ -13,7 +13,7 @@ from warmstart.data.output import format_records, format_tagged
 from warmstart.data.texts import read_texts, read_words
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier
-from warmstart.inference.seq2seq import TextToText
+from warmstart.inference.seq2seq import instruction_tuned, load_writer
 from warmstart.inference.tagger import Tagged, Tagger
 from warmstart.models.registry import kind, load_config, resolve
 from warmstart.models.seq2seq import is_encoder_decoder
@@ -46,7 +46,7 @@ def format_predictions(preds: list[Prediction], fmt: str) -> str:
 def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] | list[Tagged]:
     cfg = make(PredictConfig, config, kwargs)
     model_config = load_config(resolve(cfg.model))
-    if is_encoder_decoder(model_config):
+    if is_encoder_decoder(model_config) or instruction_tuned(model_config):
         return write(cfg)
     refuse_inapplicable(cfg, ("max_new_tokens", "num_beams"), "a classifier or tagger (they are for text-to-text "
                                                               "models)")
@@ -69,7 +69,8 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
 
 
 def write(cfg: PredictConfig) -> list[Prediction]:
-    """A text-to-text model writes an output for every text."""
+    """A text-to-text model (an encoder-decoder, or a causal LM from `finetune --task causal-lm`, prompted as it was
+    trained) writes an output for every text."""
     if cfg.format == "conll":
         raise UserError("--format conll is for taggers (models from `finetune --task tokens`)")
     refuse_inapplicable(cfg, ("aggregation", "long_text", "chunk_aggregation", "stride", "text_pair_column"),
@@ -77,7 +78,7 @@ def write(cfg: PredictConfig) -> list[Prediction]:
     if distributed.is_distributed():
         raise UserError("predict with a text-to-text model runs in one process")
     ex = read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit)
-    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
+    t2t = load_writer(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
     written = t2t.write(ex.texts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, cfg.progress)
     preds = [Prediction(text, output=w.text) for text, w in zip(ex.texts, written)]
     if cfg.out:
