@@ -2,11 +2,12 @@
 
 Tasks: g2p (CMUdict spelling → ARPAbet phonemes, ../shared/data/cmudict/cmudict.dict, words shuffled with seed 0,
 the last --test held out) or mt (English → Spanish verses, ../shared/data/bible-en-es/verses.tsv, the last --test
-held out). Model: a BART of --size built once from the training pairs (--tokenizer char for g2p, byte-level BPE for
-mt) and saved, so both start from the same weights and tokenizer; or --model FOLDER (an encoder-decoder, e.g. a
+held out). Model: a BART of --size built once from the training pairs (--tokenizer symbols for g2p, byte-level BPE
+for mt) and saved, so both start from the same weights and tokenizer; or --model FOLDER (an encoder-decoder, e.g. a
 `pretrain --objective denoise` run).
   1. HF recipe: Seq2SeqTrainer + DataCollatorForSeq2Seq + predict_with_generate (greedy, max_new_tokens as ours);
-  2. warmstart finetune --task seq2seq with the same batch size, learning rate, epochs and fp32.
+  2. warmstart finetune --task seq2seq with the same batch size, learning rate, epochs and fp32 (and with --auto,
+     its default --precision auto as a third row).
 Prints training samples/s (the training loop), the test metrics (WER and CER for g2p: word error is a wrong
 pronunciation, phoneme error the WER over phonemes; BLEU and chrF for mt) and the ratio of samples/s.
 
@@ -95,9 +96,9 @@ def recipe(folder: str, train: Pairs, test: Pairs, args, new_tokens: int, out: P
             **text_metrics(texts, test.targets, METRICS[args.task])}
 
 
-def ours(folder: str, train_file: str, test_file: str, args, out: Path) -> dict:
+def ours(folder: str, train_file: str, test_file: str, args, out: Path, precision: str = "fp32") -> dict:
     r = warmstart.finetune(task="seq2seq", data=train_file, test=test_file, model=folder, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, precision="fp32",
+                           batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, precision=precision,
                            metrics=",".join(METRICS[args.task]), out=str(out), overwrite=True, progress=False)
     m = r.metrics
     return {"samples_per_s": m["train_samples_per_second"], "seconds": m["train_loop_seconds"],
@@ -116,16 +117,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--size", choices=("tiny", "small"), default="small")
+    ap.add_argument("--size", choices=("tiny", "mini", "small"), default="small")
     ap.add_argument("--model", help="an encoder-decoder folder to start both from (default: a new BART)")
     ap.add_argument("--skip-recipe", action="store_true")
+    ap.add_argument("--auto", action="store_true", help="also warmstart with --precision auto (bf16 where faster)")
     args = ap.parse_args()
     train, test = pairs_of(args.task, args.train, args.test)
     work = Path(tempfile.mkdtemp(prefix="text2text-"))
     folder = args.model
     if folder is None:
         torch.manual_seed(42)
-        model, tok = new_bart(train.sources + train.targets, "char" if args.task == "g2p" else "bpe", args.size,
+        model, tok = new_bart(train.sources + train.targets, "symbols" if args.task == "g2p" else "bpe", args.size,
                               8000, args.max_length)
         folder = str(work / "start")
         model.save_pretrained(folder)
@@ -143,16 +145,22 @@ def main() -> None:
     if not args.skip_recipe:
         rows["HF recipe (Seq2SeqTrainer, predict_with_generate)"] = recipe(folder, train, test, args, new_tokens,
                                                                           work / "recipe")
-    rows["warmstart finetune --task seq2seq"] = ours(folder, train_file, test_file, args, work / "ours")
+    rows["warmstart finetune --task seq2seq (fp32, as the recipe)"] = ours(folder, train_file, test_file, args,
+                                                                          work / "ours")
+    if args.auto:
+        rows["warmstart, --precision auto (its default)"] = ours(folder, train_file, test_file, args,
+                                                                work / "auto", "auto")
     names = METRICS[args.task]
     print(f"| run | samples/s | training s | {' | '.join(names)} |\n|---|---|---|" + "---|" * len(names))
     for name, r in rows.items():
         print(f"| {name} | {r['samples_per_s']:.1f} | {r['seconds']:.0f} | "
               + " | ".join(f"{r[k]:.4f}" if k in ("cer", "wer", "exact_match") else f"{r[k]:.2f}" for k in names)
               + " |")
-    if len(rows) == 2:
-        a, b = rows.values()
-        print(f"training speed ratio (warmstart / recipe): {b['samples_per_s'] / max(a['samples_per_s'], 1e-9):.2f}x")
+    if len(rows) >= 2:
+        base = next(iter(rows.values()))
+        for name, r in list(rows.items())[1:]:
+            ratio = r["samples_per_s"] / max(base["samples_per_s"], 1e-9)
+            print(f"training speed ratio ({name} / recipe): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

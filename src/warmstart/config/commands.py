@@ -81,7 +81,8 @@ class PretrainConfig(TrainOptions):
     limit: int | None = opt(None, "read only the first N documents", ge=1)
     model: str | None = opt(None, "model to continue pre-training: alias (minilm, smollm2), folder or cached id")
     from_scratch: bool = opt(False, "a new model from a --size preset and a tokenizer trained on the corpus")
-    size: str = opt("small", "preset for --from-scratch", choices=("tiny", "small"))
+    size: str = opt("small", "preset for --from-scratch (tiny: 2 layers of 64; mini: 6 of 256; small: 6 of 384)",
+                    choices=("tiny", "mini", "small"))
     vocab_size: int = opt(8000, "vocabulary of the tokenizer trained with --from-scratch", ge=100)
     block_size: int = opt(128, "tokens per training sequence (texts are packed into blocks of this length)", ge=1)
     whole_word_mask: bool = opt(False, "mask whole words rather than word pieces (mlm, mlm+nsp)")

@@ -133,8 +133,9 @@ class Seq2SeqOptions:
                                 "character (transliteration); symbols: characters, but a whitespace-separated "
                                 "symbol seen 20+ times is one token (spelling to phonemes)",
                          choices=("bpe", "char", "symbols"))
-    size: str = opt("tiny", "seq2seq --from-scratch: model preset (tiny: 2 layers of 64; small: 6 of 384)",
-                    choices=("tiny", "small"))
+    size: str = opt("tiny", "seq2seq --from-scratch: model preset (tiny: 2 layers of 64; mini: 6 of 256; small: 6 "
+                            "of 384; BART's layers half in the encoder, half in the decoder)",
+                    choices=("tiny", "mini", "small"))
     vocab_size: int = opt(8000, "seq2seq --from-scratch --tokenizer bpe: vocabulary size", ge=300, le=1_000_000)
     eval_samples: int | None = opt(None, "seq2seq: generate and score only the first N valid pairs each epoch "
                                          "(generation is the slow part; the valid loss covers them all)", ge=1)

@@ -37,6 +37,9 @@ KIND: dict[str, str] = {"gpt2": "bpe", "bert": "wordpiece", "bart": "bpe"}
 # smoke runs), small 13.9–15.9M (MiniLM-L6's shape); GPT-2 lowest, BART highest.
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"layers": 2, "hidden": 64, "heads": 2, "ffn": 256},
+    # Between the two: about half of small's compute a token, for small vocabularies and many epochs (spelling to
+    # phonemes), where passes over the data matter more than width.
+    "mini": {"layers": 6, "hidden": 256, "heads": 4, "ffn": 1024},
     "small": {"layers": 6, "hidden": 384, "heads": 6, "ffn": 1536},
 }
 
@@ -154,7 +157,7 @@ def symbol_tokenizer(texts: Sequence[str], max_length: int = 512, min_count: int
                                    clean_up_tokenization_spaces=False)
 
 
-def preset(arch: Arch, size: Literal["tiny", "small"], tokenizer: PreTrainedTokenizerFast,
+def preset(arch: Arch, size: Literal["tiny", "mini", "small"], tokenizer: PreTrainedTokenizerFast,
            max_length: int) -> PretrainedConfig:
     """A GPT2Config, BertConfig or BartConfig of the given size, sized to the tokenizer's vocabulary and
     with ``max_length`` positions, its special-token ids taken from the tokenizer.
