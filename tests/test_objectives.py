@@ -77,11 +77,11 @@ def test_train_tokenizer_refuses_a_mismatched_model_and_empty_texts(reviews):
     assert "no text" in _error(scratch.train_tokenizer, "wordpiece", ["  ", ""])
 
 
-def test_tiny_and_small_presets_have_their_intended_parameter_counts(toks):
+def test_tiny_mini_and_small_presets_have_their_intended_parameter_counts(toks):
     counts = {}
     for arch, cls in (("gpt2", transformers.GPT2LMHeadModel), ("bert", transformers.BertForPreTraining),
                       ("bart", transformers.BartForConditionalGeneration)):
-        for size in ("tiny", "small"):
+        for size in ("tiny", "mini", "small"):
             config = scratch.preset(arch, size, toks[arch], 128)
             assert config.vocab_size == len(toks[arch])
             counts[arch, size] = sum(p.numel() for p in cls(config).parameters())
@@ -89,7 +89,8 @@ def test_tiny_and_small_presets_have_their_intended_parameter_counts(toks):
     for arch in ("gpt2", "bert", "bart"):
         assert 0.2e6 < counts[arch, "tiny"] < 1.5e6, counts
         assert 10e6 < counts[arch, "small"] < 20e6, counts
-    assert "tiny, small" in _error(scratch.preset, "bert", "huge", toks["bert"], 128)
+        assert 4e6 < counts[arch, "mini"] < 0.6 * counts[arch, "small"], counts
+    assert "tiny, mini, small" in _error(scratch.preset, "bert", "huge", toks["bert"], 128)
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
