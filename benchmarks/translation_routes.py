@@ -78,9 +78,10 @@ def run(route: str, args, work: Path) -> dict:
     extra: list[str] = ["--eval-samples", str(args.eval_samples), "--max-test-samples", str(args.test)]
     if route == "pretrain":
         bart = work / "bart"
-        warmstart("pretrain", "--objective", "denoise", "--from-scratch", "--size", "small", "--data",
-                  str(corpus(work)), "--max-steps", str(args.pretrain_steps), "--batch-size", "32", "--block-size",
-                  "128", "--no-progress", "--overwrite", "--out", str(bart))
+        if not (bart / "metrics.json").is_file():  # a finished pre-training in --work is reused
+            warmstart("pretrain", "--objective", "denoise", "--from-scratch", "--size", "small", "--data",
+                      str(corpus(work)), "--max-steps", str(args.pretrain_steps), "--batch-size", "32",
+                      "--block-size", "128", "--no-progress", "--overwrite", "--out", str(bart))
         extra += ["--model", str(bart)]
     steps = steps_for(route, args, work, extra)
     out = work / route

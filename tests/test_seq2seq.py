@@ -260,6 +260,19 @@ def test_generate_and_predict_write_what_evaluate_scored(scratch_run, capsys):
         [r["prediction"] for r in rows]
 
 
+def test_outputs_stop_where_the_decoders_positions_end():
+    """A BART pre-trained with 16 positions asked for 40 new tokens writes 15 (its start token takes one) and says
+    it was cut, rather than indexing past its position table."""
+    from warmstart.inference.seq2seq import write_texts
+    from warmstart.models.seq2seq import new_bart
+
+    model, tok = new_bart(["abc", "hello world"] * 5, "char", "tiny", 8000, 16)
+    with torch.no_grad():
+        model.final_logits_bias[0, tok.convert_tokens_to_ids("a")] = 100.0  # never ends by itself
+    written = write_texts(model, tok, ["hello"], 16, 40)
+    assert written[0].tokens == 15 and written[0].finish_reason == "length" and written[0].text == "a" * 15
+
+
 def test_serve_generate_writes_what_evaluate_scored_and_refuses_causal_lm_options(scratch_run):
     from fastapi.testclient import TestClient
 

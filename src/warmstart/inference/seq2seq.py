@@ -33,6 +33,19 @@ class Written:
     finish_reason: str
 
 
+def decoder_positions(config: object) -> int | None:
+    """How many positions the decoder can read (learned position tables: BART, Marian, a BERT2BERT's decoder),
+    or None where positions are relative (T5): a longer output would index past the table."""
+    n = getattr(getattr(config, "decoder", None) or config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def new_token_limit(config: object, wanted: int) -> int:
+    """``wanted`` new tokens, or fewer where the decoder's positions end first (its start token takes one)."""
+    n = decoder_positions(config)
+    return max(1, min(wanted, n - 1)) if n else wanted
+
+
 def write_texts(model, tokenizer, sources: list[str], max_length: int, max_new_tokens: int, num_beams: int = 1,
                 batch_size: int = 32, device: torch.device | None = None, autocast: Callable | None = None,
                 progress: bool = False, desc: str = "generate") -> list[Written]:
@@ -43,7 +56,7 @@ def write_texts(model, tokenizer, sources: list[str], max_length: int, max_new_t
     ids = tokenizer(sources, truncation=True, max_length=max_length, return_attention_mask=False,
                     return_token_type_ids=False)["input_ids"]
     gen = copy.deepcopy(model.generation_config)
-    gen.max_new_tokens, gen.max_length, gen.min_length = max_new_tokens, None, 0
+    gen.max_new_tokens, gen.max_length, gen.min_length = new_token_limit(model.config, max_new_tokens), None, 0
     gen.num_beams, gen.do_sample, gen.num_return_sequences = num_beams, False, 1
     gen.early_stopping = num_beams > 1  # beam search stops when every beam has ended
     for key in ("temperature", "top_k", "top_p"):  # sampling settings a checkpoint may carry; unused here

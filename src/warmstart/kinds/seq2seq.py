@@ -22,7 +22,7 @@ from warmstart.data.batching import IGNORE, Encoded
 from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
-from warmstart.inference.seq2seq import TextToText, Written, target_loss, write_texts
+from warmstart.inference.seq2seq import TextToText, Written, new_token_limit, target_loss, write_texts
 from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
 from warmstart.models.registry import load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
@@ -130,8 +130,9 @@ class Seq2Seq:
             # Saved in the model's generation_config.json: evaluate, predict, generate and plain transformers'
             # generate() default to it.
             longest = max(len(x) for x in labels)
-            self.model.generation_config.max_new_tokens = cfg.max_new_tokens if cfg and cfg.max_new_tokens else \
-                max(1, min(math.ceil(NEW_TOKENS_FACTOR * longest), NEW_TOKENS_CAP))
+            self.model.generation_config.max_new_tokens = new_token_limit(
+                self.model.config, cfg.max_new_tokens if cfg and cfg.max_new_tokens else
+                max(1, min(math.ceil(NEW_TOKENS_FACTOR * longest), NEW_TOKENS_CAP)))
         return Encoded({"input_ids": enc["input_ids"], "labels": labels})
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
