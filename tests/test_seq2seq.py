@@ -260,6 +260,15 @@ def test_generate_and_predict_write_what_evaluate_scored(scratch_run, capsys):
         [r["prediction"] for r in rows]
 
 
+@pytest.mark.parametrize("flags, named", [(["--temperature", "0.7"], "--temperature"), (["--chat"], "--chat"),
+                                          (["--repetition-penalty", "1.2"], "--repetition-penalty"),
+                                          (["--num-return-sequences", "2"], "--num-return-sequences")])
+def test_generate_refuses_causal_lm_options_for_a_text_to_text_model(scratch_run, capsys, flags, named):
+    assert main(["generate", "--model", str(scratch_run.run_dir), "abc", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "text-to-text" in err[0], err
+
+
 def test_outputs_stop_where_the_decoders_positions_end():
     """A BART pre-trained with 16 positions asked for 40 new tokens writes 15 (its start token takes one) and says
     it was cut, rather than indexing past its position table."""

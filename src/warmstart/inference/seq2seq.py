@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from warmstart.data.batching import IGNORE, Encoded, sorted_batches
 from warmstart.errors import UserError
-from warmstart.inference.decoding import complete_all
+from warmstart.inference.decoding import DEFAULT_BEAMS, complete_all
 from warmstart.models.causal import CausalLM
 from warmstart.models.device import pick_device
 from warmstart.models.registry import load_config, load_tokenizer, max_length_of, resolve
@@ -31,6 +31,26 @@ class Written:
     text: str
     tokens: int
     finish_reason: str
+
+
+# What a text-to-text model does not do (it writes one output per text, greedy or with beam search): `generate`'s
+# flags and /generate's fields that only a causal LM honours, refused by name rather than ignored.
+CAUSAL_ONLY = ("max_length", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+               "no_repeat_ngram_size", "seed", "system")
+
+
+def causal_only_options(options: dict) -> list[str]:
+    """The options given in ``options`` (generate's config or a /generate request, as a dict) that a text-to-text
+    model cannot honour."""
+    refused = [k for k in CAUSAL_ONLY if options.get(k) is not None]
+    refused += [k for k in ("chat", "stream") if options.get(k)] + (["stop"] if options.get("stop") else [])
+    refused += ["num_return_sequences"] if (options.get("num_return_sequences") or 1) > 1 else []
+    return refused + (["strategy"] if options.get("strategy") == "sample" else [])
+
+
+def beams_of(options: dict) -> int:
+    """Beams for a text-to-text request: num_beams, else DEFAULT_BEAMS for strategy beam, else greedy."""
+    return options.get("num_beams") or (DEFAULT_BEAMS if options.get("strategy") == "beam" else 1)
 
 
 def decoder_positions(config: object) -> int | None:

@@ -17,7 +17,6 @@ from typing import Any
 from warmstart.config import GenerateConfig, build
 from warmstart.errors import UserError
 from warmstart.inference.decoding import (
-    DEFAULT_BEAMS,
     Generation,
     Streamer,
     check_options,
@@ -27,7 +26,7 @@ from warmstart.inference.decoding import (
     strategy,
     token_budget,
 )
-from warmstart.inference.seq2seq import TextToText
+from warmstart.inference.seq2seq import TextToText, beams_of, causal_only_options
 from warmstart.models.causal import CausalLM
 
 logger = logging.getLogger("warmstart.serving")
@@ -88,11 +87,6 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
     return Prepared(cfg, stops, prompt, ids, min(budget, max_new_tokens_limit))
 
 
-# What a text-to-text model does not do: it writes one output per prompt, greedy or with beam search.
-CAUSAL_ONLY = ("max_length", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
-               "no_repeat_ngram_size", "seed", "system")
-
-
 @dataclass
 class PreparedText:
     prompt: str
@@ -103,10 +97,7 @@ class PreparedText:
 def prepare_text(t2t: TextToText, options: dict[str, Any], max_new_tokens_limit: int) -> PreparedText:
     """Check one request for an encoder-decoder: the options `warmstart generate` accepts for one (a limit on new
     tokens, greedy or beam search); the others are refused by name rather than ignored."""
-    refused = [k for k in CAUSAL_ONLY if options.get(k) is not None]
-    refused += [k for k in ("chat", "stream") if options.get(k)] + (["stop"] if options.get("stop") else [])
-    refused += ["num_return_sequences"] if options.get("num_return_sequences", 1) > 1 else []
-    refused += ["strategy"] if options.get("strategy") == "sample" else []
+    refused = causal_only_options(options)
     if refused:
         raise RequestError(f"model is a text-to-text model: it writes one output per prompt, greedy or with "
                            f"num_beams; {', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for causal LMs",
@@ -115,7 +106,7 @@ def prepare_text(t2t: TextToText, options: dict[str, Any], max_new_tokens_limit:
     if asked is not None and asked > max_new_tokens_limit:
         raise RequestError(f"max_new_tokens must be at most {max_new_tokens_limit} on this server, got {asked}",
                            "max_new_tokens")
-    beams = options.get("num_beams") or (DEFAULT_BEAMS if options.get("strategy") == "beam" else 1)
+    beams = beams_of(options)
     if options.get("strategy") == "greedy" and beams > 1:
         raise RequestError("greedy decoding uses one beam: leave num_beams out or use strategy beam", "num_beams")
     return PreparedText(options["prompt"], asked or min(t2t.max_new_tokens, max_new_tokens_limit), beams)

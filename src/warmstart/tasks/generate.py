@@ -27,7 +27,7 @@ from warmstart.inference.decoding import (
     strategy,
     token_budget,
 )
-from warmstart.inference.seq2seq import TextToText
+from warmstart.inference.seq2seq import CAUSAL_ONLY, TextToText, beams_of, causal_only_options
 from warmstart.models.causal import CausalLM
 from warmstart.models.registry import ALIASES, load_config, resolve
 from warmstart.models.seq2seq import is_encoder_decoder
@@ -87,12 +87,15 @@ def text_to_text(cfg: GenerateConfig) -> bool:
 def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> list[Generation]:
     """An encoder-decoder's output for each text: greedy (or beam search with --num-beams), at most
     --max-new-tokens tokens (default: the model's saved limit)."""
-    if cfg.chat or cfg.system or cfg.stop or cfg.max_length is not None or strategy(cfg) == "sample" \
-            or cfg.num_return_sequences > 1:
-        raise UserError("a text-to-text model writes one output per text, greedy or with --num-beams; --chat, "
-                        "--system, --stop, --max-length, sampling and --num-return-sequences are for causal LMs")
+    # --stream is left out: it only says how the outputs reach a terminal.
+    options = {**{k: getattr(cfg, k) for k in CAUSAL_ONLY}, "chat": cfg.chat, "stop": cfg.stop,
+               "num_return_sequences": cfg.num_return_sequences, "strategy": strategy(cfg), "num_beams": cfg.num_beams}
+    refused = [f"--{k.replace('_', '-')}" for k in causal_only_options(options)]
+    if refused:
+        raise UserError(f"a text-to-text model writes one output per text, greedy or with --num-beams; "
+                        f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for causal LMs")
     t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision)
-    written = t2t.write(texts, cfg.max_new_tokens, cfg.num_beams or 1, cfg.batch_size, cfg.progress)
+    written = t2t.write(texts, cfg.max_new_tokens, beams_of(options), cfg.batch_size, cfg.progress)
     gens = [Generation(t, [w.text], len(t2t.tokenizer(t)["input_ids"]), [w.tokens], [w.finish_reason])
             for t, w in zip(texts, written)]
     if stream_to is not None:  # the CLI prints nothing more for a streamable config on a terminal
