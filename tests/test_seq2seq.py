@@ -89,6 +89,13 @@ def test_a_split_keeps_every_pronunciation_of_a_word_on_one_side(tmp_path):
     assert any(len(r) == 2 for r in refs)
 
 
+def test_a_split_that_leaves_a_part_empty_names_it(tmp_path):
+    path = tmp_path / "few.tsv"
+    path.write_text("src\ttgt\n" + "".join(f"{w}\t{w}{i}\n" for w in ("abc", "hello", "xyz") for i in range(10)))
+    with pytest.raises(UserError, match="few.tsv: --split '25,5' leaves the valid part empty: a source's rows"):
+        split_examples(read_pairs(str(path)), "25,5", False, 0)
+
+
 def test_the_symbols_tokenizer_makes_each_phoneme_one_token_and_spells_words():
     tok = symbol_tokenizer(["read R IY1 D", "ready R EH1 D IY0"] * 20 + ["xylophone"])
     phonemes = tok("R EH1 D IY0")["input_ids"]

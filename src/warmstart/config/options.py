@@ -159,6 +159,10 @@ class TrainOptions:
         0.0, "dropout on attention probabilities (none: keep the model's, 0.1 for BERT). 0 by default: with it, "
              "PyTorch's fused CPU attention falls back to a kernel ~7x slower; hidden dropout still regularises",
         ge=0, lt=1)
+    dropout: float | None = opt(
+        None, "dropout on hidden states: embeddings and residual branches (none: keep the model's, 0.1 for BERT, "
+              "BART and GPT-2). 0 can learn faster where training is short against the data, e.g. a few epochs "
+              "from scratch", ge=0, lt=1)
     max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (none: no clipping)", gt=0)
     seed: int = opt(42, "random seed for shuffling, initialisation and dropout", ge=0, le=4294967295)
     precision: str = opt("auto", "auto, fp32, bf16 or fp16 (auto: bf16 on GPUs that support it; on a CPU bf16 "

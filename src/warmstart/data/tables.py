@@ -282,6 +282,9 @@ def split_sizes(spec: str, n: int, source: str) -> list[int]:
     return sizes
 
 
+ROLES = ("train", "valid", "test")
+
+
 def split_examples(ex: Any, spec: str, shuffle: bool, seed: int) -> list[Any]:
     """``ex`` cut into the parts of --split (shuffled first with --shuffle). Where ``ex`` has ``group_keys`` (text
     pairs: their sources), rows of one key stay in one part, each cut moving forward to the end of a group: a
@@ -294,16 +297,17 @@ def split_examples(ex: Any, spec: str, shuffle: bool, seed: int) -> list[Any]:
         rank = np.random.default_rng(seed).permutation(len(group)) if shuffle else np.arange(len(group))
         order = np.array(sorted(range(len(ex)), key=lambda i: (rank[group[keys[i]]], i)), dtype=int)
     parts, start = [], 0
-    for size in split_sizes(spec, len(ex), ex.source):
+    for role, size in zip(ROLES, split_sizes(spec, len(ex), ex.source)):
         end = min(start + size, len(order))
         while keys is not None and 0 < end < len(order) and keys[order[end]] == keys[order[end - 1]]:
             end += 1
+        if size and end == start:
+            why = (f": a source's rows stay in one part, and the {len(set(keys))} distinct sources ran out"
+                   if keys is not None else "")
+            raise UserError(f"{ex.source}: --split '{spec}' leaves the {role} part empty{why}; give it more rows")
         parts.append(ex.take(order[start:end]))
         start = end
     return parts
-
-
-ROLES = ("train", "valid", "test")
 
 
 def load_splits(cfg, read: Callable[[str, int | None], Any] | None = None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from warmstart.models.registry import (
     load_tokenizer,
     max_length_of,
     resolve,
-    set_attention_dropout,
+    set_dropout,
 )
 from warmstart.models.sentence import sentence_settings
 
@@ -106,7 +106,7 @@ class Embedder:
         path = resolve(name)
         config = load_config(path)
         # For training (fewshot's SetFit): attention dropout sends CPU attention to a 7x slower kernel.
-        set_attention_dropout(config, attention_dropout)
+        set_dropout(config, (attention_dropout, None))
         try:
             model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
         except (OSError, ValueError) as e:

@@ -25,7 +25,7 @@ from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
 from warmstart.inference.decoding import complete_texts
 from warmstart.metrics import TEXT_METRICS, text_metrics
-from warmstart.models import ensure_pad_token, is_causal, load_config, load_tokenizer, resolve, set_attention_dropout
+from warmstart.models import dropout_of, ensure_pad_token, is_causal, load_config, load_tokenizer, resolve, set_dropout
 from warmstart.models.causal import CausalLM, instruction_ids
 from warmstart.runs import Run, atomic_write_text
 from warmstart.training.common import Job
@@ -127,7 +127,7 @@ class CausalLMTuning:
         from transformers import AutoModelForCausalLM
 
         config = load_config(path)
-        set_attention_dropout(config, cfg.attention_dropout)
+        set_dropout(config, dropout_of(cfg))
         model = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True, dtype=torch.float32)
         # Generation in evaluation reads prompts left-padded; training pads on the right (pad_rows).
         self.gen_tokenizer = load_tokenizer(path)

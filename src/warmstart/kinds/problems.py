@@ -22,7 +22,7 @@ from warmstart.inference.classifier import Classifier
 from warmstart.kinds.sequence import SequenceClassification, check_options
 from warmstart.metrics import best_thresholds, multilabel_metrics, regression_metrics, sigmoid
 from warmstart.models.classifier import load_classifier
-from warmstart.models.registry import load_config
+from warmstart.models.registry import dropout_of, load_config
 from warmstart.runs import Run
 
 
@@ -95,7 +95,7 @@ class MultiLabelClassification(ProblemKind):
         return f"multi-label: {len(self.labels.names)} labels, rows per label {counts}"
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
-        model = load_classifier(path, self.labels.names, self.labels.names, cfg.attention_dropout)
+        model = load_classifier(path, self.labels.names, self.labels.names, dropout_of(cfg))
         model.config.problem_type = HF_PROBLEM[self.problem]  # BCE-with-logits in the model's own forward
         model.config.label_separator = self.separator  # evaluate reads labelled files the same way
         return model
@@ -163,7 +163,7 @@ class Regression(ProblemKind):
                                             for k, n in enumerate(self.names))
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
-        model = load_classifier(path, self.names, self.names, cfg.attention_dropout)
+        model = load_classifier(path, self.names, self.names, dropout_of(cfg))
         model.config.problem_type = HF_PROBLEM[self.problem]  # MSE in the model's own forward
         if not cfg.resume:
             start_at_the_mean(model, self.y["train"].mean(0))

@@ -24,7 +24,7 @@ from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
 from warmstart.inference.seq2seq import TextToText, Written, new_token_limit, target_loss, write_texts
 from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
-from warmstart.models.registry import load_tokenizer, resolve
+from warmstart.models.registry import dropout_of, load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
 from warmstart.runs import Run, atomic_write_text
 from warmstart.training.common import Job, token_accuracy, token_loss
@@ -103,17 +103,17 @@ class Seq2Seq:
         if cfg.from_scratch:
             train = self.parts["train"]
             model, tokenizer = new_bart(train.sources + (train.targets or []), cfg.tokenizer, cfg.size,
-                                        cfg.vocab_size, cfg.max_length or 512)
+                                        cfg.vocab_size, cfg.max_length or 512, dropout_of(cfg))
             where = f"a new {cfg.size} BART, {cfg.tokenizer} tokenizer of {len(tokenizer)} tokens"
         else:
             where = resolve(cfg.model)
             tokenizer = load_tokenizer(where)
-            model = load_seq2seq(where, cfg.model, tokenizer, cfg.attention_dropout)
+            model = load_seq2seq(where, cfg.model, tokenizer, dropout_of(cfg))
         self.model, self.start = model, model.config.decoder_start_token_id
         return where, model, tokenizer
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
-        self.model = load_seq2seq(path, cfg.model, load_tokenizer(path), cfg.attention_dropout)
+        self.model = load_seq2seq(path, cfg.model, load_tokenizer(path), dropout_of(cfg))
         self.start = self.model.config.decoder_start_token_id
         return self.model
 

@@ -19,6 +19,7 @@ from warmstart.inference.batched import predict_logits
 from warmstart.inference.classifier import Classifier
 from warmstart.metrics import classification_metrics, cross_entropy, format_table
 from warmstart.models.classifier import load_classifier
+from warmstart.models.registry import dropout_of
 from warmstart.runs import Run
 from warmstart.training.common import Job
 
@@ -124,7 +125,7 @@ class SequenceClassification:
         return f"labels {self.labels.names}{skew}"
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
-        return load_classifier(path, self.labels.names, self.labels.values, cfg.attention_dropout)
+        return load_classifier(path, self.labels.names, self.labels.values, dropout_of(cfg))
 
     def encode(self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None) -> Encoded:
         return encode(tokenizer, self.parts[role], max_length, self.y[role], long_text=training_cut(cfg))

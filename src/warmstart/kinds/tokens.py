@@ -31,6 +31,7 @@ from warmstart.inference.batched import predict_logits
 from warmstart.inference.tagger import Tagger
 from warmstart.metrics import format_tagging_table, softmax, tagging_metrics
 from warmstart.models.classifier import load_classifier
+from warmstart.models.registry import dropout_of
 from warmstart.runs import Run
 from warmstart.training.common import Job, token_accuracy, token_loss
 
@@ -145,7 +146,7 @@ class TokenClassification:
         return f"token classification, {len(self.tags)} {what}{note}{unseen}{windowed}"
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
-        model = load_classifier(path, self.tags, None, cfg.attention_dropout, head="tokens")
+        model = load_classifier(path, self.tags, None, dropout_of(cfg), head="tokens")
         model.config.tag_scheme = self.scheme  # evaluate/predict/serve read entities the same way
         return model
 

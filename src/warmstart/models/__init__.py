@@ -14,6 +14,8 @@ from warmstart.models.device import auto_precision, pick_device
 from warmstart.models.registry import (
     ALIASES,
     KINDS,
+    Dropout,
+    dropout_of,
     ensure_pad_token,
     is_causal,
     kind,
@@ -21,8 +23,8 @@ from warmstart.models.registry import (
     load_tokenizer,
     max_length_of,
     resolve,
-    set_attention_dropout,
+    set_dropout,
 )
 
-__all__ = ["ALIASES", "KINDS", "auto_precision", "ensure_pad_token", "is_causal", "kind", "load_classifier",
-           "load_config", "load_tokenizer", "max_length_of", "pick_device", "resolve", "set_attention_dropout"]
+__all__ = ["ALIASES", "KINDS", "Dropout", "auto_precision", "dropout_of", "ensure_pad_token", "is_causal", "kind",
+           "load_classifier", "load_config", "load_tokenizer", "max_length_of", "pick_device", "resolve", "set_dropout"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from warmstart.errors import UserError
@@ -137,11 +137,26 @@ def max_length_of(tokenizer: PreTrainedTokenizerBase, config: object, requested:
 
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+# Dropout on hidden states (embeddings and residual branches): BERT, BART/Marian, GPT-2, T5, GPT-NeoX/Falcon.
+HIDDEN_DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "resid_pdrop", "embd_pdrop", "dropout_rate", "hidden_dropout")
+Dropout = tuple[float | None, float | None]  # (attention probabilities, hidden states); None keeps the model's
 
 
-def set_attention_dropout(config: object, value: float | None) -> None:
-    """Set attention-probability dropout under whichever name this architecture uses (None: keep)."""
-    if value is not None:
-        for key in ATTENTION_DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, value)
+def dropout_of(cfg: object) -> Dropout:
+    """The (attention, hidden) dropout a training config asks for."""
+    return getattr(cfg, "attention_dropout", None), getattr(cfg, "dropout", None)
+
+
+def set_dropout(config: object, dropout: Dropout = (None, None)) -> None:
+    """Set attention-probability and hidden-state dropout under whichever names this architecture uses (None:
+    keep), in an EncoderDecoderModel's two halves too. Call it before the model is built: layers copy the rate."""
+    parts = [c for c in [config] + [getattr(config, k, None) for k in ("encoder", "decoder")]
+             if isinstance(c, PretrainedConfig)]
+    for keys, value in zip((ATTENTION_DROPOUT_KEYS, HIDDEN_DROPOUT_KEYS), dropout):
+        found = [(part, key) for part in parts for key in keys if value is not None and hasattr(part, key)]
+        for part, key in found:
+            setattr(part, key, value)
+        if keys is HIDDEN_DROPOUT_KEYS and value is not None and not found:
+            raise UserError(f"--dropout: a {type(config).__name__} has no dropout on its hidden states to set "
+                            "(LoRA's own is --lora-dropout)")
+

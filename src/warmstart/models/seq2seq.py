@@ -26,7 +26,7 @@ from transformers import (
 
 from warmstart.errors import UserError
 from warmstart.models import scratch
-from warmstart.models.registry import is_causal, load_config, set_attention_dropout
+from warmstart.models.registry import Dropout, is_causal, load_config, set_dropout
 
 # EncoderDecoderModel warns on its first forward pass that since transformers 4.12 it derives the decoder's inputs
 # from the labels: the behaviour warmstart relies on, nothing for a user to act on.
@@ -38,16 +38,13 @@ def is_encoder_decoder(config: object) -> bool:
 
 
 def load_seq2seq(path: str, name: str, tokenizer: PreTrainedTokenizerBase,
-                 attention_dropout: float | None = None) -> torch.nn.Module:
+                 dropout: Dropout = (None, None)) -> torch.nn.Module:
     """The text-to-text model at ``path``: itself if it is an encoder-decoder, else warm-started from the encoder.
     A decoder-only model, or an encoder transformers cannot turn into a decoder, fails with one sentence."""
     config = load_config(path)
     arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     if is_encoder_decoder(config):
-        set_attention_dropout(config, attention_dropout)
-        for part in ("encoder", "decoder"):  # an EncoderDecoderModel keeps each half's config
-            if hasattr(config, part) and not isinstance(getattr(config, part), (int, float)):
-                set_attention_dropout(getattr(config, part), attention_dropout)
+        set_dropout(config, dropout)
         try:
             return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, local_files_only=True)
         except (OSError, ValueError) as e:
@@ -57,11 +54,11 @@ def load_seq2seq(path: str, name: str, tokenizer: PreTrainedTokenizerBase,
         raise UserError(f"model '{name}' is a {arch}, a decoder-only language model: --task seq2seq needs an "
                         "encoder-decoder (BART, T5, Marian) or an encoder to warm-start one from (BERT, RoBERTa); "
                         "fine-tune a decoder on pairs with --task causal-lm")
-    return warm_start(path, name, arch, tokenizer, attention_dropout)
+    return warm_start(path, name, arch, tokenizer, dropout)
 
 
 def warm_start(path: str, name: str, arch: str, tokenizer: PreTrainedTokenizerBase,
-               attention_dropout: float | None) -> EncoderDecoderModel:
+               dropout: Dropout) -> EncoderDecoderModel:
     """An EncoderDecoderModel whose encoder and decoder are both loaded from the encoder at ``path``."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -76,9 +73,9 @@ def warm_start(path: str, name: str, arch: str, tokenizer: PreTrainedTokenizerBa
     if start is None or end is None or tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of '{name}' has no start ([CLS] or <s>), end ([SEP] or </s>) or padding "
                         "token, which a decoder warm-started from it needs")
-    set_attention_dropout(enc_config, attention_dropout)
+    set_dropout(enc_config, dropout)
     dec_config = AutoConfig.from_pretrained(path, local_files_only=True, is_decoder=True, add_cross_attention=True)
-    set_attention_dropout(dec_config, attention_dropout)
+    set_dropout(dec_config, dropout)
     try:
         encoder = AutoModel.from_pretrained(path, config=enc_config, local_files_only=True)
         decoder = AutoModelForCausalLM.from_pretrained(path, config=dec_config, local_files_only=True)
@@ -96,8 +93,8 @@ def set_special_tokens(model: Any, start: int, end: int, pad: int) -> None:
     model.config.vocab_size = model.config.decoder.vocab_size
 
 
-def new_bart(texts: list[str], tokenizer_kind: str, size: str, vocab_size: int,
-             max_length: int) -> tuple[BartForConditionalGeneration, PreTrainedTokenizerBase]:
+def new_bart(texts: list[str], tokenizer_kind: str, size: str, vocab_size: int, max_length: int,
+             dropout: Dropout = (None, None)) -> tuple[BartForConditionalGeneration, PreTrainedTokenizerBase]:
     """A BART of the ``size`` preset with a tokenizer trained on ``texts`` (the training sources and targets):
     byte-level BPE, one token per character, or characters and recurring symbols (phonemes)."""
     if tokenizer_kind == "char":
@@ -107,6 +104,7 @@ def new_bart(texts: list[str], tokenizer_kind: str, size: str, vocab_size: int,
     else:
         tokenizer = scratch.train_tokenizer("bpe", texts, vocab_size=vocab_size, max_length=max_length, arch="bart")
     config = scratch.preset("bart", size, tokenizer, max_length)
+    set_dropout(config, dropout)
     # BART's own checkpoints force <s> as the first generated token; ours learns it from the labels.
     config.forced_bos_token_id = None
     return BartForConditionalGeneration(config), tokenizer

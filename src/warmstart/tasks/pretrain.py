@@ -33,13 +33,14 @@ from warmstart.config import PretrainConfig, absolute_paths, make, refuse_inappl
 from warmstart.data.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
 from warmstart.errors import UserError
 from warmstart.models import (
+    dropout_of,
     load_config,
     load_tokenizer,
     max_length_of,
     pick_device,
     resolve,
     scratch,
-    set_attention_dropout,
+    set_dropout,
 )
 from warmstart.objectives import clm, mlm, separator_id, stream
 from warmstart.objectives.denoise import DenoisingCollator
@@ -149,11 +150,15 @@ def load_model(cfg: PretrainConfig, objective: objectives.Objective, train_docs:
                                             max_length=cfg.block_size, arch=objective.arch) \
             if distributed.is_main() else None
         tokenizer = distributed.broadcast(tokenizer, cfg.cpu)
-        return auto.from_config(scratch.preset(objective.arch, cfg.size, tokenizer, cfg.block_size)), tokenizer
+        config = scratch.preset(objective.arch, cfg.size, tokenizer, cfg.block_size)
+        set_dropout(config, dropout_of(cfg))
+        return auto.from_config(config), tokenizer
     path = resolve(cfg.model)
     tokenizer = load_tokenizer(path)
+    config = load_config(path)
+    set_dropout(config, dropout_of(cfg))  # before the model is built: its layers copy the rates
     try:
-        model = auto.from_pretrained(path, local_files_only=True)
+        model = auto.from_pretrained(path, config=config, local_files_only=True)
     except ValueError:
         kind = getattr(load_config(path), "model_type", "?")
         raise UserError(f"objective '{objective.name}' needs a model that {auto.__name__} supports "
@@ -162,7 +167,6 @@ def load_model(cfg: PretrainConfig, objective: objectives.Objective, train_docs:
         # AutoModelForPreTraining maps e.g. DistilBERT to a plain masked LM, without a next-sentence head.
         raise UserError(f"objective 'mlm+nsp' needs a model that has a next-sentence head (BERT); '{cfg.model}' is "
                         f"a {model.config.model_type} model: use --objective mlm")
-    set_attention_dropout(model.config, cfg.attention_dropout)
     limit = max_length_of(tokenizer, model.config, None)
     if cfg.block_size > limit:
         raise UserError(f"--block-size {cfg.block_size} is more than this model's limit of {limit} tokens")

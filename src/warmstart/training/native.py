@@ -34,6 +34,7 @@ from warmstart.training.common import (
     optimizer_for,
     schedule,
 )
+from warmstart.training.dropout import faster_dropout
 
 
 def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
@@ -115,7 +116,8 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             last_of_epoch = state.batches_done + 1 == n_batches
             accelerator.step = cfg.grad_accum - 1 if last_of_epoch else state.batches_done % cfg.grad_accum
             with accelerator.accumulate(model):
-                out = model(**batch)
+                with faster_dropout(accelerator.device):
+                    out = model(**batch)
                 batch_loss = job.loss(out, batch) if job.loss is not None else out.loss
                 accelerator.backward(batch_loss * weight if weight != 1 else batch_loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:

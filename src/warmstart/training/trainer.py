@@ -9,6 +9,7 @@ holding our counters, renamed into place), and `--resume` hands the newest sound
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from warmstart import distributed
 from warmstart.config import FinetuneConfig
 from warmstart.runs import Run, checkpoint_step
 from warmstart.training.common import Job, State, full_weights, judge_epoch, mixed_precision, optimizer_for, schedule
+from warmstart.training.dropout import faster_dropout
 
 
 class EpochSeededSampler(LengthGroupedSampler):
@@ -63,8 +65,9 @@ class _Trainer(Trainer):
         return None if eval_dataset is None else torch.utils.data.SequentialSampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                             num_items_in_batch=num_items_in_batch)
+        with faster_dropout(self.args.device) if model.training else contextlib.nullcontext():
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
         if self.job.loss is not None:  # the kind's own loss (e.g. class weights) replaces the model's
             loss = self.job.loss(outputs, inputs)
         if model.training:
