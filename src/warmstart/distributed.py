@@ -71,9 +71,11 @@ def finish() -> None:
     """End a launched command's process group once every process is done. Left to interpreter exit, gloo's
     threads can be torn down while a peer still talks to them, and a process that did its work aborts
     ("terminate called without an active exception"), failing the whole launch."""
+    if not is_distributed() or "torch" not in sys.modules:  # no group to end (and no torch to import for it)
+        return
     import torch.distributed as dist
 
-    if is_distributed() and dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

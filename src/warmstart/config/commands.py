@@ -163,8 +163,11 @@ class GenerateConfig:
     stream: bool = opt(True, "print tokens as they are produced when stdout is a terminal (text output, "
                              "one completion per prompt, no beam search)")
     precision: str = opt("auto", "weights: auto (on a CPU the faster of fp32 and bf16 for decoding, measured once "
-                                 "per CPU and model; a GPU checkpoint's own), fp32 or bf16",
+                                 "per CPU and model; a GPU checkpoint's own), fp32 or bf16 (the onnx backend: fp32)",
                          choices=("auto", "fp32", "bf16"))
+    backend: str = opt("auto", "causal LMs: torch (transformers), onnx (ONNX Runtime GenAI: the model exported once "
+                               "into the cache, fp32, CPU; greedy and sampling), or auto: onnx on a machine without "
+                               "a GPU where the request allows it, else torch", choices=("auto", "torch", "onnx"))
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(False, "show a progress bar")
 

@@ -9,22 +9,19 @@ models, device and precision, classifiers, causal LMs and from-scratch presets.
     scratch     tokenizers trained on a corpus and model presets for pre-training from scratch
 """
 
-from warmstart.models.classifier import load_classifier
-from warmstart.models.device import auto_precision, pick_device
-from warmstart.models.registry import (
-    ALIASES,
-    KINDS,
-    Dropout,
-    dropout_of,
-    ensure_pad_token,
-    is_causal,
-    kind,
-    load_config,
-    load_tokenizer,
-    max_length_of,
-    resolve,
-    set_dropout,
-)
+import importlib
 
-__all__ = ["ALIASES", "KINDS", "Dropout", "auto_precision", "dropout_of", "ensure_pad_token", "is_causal", "kind",
-           "load_classifier", "load_config", "load_tokenizer", "max_length_of", "pick_device", "resolve", "set_dropout"]
+# Loaded on first use (PEP 562): `warmstart.models.bundled` or the ONNX generation route can then be imported
+# without transformers' model classes and torch behind them (seconds of a short `generate` process).
+_WHERE = {"load_classifier": "classifier", "auto_precision": "device", "pick_device": "device",
+          **{name: "registry" for name in ("ALIASES", "KINDS", "Dropout", "dropout_of", "ensure_pad_token", "is_causal",
+                                            "kind", "load_config", "load_tokenizer", "max_length_of", "resolve",
+                                            "set_dropout")}}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'warmstart.models' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"warmstart.models.{_WHERE[name]}"), name)

@@ -12,26 +12,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from tqdm.auto import tqdm
-
 from warmstart.config import GenerateConfig, make
 from warmstart.data.texts import read_prompts
 from warmstart.errors import UserError
-from warmstart.inference.decoding import (
-    Generation,
-    Streamer,
-    check_options,
-    complete,
-    generation_config,
-    seed_all,
-    strategy,
-    token_budget,
-)
-from warmstart.inference.seq2seq import CAUSAL_ONLY, TextToText, beams_of, causal_only_options
-from warmstart.models.causal import CausalLM
-from warmstart.models.registry import ALIASES, load_config, resolve
-from warmstart.models.seq2seq import is_encoder_decoder
+from warmstart.inference import onnx_lm
+from warmstart.inference.generation_options import Generation, check_options, strategy, token_budget
 from warmstart.runs import atomic_write_text
+
+# transformers and torch are imported where a route needs them: the ONNX route does without (seconds a process).
 
 __all__ = ["Generation", "format_generations", "generate", "report", "streamable"]
 
@@ -41,14 +29,25 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     cfg = make(GenerateConfig, config, kwargs)
     stops = check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.input)
+    streaming = stream_to is not None and streamable(cfg)
+    lm_onnx = onnx_route(cfg, streaming)
+    if lm_onnx is not None:
+        done = onnx_lm.generate(lm_onnx, cfg, prompts, stops, stream_to if streaming else None, _header)
+        if cfg.out:
+            atomic_write_text(Path(cfg.out), format_generations(done, cfg.format, cfg.chat))
+        return done
     if text_to_text(cfg):
         return rewrite(cfg, prompts, stream_to if streamable(cfg) else None)
+    from tqdm.auto import tqdm
+
+    from warmstart.inference.decoding import Streamer, complete, generation_config, seed_all
+    from warmstart.models.causal import CausalLM
+
     lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
     ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
     budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
     if cfg.seed is not None:
         seed_all(cfg.seed)
-    streaming = stream_to is not None and streamable(cfg)
     if streaming:  # one prompt at a time, in order, so that the text appears as it is produced
         batches = [[i] for i in range(len(ids))]
     else:  # similar lengths together: less padding
@@ -77,16 +76,44 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     return done
 
 
+def onnx_route(cfg: GenerateConfig, streaming: bool) -> onnx_lm.OnnxLM | None:
+    """The model through ONNX Runtime GenAI when this request goes that way (--backend; auto: where it can, on a
+    machine without a GPU), else None: transformers answers."""
+    if cfg.backend == "torch" or (cfg.backend == "auto" and onnx_lm.gpu_present() and not cfg.cpu):
+        return None
+    reason = onnx_lm.why_not(cfg, streaming)
+    if reason is None:
+        try:
+            return onnx_lm.load(cfg)
+        except onnx_lm.Unreadable as e:
+            reason = str(e)
+            if cfg.backend == "auto":
+                print(f"{reason}; generating with transformers", file=sys.stderr)
+    if cfg.backend == "onnx":
+        raise UserError(f"--backend onnx cannot do this: {reason}; use --backend torch")
+    return None
+
+
 def text_to_text(cfg: GenerateConfig) -> bool:
     """Whether --model is an encoder-decoder (its output is a new text, not a continuation of the prompt)."""
+    from warmstart.models.bundled import ALIASES
+
     if cfg.model.strip().lower() in ALIASES:
         return False  # the aliases are an encoder and a causal LM
+    folder = onnx_lm.model_folder(cfg.model)
+    if folder is not None and onnx_lm.read_json(folder / "config.json").get("model_type") in onnx_lm.ARCHITECTURES:
+        return False  # decoder-only families, told from config.json without loading transformers
+    from warmstart.models.registry import load_config, resolve
+    from warmstart.models.seq2seq import is_encoder_decoder
+
     return is_encoder_decoder(load_config(resolve(cfg.model)))
 
 
 def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> list[Generation]:
     """An encoder-decoder's output for each text: greedy (or beam search with --num-beams), at most
     --max-new-tokens tokens (default: the model's saved limit)."""
+    from warmstart.inference.seq2seq import CAUSAL_ONLY, TextToText, beams_of, causal_only_options
+
     # --stream is left out: it only says how the outputs reach a terminal.
     options = {**{k: getattr(cfg, k) for k in CAUSAL_ONLY}, "chat": cfg.chat, "stop": cfg.stop,
                "num_return_sequences": cfg.num_return_sequences, "strategy": strategy(cfg), "num_beams": cfg.num_beams}

@@ -1,0 +1,240 @@
+"""Causal-LM generation on ONNX Runtime GenAI, for `generate --backend onnx` (and `auto` on a CPU).
+
+A `generate` process spends most of its life importing torch and transformers (about 4 s of 7 here) before
+its first token; ONNX Runtime GenAI's generation loop (KV cache, greedy and sampling search) needs neither.
+The model is exported once by GenAI's own model builder (fp32 weights, CPU; about 15 s for SmolLM2-135M) into
+warmstart's cache, keyed by the model folder's path and files; later processes load that folder directly. This
+module imports nothing heavier than onnxruntime_genai, so the route stays light.
+
+What it does not do (auto then uses transformers; --backend onnx refuses with the reason): beam search, typical
+sampling, no-repeat n-grams, bf16 weights, a model GenAI's builder does not know, and stop strings while
+streaming. Greedy output is the fp32 model's, token for token (tested against transformers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from warmstart.config import GenerateConfig, given_flags
+from warmstart.errors import UserError
+from warmstart.inference.generation_options import Generation, strategy, token_budget
+from warmstart.runs import atomic_dir, cache_dir
+
+# model_type values GenAI's builder exports (its builders/ folder); others go through transformers.
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "olmo", "granite", "smollm3")
+EXPORT_FORMAT = 1  # bumped when the export itself changes, to export again
+
+
+def gpu_present() -> bool:
+    """An NVIDIA device node: the machine has a GPU for transformers to use (checked without importing torch)."""
+    return Path("/dev/nvidiactl").exists()
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def model_folder(name: str) -> Path | None:
+    """The local folder of --model when it can be read without transformers (the bundled smollm2, or a folder
+    with config.json); None otherwise (a hub id in the cache, say: transformers resolves those)."""
+    if name.strip().lower() == "smollm2":
+        from warmstart.models.bundled import smollm2
+
+        return smollm2()
+    path = Path(name).expanduser()
+    if (path / "model" / "config.json").is_file():  # a finetune run folder
+        path = path / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def why_not(cfg: GenerateConfig, stream: bool) -> str | None:
+    """Why the ONNX route cannot answer this request (None: it can)."""
+    if not installed():
+        return "onnxruntime-genai is not installed"
+    if strategy(cfg) == "beam":
+        return "beam search"
+    given = given_flags(cfg, ("typical_p", "no_repeat_ngram_size"))
+    if given:
+        return ", ".join(given)
+    if cfg.precision == "bf16":
+        return "--precision bf16 (the export is fp32)"
+    if stream and cfg.stop:
+        return "stop strings while streaming"
+    folder = model_folder(cfg.model)
+    if folder is None:
+        return f"'{cfg.model}' is not a local folder"
+    config = read_json(folder / "config.json")
+    if config.get("model_type") not in ARCHITECTURES or config.get("is_encoder_decoder"):
+        return f"GenAI's builder does not export a {config.get('model_type', 'model of unknown type')}"
+    return None
+
+
+def export(folder: Path, quiet: bool = False) -> Path:
+    """The GenAI export of the causal LM in ``folder`` (fp32, CPU), made once and cached."""
+    files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
+    key = hashlib.sha256(json.dumps([str(folder.resolve()), files, EXPORT_FORMAT]).encode()).hexdigest()[:16]
+    target = cache_dir() / "genai" / f"{folder.name}-{key}"
+    if (target / "genai_config.json").is_file():
+        return target
+    import onnxruntime_genai
+
+    builder = Path(onnxruntime_genai.__file__).parent / "models" / "builder.py"
+    if not quiet:
+        print(f"exporting {folder} for ONNX Runtime GenAI into {target} (once)", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+
+    def write(tmp: Path) -> None:
+        cmd = [sys.executable, str(builder), "-i", str(folder), "-o", str(tmp), "-p", "fp32", "-e", "cpu",
+               "-c", str(tmp / ".build-cache")]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"exporting {folder} for ONNX Runtime GenAI failed: {last} (--backend torch avoids it)")
+        for leftover in (tmp / ".build-cache").glob("**/*"):
+            if leftover.is_file():
+                leftover.unlink()
+
+    atomic_dir(target, write)
+    if not quiet:
+        print(f"exported in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return target
+
+
+class Unreadable(Exception):
+    """GenAI could not load the exported model or its tokenizer (e.g. a tokenizer.json it cannot parse)."""
+
+
+class OnnxLM:
+    """An exported causal LM with its tokenizer, chat template and generation defaults."""
+
+    def __init__(self, folder: Path, quiet: bool = False):
+        import onnxruntime_genai as og
+
+        self.og, self.folder = og, folder
+        try:
+            self.model = og.Model(str(export(folder, quiet)))
+            self.tokenizer = og.Tokenizer(self.model)
+        except RuntimeError as e:
+            raise Unreadable(f"ONNX Runtime GenAI cannot load {folder}: {str(e).strip().splitlines()[0]}") from None
+        config = read_json(folder / "config.json")
+        self.config = config
+        self.max_positions = config.get("max_position_embeddings")
+        self.defaults = read_json(folder / "generation_config.json")
+        eos = self.defaults.get("eos_token_id", config.get("eos_token_id"))
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        template = folder / "chat_template.jinja"
+        self.template = template.read_text(encoding="utf-8") if template.is_file() else \
+            read_json(folder / "tokenizer_config.json").get("chat_template")
+
+    def prompt_ids(self, prompt: str, chat: bool, system: str | None) -> list[int]:
+        """As models.causal.CausalLM.prompt_ids: a model from `finetune --task causal-lm` is prompted in the format
+        it was trained with (its saved template, chat and system message)."""
+        template = self.config.get("instruction_template")
+        prompt = template.replace("{source}", prompt) if template else prompt
+        chat = chat or bool(self.config.get("instruction_chat"))
+        system = system if system is not None else self.config.get("instruction_system")
+        if not chat:
+            return list(self.tokenizer.encode(prompt))
+        if not self.template:
+            raise UserError(f"model '{self.folder}' has no chat template, so --chat cannot be used with it")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        text = self.tokenizer.apply_chat_template(json.dumps(messages), template_str=self.template,
+                                                  add_generation_prompt=True)
+        # The template writes the special tokens itself; encoding adds none for Llama-style tokenizers.
+        return list(self.tokenizer.encode(text))
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def complete(self, prompt: str, ids: list[int], budget: int, cfg: GenerateConfig, stops: list[str],
+                 stream_to: TextIO | None = None) -> Generation:
+        """The completions of one prompt: ``num_return_sequences`` rows of one batch, each at most ``budget``
+        new tokens, cut at a stop string (the loop ends when every row has one) or ended by the model."""
+        og = self.og
+        n = cfg.num_return_sequences
+        sample = strategy(cfg, bool(self.defaults.get("do_sample"))) == "sample"
+        options: dict = {"max_length": len(ids) + budget, "do_sample": sample, "batch_size": n}
+        if sample:
+            for name, default in (("temperature", 1.0), ("top_k", 50), ("top_p", 1.0)):
+                value = getattr(cfg, name)
+                options[name] = value if value is not None else self.defaults.get(name, default)
+            if options["top_k"] == 0:  # transformers' "all tokens"
+                options["top_k"] = 1 << 30
+        if cfg.repetition_penalty is not None:
+            options["repetition_penalty"] = cfg.repetition_penalty
+        if cfg.seed is not None:
+            options["random_seed"] = cfg.seed
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(**options)
+        gen = og.Generator(self.model, params)
+        gen.append_tokens([ids] * n)
+        stream = self.tokenizer.create_stream() if stream_to is not None else None
+        new: list[list[int]] = [[] for _ in range(n)]
+        while not gen.is_done() and len(new[0]) < budget:
+            gen.generate_next_token()
+            for row, token in zip(new, gen.get_next_tokens()):
+                row.append(int(token))
+            if stream is not None:
+                stream_to.write(stream.decode(new[0][-1]))
+                stream_to.flush()
+            if stops and all(any(s in self._completion(ids, row) for s in stops) for row in new):
+                break
+        done = [self._finish(ids, row, budget, stops) for row in new]
+        return Generation(prompt, [d[0] for d in done], len(ids), [d[1] for d in done], [d[2] for d in done])
+
+    def _completion(self, prompt_ids: list[int], row: list[int]) -> str:
+        # Decoded after the prompt and cut, as decoding.completion_text does: a leading space survives.
+        prompt, full = self.text(prompt_ids), self.text(prompt_ids + row)
+        return full[len(prompt):] if full.startswith(prompt) else self.text(row)
+
+    def _finish(self, prompt_ids: list[int], row: list[int], budget: int, stops: list[str]) -> tuple[str, int, str]:
+        row = row[:budget]
+        end = next((k for k, t in enumerate(row) if t in self.eos), None)
+        reason = "eos" if end is not None else "length"
+        row = row[:end] if end is not None else row
+        text = self._completion(prompt_ids, row)
+        hits = [(text.find(s), s) for s in stops if s in text]
+        if hits:
+            cut, stop = min(hits)
+            n = next(k for k in range(len(row) + 1) if stop in self._completion(prompt_ids, row[:k]))
+            return text[:cut], n, "stop"
+        return text, len(row), reason
+
+
+def load(cfg: GenerateConfig) -> OnnxLM:
+    """The model of a request ``why_not`` accepted; raises Unreadable where GenAI cannot load it."""
+    folder = model_folder(cfg.model)
+    assert folder is not None
+    return OnnxLM(folder)
+
+
+def generate(lm: OnnxLM, cfg: GenerateConfig, prompts: list[str], stops: list[str], stream_to: TextIO | None,
+             header) -> list[Generation]:
+    """Every prompt's Generation, one prompt at a time (its sequences are one batch)."""
+    ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
+    budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
+    out = []
+    for i, (prompt, x, budget) in enumerate(zip(prompts, ids, budgets)):
+        if stream_to is not None:
+            stream_to.write(header(i, 0, len(ids), 1))
+            if not cfg.chat:
+                stream_to.write(prompt)
+        out.append(lm.complete(prompt, x, budget, cfg, stops, stream_to))
+        if stream_to is not None:
+            stream_to.write("\n")
+    return out
