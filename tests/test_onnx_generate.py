@@ -81,3 +81,19 @@ def test_what_onnx_cannot_do_is_refused_and_auto_uses_transformers(tiny_llama, t
         warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_gpt2), backend="onnx", max_new_tokens=4)
     beams = warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), num_beams=2, max_new_tokens=4)
     assert len(beams[0].completions) == 1  # auto: transformers' beam search answered
+
+
+def test_a_tokenizer_genai_reads_differently_is_not_used(tiny_llama):
+    exported = onnx_lm.export(tiny_llama, quiet=True)
+    assert onnx_lm.read_json(exported / onnx_lm.SAME_TEXT) is True  # SmolLM2's tokenizer: checked the same
+    (exported / onnx_lm.SAME_TEXT).write_text("false")  # as the export's check finds for a char tokenizer
+    try:
+        with pytest.raises(UserError, match="tokenizer reads the texts of .* differently from transformers"):
+            warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", max_new_tokens=4)
+        auto = warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), max_new_tokens=4, strategy="greedy",
+                                  precision="fp32")
+        torch_fp32 = warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), backend="torch",
+                                        precision="fp32", max_new_tokens=4, strategy="greedy")
+        assert auto[0].completions == torch_fp32[0].completions
+    finally:
+        (exported / onnx_lm.SAME_TEXT).write_text("true")

@@ -4,9 +4,9 @@ request may combine and how long a completion may be are in inference/generation
 
 from __future__ import annotations
 
-import bisect
 import copy
 import random
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -19,6 +19,7 @@ from warmstart.inference.generation_options import (  # noqa: F401  (re-exported
     DEFAULT_NEW_TOKENS,
     Generation,
     check_options,
+    finish,
     sampling_options,
     strategy,
     token_budget,
@@ -34,7 +35,7 @@ def complete(lm: CausalLM, prompts: list[str], ids: list[list[int]], budgets: li
     n, ends = gen_config.num_return_sequences or 1, eos_ids(lm)
     out = []
     for k, (prompt, x, budget) in enumerate(zip(prompts, ids, budgets)):
-        done = [finish(lm.tokenizer, x, row, budget, stops, ends) for row in rows[k * n:(k + 1) * n]]
+        done = [finish(decode_of(lm.tokenizer), x, row, budget, stops, ends) for row in rows[k * n:(k + 1) * n]]
         out.append(Generation(prompt, [d[0] for d in done], len(x), [d[1] for d in done], [d[2] for d in done]))
     return out
 
@@ -98,38 +99,17 @@ class PerPromptBudget(StoppingCriteria):
         return (input_ids.shape[1] - self.prompt_len) >= budget
 
 
+def decode_of(tokenizer) -> Callable[[list[int]], str]:
+    """A transformers tokenizer's decoding as ``finish`` reads it: special tokens left out."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def eos_ids(lm: CausalLM) -> set[int]:
     """Every token that ends a sequence: the tokenizer's and the generation config's (Llama 3 has several)."""
     ids = {lm.tokenizer.eos_token_id}
     eos = lm.model.generation_config.eos_token_id
     ids.update(eos if isinstance(eos, list) else [eos])
     return ids - {None}
-
-
-def finish(tokenizer, prompt_ids: list[int], row: list[int], budget: int, stops: list[str],
-            eos_ids: set[int]) -> tuple[str, int, str]:
-    """(completion text, tokens generated, finish reason) for one generated row."""
-    row = row[:budget]
-    end = next((k for k, t in enumerate(row) if t in eos_ids), None)
-    reason = "eos" if end is not None else "length"
-    row = row[:end] if end is not None else row
-    text = completion_text(tokenizer, prompt_ids, row)
-    hits = [(text.find(s), s) for s in stops if s in text]
-    if hits:
-        cut, stop = min(hits)
-        # tokens up to the one that completed the stop string: the shortest prefix whose text contains it
-        n = bisect.bisect_left(range(len(row) + 1), True,
-                               key=lambda k: stop in completion_text(tokenizer, prompt_ids, row[:k]))
-        return text[:cut], n, "stop"
-    return text, len(row), reason
-
-
-def completion_text(tokenizer, prompt_ids: list[int], row: list[int]) -> str:
-    # Decoding the completion alone drops a leading space for SentencePiece tokenizers; decode it after the
-    # prompt and take the difference instead (as the pipeline does).
-    prompt = tokenizer.decode(prompt_ids, skip_special_tokens=True)
-    full = tokenizer.decode(prompt_ids + row, skip_special_tokens=True)
-    return full[len(prompt):] if full.startswith(prompt) else tokenizer.decode(row, skip_special_tokens=True)
 
 
 class Streamer(TextStreamer):

@@ -12,6 +12,8 @@ The prompt's tokens are those the model sees: with ``chat``, the chat template's
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from warmstart.config import GenerateConfig, given_flags
@@ -83,3 +85,30 @@ def token_budget(cfg: GenerateConfig, n_prompt: int, limit: int | None, label: s
         raise UserError(f"{label} ({n_prompt} tokens) plus {max(new, 1)} new tokens is more than this model's "
                         f"limit of {limit} tokens")
     return new
+
+
+def finish(decode: Callable[[list[int]], str], prompt_ids: list[int], row: list[int], budget: int, stops: list[str],
+           eos_ids: set[int]) -> tuple[str, int, str]:
+    """(completion text, tokens generated, finish reason) for one generated row; ``decode`` turns ids into text
+    (special tokens left out), whichever route generated them."""
+    row = row[:budget]
+    end = next((k for k, t in enumerate(row) if t in eos_ids), None)
+    reason = "eos" if end is not None else "length"
+    row = row[:end] if end is not None else row
+    text = completion_text(decode, prompt_ids, row)
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if hits:
+        cut, stop = min(hits)
+        # tokens up to the one that completed the stop string: the shortest prefix whose text contains it
+        n = bisect.bisect_left(range(len(row) + 1), True,
+                               key=lambda k: stop in completion_text(decode, prompt_ids, row[:k]))
+        return text[:cut], n, "stop"
+    return text, len(row), reason
+
+
+def completion_text(decode: Callable[[list[int]], str], prompt_ids: list[int], row: list[int]) -> str:
+    # Decoding the completion alone drops a leading space for SentencePiece tokenizers; decode it after the
+    # prompt and take the difference instead (as the pipeline does).
+    prompt = decode(prompt_ids)
+    full = decode(prompt_ids + row)
+    return full[len(prompt):] if full.startswith(prompt) else decode(row)

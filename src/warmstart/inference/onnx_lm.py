@@ -3,8 +3,9 @@
 A `generate` process spends most of its life importing torch and transformers (about 4 s of 7 here) before
 its first token; ONNX Runtime GenAI's generation loop (KV cache, greedy and sampling search) needs neither.
 The model is exported once by GenAI's own model builder (fp32 weights, CPU; about 15 s for SmolLM2-135M) into
-warmstart's cache, keyed by the model folder's path and files; later processes load that folder directly. This
-module imports nothing heavier than onnxruntime_genai, so the route stays light.
+warmstart's cache, keyed by the model folder's path and files; later processes load that folder directly and
+import nothing heavier than onnxruntime_genai. The export also checks, once, that GenAI's tokenizer encodes and
+decodes a few probe texts exactly as transformers does; where it does not, the route is not used.
 
 What it does not do (auto then uses transformers; --backend onnx refuses with the reason): beam search, typical
 sampling, no-repeat n-grams, bf16 weights, a model GenAI's builder does not know, and stop strings while
@@ -25,12 +26,15 @@ from typing import TextIO
 
 from warmstart.config import GenerateConfig, given_flags
 from warmstart.errors import UserError
-from warmstart.inference.generation_options import Generation, strategy, token_budget
+from warmstart.inference.generation_options import Generation, completion_text, finish, strategy, token_budget
 from warmstart.runs import atomic_dir, cache_dir
 
 # model_type values GenAI's builder exports (its builders/ folder); others go through transformers.
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "olmo", "granite", "smollm3")
-EXPORT_FORMAT = 1  # bumped when the export itself changes, to export again
+EXPORT_FORMAT = 2  # bumped when the export itself changes, to export again (2: the tokenization check)
+SAME_TEXT = "warmstart-same-tokenization.json"
+PROBES = ("Humanity today is a ", "Translate to Spanish: In the beginning God created the heavens.",
+          "copy: abc =", "  two  spaces, numbers 1234 and accents: café, naïve\nnew line", "x")
 
 
 def gpu_present() -> bool:
@@ -108,11 +112,30 @@ def export(folder: Path, quiet: bool = False) -> Path:
         for leftover in (tmp / ".build-cache").glob("**/*"):
             if leftover.is_file():
                 leftover.unlink()
+        (tmp / SAME_TEXT).write_text(json.dumps(same_tokenization(folder, tmp)), encoding="utf-8")
 
     atomic_dir(target, write)
     if not quiet:
         print(f"exported in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return target
+
+
+def same_tokenization(folder: Path, export_dir: Path) -> bool:
+    """Whether GenAI's tokenizer reads and writes texts as transformers does for this model (checked once, at
+    export; a tokenizer it parses differently would change prompts and outputs, so the route is not used)."""
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        ours = og.Tokenizer(og.Model(str(export_dir)))
+    except RuntimeError:
+        return False
+    for text in PROBES:
+        ids = reference(text)["input_ids"]
+        if list(ours.encode(text)) != ids or ours.decode(ids) != reference.decode(ids, skip_special_tokens=True):
+            return False
+    return True
 
 
 class Unreadable(Exception):
@@ -126,11 +149,15 @@ class OnnxLM:
         import onnxruntime_genai as og
 
         self.og, self.folder = og, folder
+        exported = export(folder, quiet)
         try:
-            self.model = og.Model(str(export(folder, quiet)))
+            self.model = og.Model(str(exported))
             self.tokenizer = og.Tokenizer(self.model)
         except RuntimeError as e:
             raise Unreadable(f"ONNX Runtime GenAI cannot load {folder}: {str(e).strip().splitlines()[0]}") from None
+        if read_json(exported / SAME_TEXT) is not True:
+            raise Unreadable(f"ONNX Runtime GenAI's tokenizer reads the texts of {folder} differently from "
+                             "transformers")
         config = read_json(folder / "config.json")
         self.config = config
         self.max_positions = config.get("max_position_embeddings")
@@ -192,28 +219,10 @@ class OnnxLM:
             if stream is not None:
                 stream_to.write(stream.decode(new[0][-1]))
                 stream_to.flush()
-            if stops and all(any(s in self._completion(ids, row) for s in stops) for row in new):
+            if stops and all(any(s in completion_text(self.text, ids, row) for s in stops) for row in new):
                 break
-        done = [self._finish(ids, row, budget, stops) for row in new]
+        done = [finish(self.text, ids, row, budget, stops, self.eos) for row in new]
         return Generation(prompt, [d[0] for d in done], len(ids), [d[1] for d in done], [d[2] for d in done])
-
-    def _completion(self, prompt_ids: list[int], row: list[int]) -> str:
-        # Decoded after the prompt and cut, as decoding.completion_text does: a leading space survives.
-        prompt, full = self.text(prompt_ids), self.text(prompt_ids + row)
-        return full[len(prompt):] if full.startswith(prompt) else self.text(row)
-
-    def _finish(self, prompt_ids: list[int], row: list[int], budget: int, stops: list[str]) -> tuple[str, int, str]:
-        row = row[:budget]
-        end = next((k for k, t in enumerate(row) if t in self.eos), None)
-        reason = "eos" if end is not None else "length"
-        row = row[:end] if end is not None else row
-        text = self._completion(prompt_ids, row)
-        hits = [(text.find(s), s) for s in stops if s in text]
-        if hits:
-            cut, stop = min(hits)
-            n = next(k for k in range(len(row) + 1) if stop in self._completion(prompt_ids, row[:k]))
-            return text[:cut], n, "stop"
-        return text, len(row), reason
 
 
 def load(cfg: GenerateConfig) -> OnnxLM:

@@ -31,18 +31,25 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     prompts = read_prompts(cfg.prompts, cfg.input)
     streaming = stream_to is not None and streamable(cfg)
     lm_onnx = onnx_route(cfg, streaming)
-    if lm_onnx is not None:
-        done = onnx_lm.generate(lm_onnx, cfg, prompts, stops, stream_to if streaming else None, _header)
-        if cfg.out:
-            atomic_write_text(Path(cfg.out), format_generations(done, cfg.format, cfg.chat))
-        return done
-    if text_to_text(cfg):
+    if lm_onnx is None and text_to_text(cfg):
         return rewrite(cfg, prompts, stream_to if streamable(cfg) else None)
+    done = onnx_lm.generate(lm_onnx, cfg, prompts, stops, stream_to if streaming else None, _header) \
+        if lm_onnx is not None else with_transformers(cfg, prompts, stops, stream_to if streaming else None)
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), format_generations(done, cfg.format, cfg.chat))
+    return done
+
+
+def with_transformers(cfg: GenerateConfig, prompts: list[str], stops: list[str],
+                      stream_to: TextIO | None) -> list[Generation]:
+    """Every prompt completed by transformers' generate, in batches of similar length (one at a time, in order,
+    when streaming to ``stream_to``)."""
     from tqdm.auto import tqdm
 
     from warmstart.inference.decoding import Streamer, complete, generation_config, seed_all
     from warmstart.models.causal import CausalLM
 
+    streaming = stream_to is not None
     lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
     ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
     budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
@@ -57,8 +64,7 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     results: list[Generation | None] = [None] * len(ids)
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not cfg.progress or streaming, leave=False):
         streamer = None
-        if streaming:
-            assert stream_to is not None
+        if stream_to is not None:
             i = batch[0]
             stream_to.write(_header(i, 0, len(ids), 1))
             if not cfg.chat:
@@ -70,10 +76,7 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
             results[i] = g
         if streamer is not None:
             streamer.close()
-    done = [r for r in results if r is not None]
-    if cfg.out:
-        atomic_write_text(Path(cfg.out), format_generations(done, cfg.format, cfg.chat))
-    return done
+    return [r for r in results if r is not None]
 
 
 def onnx_route(cfg: GenerateConfig, streaming: bool) -> onnx_lm.OnnxLM | None:
