@@ -7,7 +7,8 @@ for mt) and saved, so both start from the same weights and tokenizer; or --model
 `pretrain --objective denoise` run).
   1. HF recipe: Seq2SeqTrainer + DataCollatorForSeq2Seq + predict_with_generate (greedy, max_new_tokens as ours);
   2. warmstart finetune --task seq2seq with the same batch size, learning rate, epochs and fp32 (and with --auto,
-     its default --precision auto as a third row).
+     its default --precision auto as a third row; with --bf16, both again in bf16: the recipe with bf16=True,
+     warmstart with --precision bf16).
 Prints training samples/s (the training loop), the test metrics (WER and CER for g2p: word error is a wrong
 pronunciation, phoneme error the WER over phonemes; BLEU and chrF for mt) and the ratio of samples/s.
 
@@ -59,7 +60,7 @@ def write_tsv(path: Path, pairs: Pairs) -> str:
     return str(path)
 
 
-def recipe(folder: str, train: Pairs, test: Pairs, args, new_tokens: int, out: Path) -> dict:
+def recipe(folder: str, train: Pairs, test: Pairs, args, new_tokens: int, out: Path, bf16: bool = False) -> dict:
     """The HF recipe (run_translation.py's shape)."""
     from transformers import (
         AutoModelForSeq2SeqLM,
@@ -83,7 +84,7 @@ def recipe(folder: str, train: Pairs, test: Pairs, args, new_tokens: int, out: P
                                      num_train_epochs=args.epochs, weight_decay=0.01,
                                      warmup_steps=warmup,
                                      save_strategy="no", report_to="none", logging_strategy="no", use_cpu=True,
-                                     seed=42, disable_tqdm=True, predict_with_generate=True)
+                                     seed=42, disable_tqdm=True, predict_with_generate=True, bf16=bf16)
     trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=encode(train),
                              data_collator=DataCollatorForSeq2Seq(tok, model=model), processing_class=tok)
     t = time.time()
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--model", help="an encoder-decoder folder to start both from (default: a new BART)")
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--auto", action="store_true", help="also warmstart with --precision auto (bf16 where faster)")
+    ap.add_argument("--bf16", action="store_true", help="also both in bf16 (the recipe's bf16=True)")
     args = ap.parse_args()
     train, test = pairs_of(args.task, args.train, args.test)
     work = Path(tempfile.mkdtemp(prefix="text2text-"))
@@ -141,26 +143,32 @@ def main() -> None:
     new_tokens = int(1.5 * longest + 0.999)
     print(f"{args.task}: {len(train)} training pairs, {len(test)} test pairs, model {folder}, batch "
           f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, fp32, greedy, at most {new_tokens} new tokens")
-    rows = {}
+    rows, baseline = {}, {}  # each warmstart row is compared with the recipe at the same precision
+    recipe32, recipe16 = "HF recipe (Seq2SeqTrainer, predict_with_generate)", "HF recipe in bf16 (bf16=True)"
     if not args.skip_recipe:
-        rows["HF recipe (Seq2SeqTrainer, predict_with_generate)"] = recipe(folder, train, test, args, new_tokens,
-                                                                          work / "recipe")
+        rows[recipe32] = recipe(folder, train, test, args, new_tokens, work / "recipe")
     rows["warmstart finetune --task seq2seq (fp32, as the recipe)"] = ours(folder, train_file, test_file, args,
                                                                           work / "ours")
+    baseline["warmstart finetune --task seq2seq (fp32, as the recipe)"] = recipe32
     if args.auto:
         rows["warmstart, --precision auto (its default)"] = ours(folder, train_file, test_file, args,
                                                                 work / "auto", "auto")
+        baseline["warmstart, --precision auto (its default)"] = recipe32
+    if args.bf16:
+        if not args.skip_recipe:
+            rows[recipe16] = recipe(folder, train, test, args, new_tokens, work / "recipe16", bf16=True)
+        rows["warmstart --precision bf16"] = ours(folder, train_file, test_file, args, work / "bf16", "bf16")
+        baseline["warmstart --precision bf16"] = recipe16
     names = METRICS[args.task]
     print(f"| run | samples/s | training s | {' | '.join(names)} |\n|---|---|---|" + "---|" * len(names))
     for name, r in rows.items():
         print(f"| {name} | {r['samples_per_s']:.1f} | {r['seconds']:.0f} | "
               + " | ".join(f"{r[k]:.4f}" if k in ("cer", "wer", "exact_match") else f"{r[k]:.2f}" for k in names)
               + " |")
-    if len(rows) >= 2:
-        base = next(iter(rows.values()))
-        for name, r in list(rows.items())[1:]:
-            ratio = r["samples_per_s"] / max(base["samples_per_s"], 1e-9)
-            print(f"training speed ratio ({name} / recipe): {ratio:.2f}x")
+    for name, base in baseline.items():
+        if base in rows:
+            ratio = rows[name]["samples_per_s"] / max(rows[base]["samples_per_s"], 1e-9)
+            print(f"training speed ratio ({name} / {base}): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

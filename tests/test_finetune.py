@@ -56,14 +56,15 @@ def test_predict_agrees_with_evaluate_on_the_test_split(minilm_run, imdb, tmp_pa
     df = pd.read_csv(imdb, skiprows=range(1, 40001), nrows=64)
     path = tmp_path / "test.csv"
     df.to_csv(path, index=False)  # labels 0/1: mapped onto negative/positive by the saved label values
-    # PyTorch fp32, as finetune's own test pass: the int8 default may flip a near-tie (test_inference_backends)
+    # PyTorch fp32, as finetune's own test pass: the int8 default, or bf16 where --precision auto measures it
+    # faster, may flip a near-tie (test_inference_backends)
     ev = warmstart.evaluate(model=str(minilm_run.run_dir), data=str(path), out=str(tmp_path / "m.json"),
-                            progress=False, backend="torch", quantize="none")
+                            progress=False, backend="torch", quantize="none", precision="fp32")
     assert ev.accuracy == pytest.approx(minilm_run.metrics["test"]["accuracy"])
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["confusion_matrix"] == minilm_run.metrics["test"]["confusion_matrix"]
     preds = warmstart.predict(model=str(minilm_run.model_dir), texts=df["review"].tolist(), backend="torch",
-                              quantize="none")
+                              quantize="none", precision="fp32")
     names = ["negative", "positive"]
     acc = np.mean([names.index(p.label) == y for p, y in zip(preds, df["sentiment"])])
     assert acc == pytest.approx(ev.accuracy)

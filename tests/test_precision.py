@@ -3,6 +3,7 @@ run's config and metrics, kept by a resumed run, and without effect on the rando
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -27,12 +28,12 @@ def model(tiny_models):
     return AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
 
 
-def fake_timings(monkeypatch, fp32_s: float, bf16_s: float) -> list:
+def fake_timings(monkeypatch, fp32_s: float, bf16_s: float, eager: float = 1.0) -> list:
     calls = []
 
-    def timed(model, mode, shape):
-        calls.append((mode, shape))
-        return fp32_s, bf16_s
+    def timed(model, mode, shape, attention=None):
+        calls.append((mode, shape, attention))
+        return (fp32_s / eager, bf16_s / eager) if attention == "eager" else (fp32_s, bf16_s)
 
     monkeypatch.setattr(measured, "_time_both", timed)
     return calls
@@ -41,13 +42,15 @@ def fake_timings(monkeypatch, fp32_s: float, bf16_s: float) -> list:
 def test_auto_precision_is_measured_once_then_read_from_the_cache(cache, model):
     first = measured.measure(model, "train", 16, 100)
     assert first.precision in ("fp32", "bf16") and not first.cached and first.fp32_ms > 0 and first.bf16_ms > 0
-    assert first.shape == (measured.MAX_ROWS, 128)  # rows capped, tokens rounded up to a multiple of 32
+    assert first.shape == (16, 104)  # the run's rows (under the token budget), tokens rounded up to a multiple of 8
     assert (cache / "precision.json").is_file()
-    again = measured.measure(model, "train", 16, 120)  # the same timed shape: no new timing
+    again = measured.measure(model, "train", 16, 99)  # the same timed shape: no new timing
     assert again.cached and (again.precision, again.speedup, again.fp32_ms) == (first.precision, first.speedup,
                                                                                  first.fp32_ms)
     other = measured.measure(model, "infer", 16, 100)  # inference is its own entry
     assert not other.cached and other.mode == "infer"
+    # Inference times at most 8 rows whatever the batch, so that every command scoring a model decides alike.
+    assert other.shape == (measured.MAX_ROWS, 128) == measured.measure(model, "infer", 64, 120).shape
 
 
 def test_bf16_is_chosen_only_when_measured_at_least_the_margin_faster(cache, model, monkeypatch):
@@ -55,7 +58,7 @@ def test_bf16_is_chosen_only_when_measured_at_least_the_margin_faster(cache, mod
     assert measured.measure(model, "train", 4, 64).precision == "bf16"
     fake_timings(monkeypatch, 1.0, 1.0 / (measured.MARGIN - 0.05))
     assert measured.measure(model, "train", 4, 256).precision == "fp32"
-    assert calls == [("train", (4, 64))]
+    assert calls == [("train", (4, 64), None), ("train", (4, 64), "eager")]  # the second: the attention kernel
 
 
 def test_measuring_leaves_the_random_state_as_it_was(cache, model):
@@ -79,14 +82,43 @@ def test_finetune_writes_the_measured_choice_to_its_config_and_metrics(cache, ti
     assert build(FinetuneConfig, read_config_file(str(out / "config.yaml"))).precision == "bf16"
 
 
-def test_a_resumed_run_keeps_the_precision_its_start_chose(cache, model, monkeypatch):
-    calls = fake_timings(monkeypatch, 1.0, 0.5)
-    cfg = SimpleNamespace(precision="auto", resume=True, cpu=True, batch_size=8)
-    run = SimpleNamespace(saved_config=lambda: {"precision": "fp32"}, say=lambda message: None)
-    assert choose_precision(cfg, model, [50, 60], run) is None
-    assert cfg.precision == "fp32" and calls == []
-    fresh = SimpleNamespace(precision="auto", resume=False, cpu=True, batch_size=8)
-    assert choose_precision(fresh, model, [50, 60], run).precision == "bf16" == fresh.precision
+def test_a_resumed_run_keeps_the_precision_and_attention_its_start_chose(cache, model, monkeypatch):
+    calls = fake_timings(monkeypatch, 1.0, 0.5, eager=2.0)
+    resumed = copy.deepcopy(model)
+    cfg = SimpleNamespace(precision="auto", attn_implementation="auto", resume=True, cpu=True, batch_size=8)
+    run = SimpleNamespace(saved_config=lambda: {"precision": "fp32", "attn_implementation": "sdpa"},
+                          say=lambda message: None)
+    assert choose_precision(cfg, resumed, [50, 60], run) is None
+    assert (cfg.precision, cfg.attn_implementation, resumed.config._attn_implementation) == ("fp32", "sdpa", "sdpa")
+    assert calls == []
+    fresh = SimpleNamespace(precision="auto", attn_implementation="auto", resume=False, cpu=True, batch_size=8)
+    assert choose_precision(fresh, resumed, [50, 60], run).precision == "bf16" == fresh.precision
+    # Eager measured 2x faster: the run trains with it.
+    assert fresh.attn_implementation == "eager" == resumed.config._attn_implementation
+
+
+def test_eager_attention_is_chosen_only_when_measured_at_least_its_margin_faster(cache, model, monkeypatch):
+    fake_timings(monkeypatch, 1.0, 0.5, eager=measured.ATTENTION_MARGIN - 0.02)
+    said = []
+    run = SimpleNamespace(saved_config=dict, say=said.append)
+    cfg = SimpleNamespace(precision="fp32", attn_implementation="auto", resume=False, cpu=True, batch_size=8)
+    trained = copy.deepcopy(model)
+    choose_precision(cfg, trained, [50, 60], run)
+    assert (cfg.precision, cfg.attn_implementation, trained.config._attn_implementation) == ("fp32", "sdpa", "sdpa")
+    assert said[0].startswith("precision fp32 (given)") and "attention sdpa" in said[0]
+    given = SimpleNamespace(precision="fp32", attn_implementation="eager", resume=False, cpu=True, batch_size=8)
+    choose_precision(given, trained, [50, 60], run)
+    assert trained.config._attn_implementation == "eager" and len(said) == 1  # given: nothing measured
+
+
+def test_training_with_eager_attention_saves_a_model_that_loads_with_the_default_kernel(cache, tiny_models,
+                                                                                         imdb_head, tmp_path):
+    out = tmp_path / "run"
+    warmstart.finetune(data=str(imdb_head), split="60,30", model=str(tiny_models["bert"]), epochs=1,
+                       attn_implementation="eager", out=str(out), progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["attn_implementation"] == "eager"
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert reloaded.config._attn_implementation == "sdpa"
 
 
 def test_generation_precision_is_measured_and_greedy_text_matches_plain_generate(cache, tiny_gpt2, monkeypatch):

@@ -60,6 +60,10 @@ class FinetuneConfig(LoraOptions, InstructionOptions, TrainOptions, Seq2SeqOptio
     head_lr: float | None = opt(None, "learning rate of the new task head (default: --lr; 3e-3 for --task tokens "
                                       "without --lr): a fresh head can learn faster than the pre-trained body "
                                       "should move", gt=0)
+    label_smoothing: float = opt(0.0, "training loss: this share of each label's probability spread evenly over "
+                                      "all classes or tokens (Szegedy et al. 2016; the Trainer's "
+                                      "label_smoothing_factor); single-label, tokens, seq2seq and causal-lm. The "
+                                      "valid loss stays plain cross-entropy", ge=0, lt=1)
     label_all_subtokens: bool = opt(False, "tokens: train on every sub-token of a word (B- becomes I- after the "
                                            "first), not only the first; predictions always read the first")
     calibrate: bool = opt(True, "single-label: fit a temperature on the valid split at the end (calibrated "

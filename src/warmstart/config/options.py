@@ -163,6 +163,11 @@ class TrainOptions:
         None, "dropout on hidden states: embeddings and residual branches (none: keep the model's, 0.1 for BERT, "
               "BART and GPT-2). 0 can learn faster where training is short against the data, e.g. a few epochs "
               "from scratch", ge=0, lt=1)
+    attn_implementation: str = opt(
+        "auto", "attention kernel while training: auto (on a CPU the faster of the model's own, usually PyTorch's "
+                "fused sdpa, and transformers' eager attention, timed on the run's batch shape with the precision "
+                "and cached; on GPUs the model's own), sdpa or eager. The same arithmetic; saved models keep "
+                "transformers' default", choices=("auto", "sdpa", "eager"))
     max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (none: no clipping)", gt=0)
     seed: int = opt(42, "random seed for shuffling, initialisation and dropout", ge=0, le=4294967295)
     precision: str = opt("auto", "auto, fp32, bf16 or fp16 (auto: bf16 on GPUs that support it; on a CPU bf16 "

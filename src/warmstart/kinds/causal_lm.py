@@ -19,7 +19,7 @@ import torch
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, refuse_inapplicable
-from warmstart.data.batching import IGNORE, Encoded
+from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.pairs import Pairs, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
@@ -28,7 +28,7 @@ from warmstart.metrics import TEXT_METRICS, text_metrics
 from warmstart.models import dropout_of, ensure_pad_token, is_causal, load_config, load_tokenizer, resolve, set_dropout
 from warmstart.models.causal import CausalLM, instruction_ids
 from warmstart.runs import Run, atomic_write_text
-from warmstart.training.common import Job
+from warmstart.training.common import Job, smoothed_loss
 
 # Options of other kinds, refused here with one line rather than ignored.
 OTHER_KINDS = ("text_column", "text_pair_column", "label_column", "label_names", "problem", "label_separator",
@@ -36,11 +36,11 @@ OTHER_KINDS = ("text_column", "text_pair_column", "label_column", "label_names",
                "label_all_subtokens", "head_lr", "from_scratch", "tokenizer", "size", "vocab_size")
 
 
-def pad_rows(rows: list[dict], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
-    """Right-padded tensors (to a multiple of 8): input ids with ``pad_id``, labels with -100. A packed batch has
+def pad_rows(rows: list[dict], pad_id: int, packed: bool, multiple: int | None = 8) -> dict[str, torch.Tensor]:
+    """Right-padded tensors (to a ``multiple``): input ids with ``pad_id``, labels with -100. A packed batch has
     position ids restarting per example and no attention mask: transformers then reads the examples' bounds from
     the positions and keeps attention inside each example (masking_utils.find_packed_sequence_indices)."""
-    width = -(-max(len(r["input_ids"]) for r in rows) // 8) * 8
+    width = -(-max(len(r["input_ids"]) for r in rows) // (multiple or 1)) * (multiple or 1)
     out = {"input_ids": torch.full((len(rows), width), pad_id), "labels": torch.full((len(rows), width), IGNORE)}
     if packed:
         # Padding continues as one more "example" of its own (positions from 0): no real token attends to it.
@@ -197,11 +197,13 @@ class CausalLMTuning:
         packed = cfg.packing
         pad_id = tokenizer.pad_token_id
 
+        multiple = pad_multiple(cfg.cpu)
+
         def collate_train(rows: list[dict]) -> dict:
-            return pad_rows(rows, pad_id, packed)
+            return pad_rows(rows, pad_id, packed, multiple)
 
         def collate(rows: list[dict]) -> dict:
-            return pad_rows(rows, pad_id, False)
+            return pad_rows(rows, pad_id, False, multiple)
 
         valid = data.get("valid")
         run_dir = Path(cfg.out)
@@ -236,6 +238,7 @@ class CausalLMTuning:
                    evaluate=evaluate if valid is not None else None, accuracy=accuracy, valid=valid,
                    trainer_metrics=lambda: GeneratedMetrics(self, cfg, run_dir), metric_names=tuple(self.names),
                    batch_loss=lambda out, batch: out.loss.item(), tokenizer=tokenizer,
+                   loss=smoothed_loss(cfg.label_smoothing, shift=True),
                    unit="packed rows" if packed else "pairs")
 
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:

@@ -47,7 +47,8 @@ class StreamingLogits:
 
 def refuse_class_options(cfg: FinetuneConfig, problem: str) -> None:
     """Options of single-label classification that mean nothing for this problem."""
-    names = ("label_names", "class_weights", "sampler") if problem == "regression" else ("class_weights", "sampler")
+    names = ("class_weights", "sampler", "label_smoothing")
+    names = ("label_names", *names) if problem == "regression" else names
     given = given_flags(cfg, names)
     if given:
         raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {problem}")

@@ -18,7 +18,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, given_flags, refuse_inapplicable
-from warmstart.data.batching import IGNORE, Encoded
+from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
@@ -27,7 +27,7 @@ from warmstart.metrics import format_text_metrics, text_metric_names, text_metri
 from warmstart.models.registry import dropout_of, load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
 from warmstart.runs import Run, atomic_write_text
-from warmstart.training.common import Job, token_accuracy, token_loss
+from warmstart.training.common import Job, smoothed_loss, token_accuracy, token_loss
 
 # The default limit on new tokens: this many times the longest training target, so that a valid text somewhat
 # longer than any seen can still be written whole (a run that ends every text at the limit shows it in its
@@ -137,7 +137,8 @@ class Seq2Seq:
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
         assert self.model is not None
-        collate = DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=IGNORE, pad_to_multiple_of=8,
+        collate = DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=IGNORE,
+                                         pad_to_multiple_of=pad_multiple(cfg.cpu),
                                          return_tensors="pt")
         valid = data.get("valid")
         run_dir = Path(cfg.out)
@@ -166,7 +167,8 @@ class Seq2Seq:
         return Job(train=data["train"], lengths=data["train"].lengths, collate=collate, save=save,
                    evaluate=evaluate if valid is not None else None, accuracy=token_accuracy, valid=valid,
                    trainer_metrics=lambda: GeneratedMetrics(trainer_score), metric_names=self.metrics,
-                   batch_loss=token_loss, tokenizer=tokenizer, unit="pairs")
+                   batch_loss=token_loss, tokenizer=tokenizer,
+                   loss=smoothed_loss(cfg.label_smoothing), unit="pairs")
 
     def written(self, cfg: FinetuneConfig, model_dir: Path, part: Pairs, run: Run) -> tuple[dict, float]:
         """The saved model (reloaded as evaluate loads it) writes ``part``'s targets: its metrics, and the

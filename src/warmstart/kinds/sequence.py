@@ -11,7 +11,7 @@ import torch
 
 from warmstart import distributed, plots
 from warmstart.config import FinetuneConfig, given_flags
-from warmstart.data.batching import Encoded, collator, encode
+from warmstart.data.batching import Encoded, collator, encode, pad_multiple
 from warmstart.data.tables import LabelMap, load_splits
 from warmstart.data.targets import class_weights, oversampled
 from warmstart.errors import UserError
@@ -21,7 +21,7 @@ from warmstart.metrics import classification_metrics, cross_entropy, format_tabl
 from warmstart.models.classifier import load_classifier
 from warmstart.models.registry import dropout_of
 from warmstart.runs import Run
-from warmstart.training.common import Job
+from warmstart.training.common import Job, smoothed_loss
 
 METRICS = ("accuracy", "f1_macro", "balanced_accuracy")  # valid metrics besides the loss, for --metric-for-best
 # Classes this uneven (largest / smallest in the training data) are "skewed": the metrics that mean something
@@ -131,7 +131,7 @@ class SequenceClassification:
         return encode(tokenizer, self.parts[role], max_length, self.y[role], long_text=training_cut(cfg))
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
-        collate = collator(tokenizer)
+        collate = collator(tokenizer, pad_multiple(cfg.cpu))
         valid = data.get("valid")
         train = data["train"]
         if cfg.sampler == "balanced":
@@ -153,7 +153,7 @@ class SequenceClassification:
             model.save_pretrained(folder, state_dict=weights)
             tokenizer.save_pretrained(folder)
 
-        return Job(train=train, lengths=train.lengths, collate=collate, save=save, loss=self.loss(),
+        return Job(train=train, lengths=train.lengths, collate=collate, save=save, loss=self.loss(cfg),
                    evaluate=evaluate if valid is not None else None, accuracy=self.train_counts, valid=valid,
                    trainer_metrics=self.trainer_metrics, metric_names=self.metrics,
                    batch_loss=self.batch_loss, tokenizer=tokenizer)
@@ -170,16 +170,10 @@ class SequenceClassification:
     def batch_loss(self, out, batch) -> float:
         return torch.nn.functional.cross_entropy(out.logits.detach().float(), batch["labels"]).item()
 
-    def loss(self):
-        """The training loss when it is not the model's own: cross-entropy weighted by --class-weights."""
-        if self.weights is None:
-            return None
-        weights = torch.from_numpy(self.weights)
-
-        def weighted(out, batch) -> torch.Tensor:
-            return torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"],
-                                                     weight=weights.to(out.logits.device))
-        return weighted
+    def loss(self, cfg: FinetuneConfig):
+        """The training loss when it is not the model's own: cross-entropy weighted by --class-weights, smoothed
+        by --label-smoothing."""
+        return smoothed_loss(cfg.label_smoothing, None if self.weights is None else torch.from_numpy(self.weights))
 
     def trainer_metrics(self) -> StreamingMetrics:
         return StreamingMetrics(self.labels.names, self.metrics)

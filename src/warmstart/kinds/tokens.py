@@ -15,7 +15,7 @@ from transformers import DataCollatorForTokenClassification
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig, given_flags
-from warmstart.data.batching import IGNORE, Encoded
+from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.tables import load_splits
 from warmstart.data.tagged import (
     Sentences,
@@ -33,12 +33,12 @@ from warmstart.metrics import format_tagging_table, softmax, tagging_metrics
 from warmstart.models.classifier import load_classifier
 from warmstart.models.registry import dropout_of
 from warmstart.runs import Run
-from warmstart.training.common import Job, token_accuracy, token_loss
+from warmstart.training.common import Job, smoothed_loss, token_accuracy, token_loss
 
 
-def tag_collator(tokenizer) -> DataCollatorForTokenClassification:
-    # Labels padded with -100 like the loss expects; multiples of 8 as for sequences.
-    return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+def tag_collator(tokenizer, multiple: int | None = 8) -> DataCollatorForTokenClassification:
+    # Labels padded with -100 like the loss expects; multiples of 8 as for sequences (data.batching.pad_multiple).
+    return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=multiple, return_tensors="pt")
 
 
 def metric_names(scheme: str) -> tuple[str, ...]:
@@ -163,7 +163,7 @@ class TokenClassification:
         return tagging_metrics(part.tags, [[self.tags[i] for i in s] for s in pred_ids], self.scheme)
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
-        collate = tag_collator(tokenizer)
+        collate = tag_collator(tokenizer, pad_multiple(cfg.cpu))
         valid = data.get("valid")
 
         def evaluate(model, device, autocast) -> dict:
@@ -183,7 +183,8 @@ class TokenClassification:
         return Job(train=data["train"], lengths=data["train"].lengths, collate=collate, save=save,
                    evaluate=evaluate if valid is not None else None, accuracy=token_accuracy, valid=valid,
                    trainer_metrics=lambda: WordMetrics(self), metric_names=metric_names(self.scheme),
-                   batch_loss=token_loss, tokenizer=tokenizer, unit="sentence windows")
+                   batch_loss=token_loss, tokenizer=tokenizer,
+                   loss=smoothed_loss(cfg.label_smoothing), unit="sentence windows")
 
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
         # Reload from disk through the same path `evaluate` uses: proves the saved model is complete.

@@ -5,6 +5,12 @@ and 1.47x *faster* on the AMD EPYC (Zen 4) after it: a fixed rule is wrong on on
 steps of the model itself in both precisions (forward + backward for training, forward for inference), keeps
 bf16 only when it is at least MARGIN faster (its rounding is not free), and caches the answer per CPU model,
 torch version, thread count, model and input shape in warmstart's cache: later runs decide without timing.
+
+Training also times the attention kernel. PyTorch's fused CPU attention (SDPA, transformers' default) has a bf16
+backward pass that was the slowest part of a training step on the AMD EPYC: 55% of a small BART's step on
+96 words, where transformers' plain "eager" attention (matrix products and a softmax, the same arithmetic) made
+the step 2.2x faster, and a MiniLM step on 16x256 tokens 1.5x faster; in fp32 the two were even. So a training
+step is timed with each kernel too, and eager is used where it is at least ATTENTION_MARGIN faster.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ import torch
 
 from warmstart.runs import atomic_write_json, cache_dir
 
-MARGIN = 1.15   # bf16 must be this much faster than fp32 to be chosen
-REPS = 3        # timed steps per precision, interleaved; the fastest of each counts
-MAX_ROWS = 8    # rows of the timed batch: enough to fill the matrix units, cheap enough to time once
+MARGIN = 1.15            # bf16 must be this much faster than fp32 to be chosen
+ATTENTION_MARGIN = 1.05  # eager attention must be this much faster than the model's own kernel to replace it
+REPS = 3                 # timed steps per precision, interleaved; the fastest of each counts
+MAX_ROWS = 8             # rows of the timed batch at least (up to the batch size): enough to fill the matrix units
+TOKEN_BUDGET = 2048      # ... and more rows of short texts, up to this many tokens: 96 words of a spelling batch
+                         # are not 8 rows of 32 tokens, and the kernels rank differently on the two
+EAGER = "eager"
 
 
 @dataclass(frozen=True)
@@ -37,20 +47,36 @@ class Choice:
     shape: tuple[int, int]  # (rows, tokens) of the timed batch
     cached: bool            # read from the cache rather than measured now
     error: str = ""         # why it could not be measured (then fp32)
+    own_attention: str = ""  # train: the model's own attention kernel, timed against eager ("" where not timed)
+    eager_speedup: tuple[float, float] = (0.0, 0.0)  # train: own kernel's step time / eager's, in fp32 and bf16
+
+    def attention(self, precision: str | None = None) -> str:
+        """The attention kernel to train with in ``precision`` (default: the chosen one): eager where it was
+        measured at least ATTENTION_MARGIN faster than the model's own, else the model's own ("" if not timed)."""
+        speedup = self.eager_speedup[(precision or self.precision) == "bf16"]
+        return EAGER if self.own_attention and speedup >= ATTENTION_MARGIN else self.own_attention
 
     def record(self) -> dict:
         """For metrics.json."""
-        return {"chosen": self.precision, "error": self.error, "bf16_speedup": self.speedup, "fp32_ms": self.fp32_ms,
-                "bf16_ms": self.bf16_ms, "mode": self.mode, "timed_shape": list(self.shape), "cached": self.cached}
+        out = {"chosen": self.precision, "error": self.error, "bf16_speedup": self.speedup, "fp32_ms": self.fp32_ms,
+               "bf16_ms": self.bf16_ms, "mode": self.mode, "timed_shape": list(self.shape), "cached": self.cached}
+        if self.own_attention:
+            out.update(attention=self.attention(), eager_attention_speedup=dict(zip(("fp32", "bf16"),
+                                                                                    self.eager_speedup)))
+        return out
 
     def describe(self) -> str:
         if self.error:
             return f"precision auto → fp32: bf16 could not be timed on this model ({self.error})"
         verb = "cached" if self.cached else "measured"
         rows, tokens = self.shape
-        return (f"precision auto → {self.precision}: bf16 {self.speedup:.2f}x fp32's speed ({verb}: "
+        said = (f"precision auto → {self.precision}: bf16 {self.speedup:.2f}x fp32's speed ({verb}: "
                 f"{self.mode} step on {rows}x{tokens} tokens, {self.fp32_ms:.0f} ms fp32 vs {self.bf16_ms:.0f} ms bf16"
                 f"; bf16 needs ≥{MARGIN:.2f}x)")
+        if self.own_attention:
+            said += (f"; attention {self.attention()}: eager {self.eager_speedup[self.precision == 'bf16']:.2f}x "
+                     f"{self.own_attention}'s speed in {self.precision} (needs ≥{ATTENTION_MARGIN:.2f}x)")
+        return said
 
 
 def cpu_name() -> str:
@@ -67,10 +93,18 @@ def cache_file() -> Path:
     return cache_dir() / "precision.json"
 
 
+def own_attention(model: torch.nn.Module) -> str:
+    """The attention kernel ``model`` runs with (transformers' config._attn_implementation), or "" for a model
+    without that choice."""
+    kernel = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return kernel if isinstance(kernel, str) and callable(getattr(model, "set_attn_implementation", None)) else ""
+
+
 def cache_key(model: torch.nn.Module, mode: str, shape: tuple[int, int]) -> str:
     params = sum(p.numel() for p in model.parameters())
+    kernel = f" | attention {own_attention(model)} vs {EAGER}" if mode == "train" and own_attention(model) else ""
     return (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {mode} | "
-            f"{type(model).__name__} {params} params | {shape[0]}x{shape[1]}")
+            f"{type(model).__name__} {params} params | {shape[0]}x{shape[1]}{kernel}")
 
 
 def _read_cache() -> dict:
@@ -85,14 +119,21 @@ def cached(model: torch.nn.Module, mode: str, shape: tuple[int, int]) -> Choice 
     if not entry:
         return None
     try:
-        return Choice(**{**entry, "shape": tuple(entry["shape"]), "cached": True})
+        return Choice(**{**entry, "shape": tuple(entry["shape"]), "cached": True,
+                         "eager_speedup": tuple(entry.get("eager_speedup", (0.0, 0.0)))})
     except TypeError:  # written by another version
         return None
 
 
-def timed_shape(rows: int, tokens: int) -> tuple[int, int]:
-    """The batch to time: at most MAX_ROWS rows, tokens rounded up to a multiple of 32 (fewer cache entries)."""
-    return max(1, min(rows, MAX_ROWS)), max(32, -(-int(tokens) // 32) * 32)
+def timed_shape(rows: int, tokens: int, mode: str = "train") -> tuple[int, int]:
+    """The batch to time. Training: the run's rows (at least MAX_ROWS, or for short texts up to TOKEN_BUDGET
+    tokens in all) and its mean length rounded up to a multiple of 8. Inference: at most MAX_ROWS rows, tokens
+    rounded up to a multiple of 32, whatever the batch size, so that every command scoring a model decides alike
+    (fewer cache entries)."""
+    if mode != "train":
+        return max(1, min(rows, MAX_ROWS)), max(32, -(-int(tokens) // 32) * 32)
+    tokens = max(8, -(-int(tokens) // 8) * 8)
+    return max(1, min(rows, max(MAX_ROWS, TOKEN_BUDGET // tokens))), tokens
 
 
 def measure(model: torch.nn.Module, mode: str, rows: int, tokens: int) -> Choice:
@@ -101,19 +142,27 @@ def measure(model: torch.nn.Module, mode: str, rows: int, tokens: int) -> Choice
     as it was, so a run that measures and one that reads the cache train the same."""
     config = getattr(model, "config", None)
     longest = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    shape = timed_shape(rows, min(tokens, longest) if longest else tokens)
+    shape = timed_shape(rows, min(tokens, longest) if longest else tokens, mode)
     hit = cached(model, mode, shape)
     if hit is not None:
         return hit
+    own = own_attention(model) if mode == "train" else ""
     try:
         with torch.random.fork_rng(devices=[]):
             fp32_s, bf16_s = _time_both(model, mode, shape)
+            # The model's own kernel against eager, where it has another (a training step's backward differs).
+            eager = _time_both(model, mode, shape, EAGER) if own and own != EAGER else None
     except Exception as e:  # a model these plain inputs do not fit: keep fp32, say why, cache nothing
         return Choice("fp32", 0.0, 0.0, 0.0, mode, shape, False,
                       error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+    eager_speedup = (0.0, 0.0)
+    if eager is not None:  # each precision at its faster kernel
+        eager_speedup = (round(fp32_s / eager[0], 3), round(bf16_s / eager[1], 3))
+        fp32_s, bf16_s = min(fp32_s, eager[0]), min(bf16_s, eager[1])
     speedup = fp32_s / bf16_s
     choice = Choice("bf16" if speedup >= MARGIN else "fp32", round(speedup, 3), round(fp32_s * 1e3, 1),
-                    round(bf16_s * 1e3, 1), mode, shape, False)
+                    round(bf16_s * 1e3, 1), mode, shape, False, own_attention=own if eager else "",
+                    eager_speedup=eager_speedup)
     entries = _read_cache()
     entries[cache_key(model, mode, shape)] = {k: v for k, v in asdict(choice).items() if k not in ("cached", "error")}
     try:
@@ -123,7 +172,9 @@ def measure(model: torch.nn.Module, mode: str, rows: int, tokens: int) -> Choice
     return choice
 
 
-def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int]) -> tuple[float, float]:
+def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int], attention: str | None = None
+               ) -> tuple[float, float]:
+    """The fastest of REPS steps in fp32 and in bf16 (seconds), with ``attention`` as the kernel if given."""
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None) or 1000
     g = torch.Generator().manual_seed(0)
@@ -133,6 +184,8 @@ def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int]) -> tup
         inputs["decoder_input_ids"] = ids[:, : max(1, shape[1] // 4)]
     if mode == "train":
         m32 = m16 = copy.deepcopy(model).cpu().train()
+        if attention:
+            m32.set_attn_implementation(attention)
 
         def step(m: torch.nn.Module, bf16: bool) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -60,6 +60,24 @@ def token_loss(out, batch: dict) -> float:
     return torch.nn.functional.cross_entropy(out.logits.detach().float().flatten(0, 1), batch["labels"].flatten(),
                                              ignore_index=IGNORE).item()
 
+def smoothed_loss(factor: float, weight: torch.Tensor | None = None, shift: bool = False
+                  ) -> Callable[[Any, dict], torch.Tensor] | None:
+    """The training loss with label smoothing ``factor`` and class ``weight``s (None where neither is asked: the
+    model's own loss then): cross-entropy in fp32 over the labelled positions. ``shift``: a causal LM, whose
+    logits at position i predict the label at i + 1."""
+    if not factor and weight is None:
+        return None
+
+    def loss(out, batch: dict) -> torch.Tensor:
+        logits, labels = out.logits, batch["labels"]
+        if shift:
+            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+            weight=None if weight is None else weight.to(logits.device), label_smoothing=factor)
+    return loss
+
+
 @dataclass
 class State:
     """Where training stands; saved as state.json in every checkpoint."""
@@ -101,23 +119,47 @@ def mixed_precision(precision: str, cpu: bool) -> str:
 
 
 def choose_precision(cfg: Any, model: torch.nn.Module, lengths: np.ndarray, run: Any) -> measured.Choice | None:
-    """Resolve ``cfg.precision`` 'auto' in place for this run, before its config is written. A resumed run keeps
-    what its start chose (config.yaml); on GPUs (and under a launcher that set a precision) the rule of
-    ``mixed_precision``; on CPUs a measured choice (models.precision) on the run's own batch shape, made by the
-    main process and shared, so every process trains alike; the measured choice is logged."""
-    if cfg.precision == "auto" and cfg.resume:
-        cfg.precision = run.saved_config().get("precision", "auto")
-    if cfg.precision != "auto":
-        return None
+    """Resolve 'auto' in ``cfg.precision`` and ``cfg.attn_implementation`` in place for this run, before its config
+    is written, and give ``model`` that attention kernel. A resumed run keeps what its start chose (config.yaml); on
+    GPUs (and under a launcher that set a precision) the rule of ``mixed_precision`` and the model's own kernel; on
+    CPUs a measured choice (models.precision) on the run's own batch shape, made by the main process and shared, so
+    every process trains alike; the measured choice is logged."""
+    kernel = getattr(cfg, "attn_implementation", None)  # None: a config without the option keeps the model's own
+    if cfg.resume:
+        saved = run.saved_config()
+        cfg.precision = saved.get("precision", "auto") if cfg.precision == "auto" else cfg.precision
+        kernel = saved.get("attn_implementation", "auto") if kernel == "auto" else kernel
+        if kernel == "auto" and saved.get("precision") not in (None, "auto"):
+            kernel = None  # started before the kernel was chosen: it trained with the model's own
+    choice = None
+    own = measured.own_attention(model)
     if torch.cuda.is_available() and not cfg.cpu:
-        chosen = mixed_precision("auto", cfg.cpu)
-        cfg.precision = "fp32" if chosen == "no" else chosen
-        return None
-    tokens = float(np.mean(lengths)) if len(lengths) else 32.0
-    choice = measured.measure(model, "train", cfg.batch_size, tokens) if distributed.is_main() else None
-    choice = distributed.broadcast(choice, cpu=True)
-    cfg.precision = choice.precision
-    run.say(choice.describe())
+        if cfg.precision == "auto":
+            chosen = mixed_precision("auto", cfg.cpu)
+            cfg.precision = "fp32" if chosen == "no" else chosen
+    elif cfg.precision == "auto" or (kernel == "auto" and own):
+        tokens = float(np.mean(lengths)) if len(lengths) else 32.0
+        choice = measured.measure(model, "train", cfg.batch_size, tokens) if distributed.is_main() else None
+        choice = distributed.broadcast(choice, cpu=True)
+        said = choice.describe()
+        if cfg.precision == "auto":
+            cfg.precision = choice.precision
+        else:  # only the kernel was chosen: said for the precision given
+            said = said.replace(f"precision auto → {choice.precision}", f"precision {cfg.precision} (given)")
+        if kernel == "auto":
+            kernel = choice.attention(cfg.precision)
+            if choice.own_attention and choice.attention() != kernel:
+                said += f"; in {cfg.precision}: attention {kernel}"
+        run.say(said)
+    if kernel in ("auto", None) or not own:
+        kernel = own or kernel
+    elif kernel != own:
+        try:
+            model.set_attn_implementation(kernel)
+        except (ValueError, ImportError) as e:  # a model without that kernel: say so, in one line
+            raise UserError(f"--attn-implementation {kernel}: {str(e).strip().splitlines()[0]}") from None
+    if kernel is not None and hasattr(cfg, "attn_implementation"):
+        cfg.attn_implementation = kernel
     return choice
 
 

@@ -68,12 +68,17 @@ class _Trainer(Trainer):
         with faster_dropout(self.args.device) if model.training else contextlib.nullcontext():
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
-        if self.job.loss is not None:  # the kind's own loss (e.g. class weights) replaces the model's
+        if self.job.loss is not None and model.training:
+            # The kind's own training loss (class weights, label smoothing) replaces the model's; the valid loss
+            # stays the model's plain cross-entropy, as the native loop's evaluation computes it.
             loss = self.job.loss(outputs, inputs)
         if model.training:
             correct, counted = self.job.accuracy(outputs, inputs) if self.job.accuracy is not None \
                 else (0, len(inputs["input_ids"]))
-            self.stats.loss_sum += self.job.batch_loss(outputs, inputs) * counted
+            # The epoch's train loss is the loss trained on (smoothed, weighted), as the native loop logs it; the
+            # model's own may be scaled by the Trainer for accumulation, so its batch mean is recomputed.
+            mean = loss.item() if self.job.loss is not None else self.job.batch_loss(outputs, inputs)
+            self.stats.loss_sum += mean * counted
             self.stats.correct += correct
             self.stats.seen += counted
             self.stats.samples += len(inputs["input_ids"])
