@@ -65,17 +65,19 @@ class Choice:
                                                                                     self.eager_speedup)))
         return out
 
-    def describe(self) -> str:
+    def describe(self, given: str | None = None) -> str:
+        """The log line. ``given``: the precision the run was told to use (only the kernel was chosen here)."""
         if self.error:
             return f"precision auto → fp32: bf16 could not be timed on this model ({self.error})"
         verb = "cached" if self.cached else "measured"
         rows, tokens = self.shape
-        said = (f"precision auto → {self.precision}: bf16 {self.speedup:.2f}x fp32's speed ({verb}: "
-                f"{self.mode} step on {rows}x{tokens} tokens, {self.fp32_ms:.0f} ms fp32 vs {self.bf16_ms:.0f} ms bf16"
-                f"; bf16 needs ≥{MARGIN:.2f}x)")
+        precision = given or self.precision
+        said = (f"precision {f'{given} (given)' if given else f'auto → {self.precision}'}: bf16 {self.speedup:.2f}x "
+                f"fp32's speed ({verb}: {self.mode} step on {rows}x{tokens} tokens, {self.fp32_ms:.0f} ms fp32 vs "
+                f"{self.bf16_ms:.0f} ms bf16; bf16 needs ≥{MARGIN:.2f}x)")
         if self.own_attention:
-            said += (f"; attention {self.attention()}: eager {self.eager_speedup[self.precision == 'bf16']:.2f}x "
-                     f"{self.own_attention}'s speed in {self.precision} (needs ≥{ATTENTION_MARGIN:.2f}x)")
+            said += (f"; attention {self.attention(precision)}: eager {self.eager_speedup[precision == 'bf16']:.2f}x "
+                     f"{self.own_attention}'s speed in {precision} (needs ≥{ATTENTION_MARGIN:.2f}x)")
         return said
 
 

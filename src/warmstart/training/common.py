@@ -141,17 +141,10 @@ def choose_precision(cfg: Any, model: torch.nn.Module, lengths: np.ndarray, run:
         tokens = float(np.mean(lengths)) if len(lengths) else 32.0
         choice = measured.measure(model, "train", cfg.batch_size, tokens) if distributed.is_main() else None
         choice = distributed.broadcast(choice, cpu=True)
-        said = choice.describe()
-        if cfg.precision == "auto":
-            cfg.precision = choice.precision
-        else:  # only the kernel was chosen: said for the precision given
-            said = said.replace(f"precision auto → {choice.precision}", f"precision {cfg.precision} (given)")
-        if kernel == "auto":
-            kernel = choice.attention(cfg.precision)
-            if choice.own_attention and choice.attention() != kernel:
-                said += f"; in {cfg.precision}: attention {kernel}"
-        run.say(said)
-    if kernel in ("auto", None) or not own:
+        run.say(choice.describe(None if cfg.precision == "auto" else cfg.precision))
+        cfg.precision = choice.precision if cfg.precision == "auto" else cfg.precision
+        kernel = (choice.attention(cfg.precision) or kernel) if kernel == "auto" else kernel  # "": no choice
+    if kernel in ("auto", None) or not own:  # nothing chosen, or nothing to choose: the model's own
         kernel = own or kernel
     elif kernel != own:
         try:
