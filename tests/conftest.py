@@ -33,6 +33,19 @@ def imdb() -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory, imdb):
+    """The bundled MiniLM fine-tuned on 160 real reviews for 3 epochs (30 steps), scored on 200 test reviews:
+    one run, read by the finetune tests and compared with the Trainer engine's."""
+    import warmstart
+
+    out = tmp_path_factory.mktemp("minilm") / "run"
+    return warmstart.finetune(data=str(imdb), split="35000,5000,10000", max_train_samples=160,
+                              max_valid_samples=48, max_test_samples=200, label_names="negative,positive",
+                              max_length=128, epochs=3, lr=1e-4, batch_size=16, logging_steps=5,
+                              out=str(out), progress=False)
+
+
+@pytest.fixture(scope="session")
 def imdb_head(tmp_path_factory) -> Path:
     """The first 600 IMDb reviews, cut to 60 words so that tiny-model runs stay fast."""
     df = pd.read_csv(IMDB, nrows=600)

@@ -14,16 +14,6 @@ import warmstart
 from warmstart.cli import main
 
 
-@pytest.fixture(scope="module")
-def minilm_run(tmp_path_factory, imdb):
-    out = tmp_path_factory.mktemp("minilm") / "run"
-    result = warmstart.finetune(data=str(imdb), split="35000,5000,10000", max_train_samples=160,
-                                max_valid_samples=48, max_test_samples=64, label_names="negative,positive",
-                                max_length=128, epochs=3, lr=1e-4, batch_size=16, logging_steps=5,
-                                out=str(out), progress=False)
-    return result
-
-
 def test_minilm_loss_goes_down_and_run_folder_is_complete(minilm_run):
     run = minilm_run.run_dir
     for name in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "config.yaml",
@@ -37,8 +27,8 @@ def test_minilm_loss_goes_down_and_run_folder_is_complete(minilm_run):
     assert [h["epoch"] for h in history if "train_loss" in h] == [1, 2, 3]
     assert sum("lr" in h for h in history) == 6  # 30 steps, a log line every 5
     test = minilm_run.metrics["test"]
-    assert test["accuracy"] > 0.6  # above chance after 30 steps (0.69 measured)
-    assert test["n"] == 64 and np.array(test["confusion_matrix"]).sum() == 64
+    assert test["accuracy"] > 0.6  # above chance after 30 steps
+    assert test["n"] == 200 and np.array(test["confusion_matrix"]).sum() == 200
     assert set(test["per_class"]) == {"negative", "positive"}
 
 
@@ -53,7 +43,7 @@ def test_saved_model_loads_with_plain_transformers_and_names_its_labels(minilm_r
 def test_predict_agrees_with_evaluate_on_the_test_split(minilm_run, imdb, tmp_path):
     import pandas as pd
 
-    df = pd.read_csv(imdb, skiprows=range(1, 40001), nrows=64)
+    df = pd.read_csv(imdb, skiprows=range(1, 40001), nrows=200)
     path = tmp_path / "test.csv"
     df.to_csv(path, index=False)  # labels 0/1: mapped onto negative/positive by the saved label values
     # PyTorch fp32, as finetune's own test pass: the int8 default, or bf16 where --precision auto measures it

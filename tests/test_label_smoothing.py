@@ -3,6 +3,7 @@ the Trainer's LabelSmoother computes it; the valid loss stays plain cross-entrop
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.trainer_pt_utils import LabelSmoother
 
 import warmstart
+from test_causal_lm import tiny_llama  # noqa: F401  (the fixture, shared)
 from warmstart.cli import main
 from warmstart.data.batching import IGNORE
 from warmstart.training.common import smoothed_loss
@@ -72,6 +74,34 @@ def test_label_smoothing_is_the_loss_trained_on_in_both_engines_and_not_the_vali
     assert smoothed["valid_loss"] == pytest.approx(plain["valid_loss"], rel=1e-5)
     assert smoothed["train_loss"] > plain["train_loss"] + 0.1, (plain, smoothed)
     assert (tmp_path / "ls0.3" / "config.yaml").read_text().count("label_smoothing: 0.3") == 1
+
+
+@pytest.mark.parametrize("engine", ["native", "trainer"])
+def test_a_causal_lm_is_not_given_the_labels_when_the_loss_is_computed_for_it(tiny_llama, copy_pairs, tmp_path,  # noqa: F811
+                                                                                monkeypatch, engine):
+    # Given labels, the model computes its own cross-entropy too: for SmolLM2 a second fp32 pass over logits of
+    # 49,152 words per token, thrown away. Without smoothing the model's own loss is the one trained on.
+    from transformers import LlamaForCausalLM
+
+    given = []
+    forward = LlamaForCausalLM.forward
+
+    @functools.wraps(forward)  # the Trainer keeps the batch columns the forward's signature names
+    def recording(self, *args, **kwargs):
+        if self.training:
+            given.append(kwargs.get("labels") is not None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", recording)
+    for factor in (0.1, 0.0):
+        given.clear()
+        result = warmstart.finetune(data=str(copy_pairs), task="causal-lm", model=str(tiny_llama), split="50,10",
+                                    template="copy: {source} =", epochs=1, batch_size=10, lr=1e-3,
+                                    precision="fp32", attn_implementation="sdpa",  # no timed steps
+                                    metrics="exact_match", eval_samples=2, label_smoothing=factor,
+                                    engine=engine, progress=False, out=str(tmp_path / f"ls{factor}"))
+        assert len(given) == 5 and set(given) == {factor == 0.0}, (factor, given)
+        assert result.metrics["epochs"][0]["train_loss"] > 0
 
 
 @pytest.mark.parametrize("problem,labels", [("regression", ["0.5", "1.5"]), ("multi-label", ['["a"]', '["a","b"]'])])

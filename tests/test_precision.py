@@ -28,20 +28,25 @@ def model(tiny_models):
     return AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
 
 
-def fake_timings(monkeypatch, fp32_s: float, bf16_s: float, eager: float = 1.0) -> list:
+def fake_timings(monkeypatch, fp32_s: float, bf16_s: float, eager: float = 1.0, matmul: float = 0.5) -> list:
+    """Step times of a made-up CPU; ``matmul``: how many times slower its bf16 matrix products are."""
     calls = []
 
-    def timed(model, mode, shape, attention=None):
+    def timed(model, mode, shape, attention=None, with_bf16=True):
         calls.append((mode, shape, attention))
-        return (fp32_s / eager, bf16_s / eager) if attention == "eager" else (fp32_s, bf16_s)
+        bf16 = bf16_s if with_bf16 else float("inf")
+        return (fp32_s / eager, bf16 / eager) if attention == "eager" else (fp32_s, bf16)
 
     monkeypatch.setattr(measured, "_time_both", timed)
+    monkeypatch.setattr(measured, "bf16_matmul_slowdown", lambda: matmul)
     return calls
 
 
 def test_auto_precision_is_measured_once_then_read_from_the_cache(cache, model):
     first = measured.measure(model, "train", 16, 100)
-    assert first.precision in ("fp32", "bf16") and not first.cached and first.fp32_ms > 0 and first.bf16_ms > 0
+    assert first.precision in ("fp32", "bf16") and not first.cached and first.fp32_ms > 0
+    # bf16 is timed on the model unless this CPU's bf16 matrix products are hopelessly slow (no bf16 instructions).
+    assert (first.bf16_ms > 0) == (measured.bf16_matmul_slowdown() < measured.HOPELESS)
     assert first.shape == (16, 104)  # the run's rows (under the token budget), tokens rounded up to a multiple of 8
     assert (cache / "precision.json").is_file()
     again = measured.measure(model, "train", 16, 99)  # the same timed shape: no new timing
@@ -59,6 +64,25 @@ def test_bf16_is_chosen_only_when_measured_at_least_the_margin_faster(cache, mod
     fake_timings(monkeypatch, 1.0, 1.0 / (measured.MARGIN - 0.05))
     assert measured.measure(model, "train", 4, 256).precision == "fp32"
     assert calls == [("train", (4, 64), None), ("train", (4, 64), "eager")]  # the second: the attention kernel
+
+
+def test_a_cpu_without_bf16_instructions_times_only_fp32_and_says_why(cache, model, monkeypatch):
+    # An AMD EPYC Zen 3 (AVX2 only): a bf16 matrix product ~70x slower than fp32's, one bf16 step of a model minutes.
+    fake_timings(monkeypatch, 1.0, 0.5, eager=1.5, matmul=70.0)
+    timed = []
+    real = measured._time_both
+    monkeypatch.setattr(measured, "_time_both", lambda *a, **k: timed.append(k["with_bf16"]) or real(*a, **k))
+    choice = measured.measure(model, "train", 4, 64)
+    assert timed == [False, False] and choice.precision == "fp32" and choice.bf16_ms == 0 == choice.speedup
+    assert choice.attention() == "eager"  # the fp32 kernels are still compared
+    assert "bf16 not timed on the model: a bf16 matrix product is 70x slower" in choice.describe()
+    assert choice.record()["bf16_matmul_slowdown"] == 70.0
+    assert measured.measure(model, "train", 4, 64).cached  # and the answer is cached like a measured one
+
+
+def test_the_cache_tells_apart_cpus_of_one_name():
+    # "AMD EPYC" named both a Zen 3 without bf16 and a Zen 4 with it: the key carries family/model and torch's ISA.
+    assert torch.backends.cpu.get_cpu_capability() in measured.cpu_name()
 
 
 def test_measuring_leaves_the_random_state_as_it_was(cache, model):

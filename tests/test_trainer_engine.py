@@ -18,11 +18,11 @@ from warmstart.cli import main
 no_dropout_bert = test_distributed.no_dropout_bert  # the fixture, shared
 
 
-def test_both_engines_learn_the_same_task_to_close_accuracy(imdb, tmp_path):
+def test_both_engines_learn_the_same_task_to_close_accuracy(minilm_run, imdb, tmp_path):
+    native = minilm_run  # the native engine's run of this config (shared with the finetune tests)
     common = dict(data=str(imdb), split="35000,5000,10000", max_train_samples=160, max_valid_samples=48,
                   max_test_samples=200, label_names="negative,positive", max_length=128, epochs=3, lr=1e-4,
-                  logging_steps=5, progress=False)
-    native = warmstart.finetune(**common, out=str(tmp_path / "native"))
+                  batch_size=16, logging_steps=5, progress=False)
     trainer = warmstart.finetune(**common, engine="trainer", out=str(tmp_path / "trainer"))
     for result in (native, trainer):
         for name in ("model/model.safetensors", "config.yaml", "metrics.json", "history.jsonl",

@@ -168,7 +168,7 @@ class Seq2Seq:
                    evaluate=evaluate if valid is not None else None, accuracy=token_accuracy, valid=valid,
                    trainer_metrics=lambda: GeneratedMetrics(trainer_score), metric_names=self.metrics,
                    batch_loss=token_loss, tokenizer=tokenizer,
-                   loss=smoothed_loss(cfg.label_smoothing), unit="pairs")
+                   loss=smoothed_loss(cfg.label_smoothing), unit="pairs", labels_make_inputs=True)
 
     def written(self, cfg: FinetuneConfig, model_dir: Path, part: Pairs, run: Run) -> tuple[dict, float]:
         """The saved model (reloaded as evaluate loads it) writes ``part``'s targets: its metrics, and the

@@ -11,11 +11,17 @@ backward pass that was the slowest part of a training step on the AMD EPYC: 55% 
 96 words, where transformers' plain "eager" attention (matrix products and a softmax, the same arithmetic) made
 the step 2.2x faster, and a MiniLM step on 16x256 tokens 1.5x faster; in fp32 the two were even. So a training
 step is timed with each kernel too, and eager is used where it is at least ATTENTION_MARGIN faster.
+
+A CPU without bf16 instructions (AVX2 only, as the AMD EPYC Zen 3 this project later ran on) emulates bf16: a
+matrix product was 70-120x slower than fp32's there, and timing one bf16 training step of a model took longer than
+the run it was for. So a 256x256 matrix product is timed first (milliseconds); where bf16 is HOPELESS times slower,
+the model is timed in fp32 only (its attention kernels still compared) and fp32 is chosen.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import platform
 import time
@@ -32,6 +38,7 @@ REPS = 3                 # timed steps per precision, interleaved; the fastest o
 MAX_ROWS = 8             # rows of the timed batch at least (up to the batch size): enough to fill the matrix units
 TOKEN_BUDGET = 2048      # ... and more rows of short texts, up to this many tokens: 96 words of a spelling batch
                          # are not 8 rows of 32 tokens, and the kernels rank differently on the two
+HOPELESS = 2.0           # a bf16 matrix product this much slower than fp32's: bf16 is not timed on the model
 EAGER = "eager"
 
 
@@ -49,6 +56,11 @@ class Choice:
     error: str = ""         # why it could not be measured (then fp32)
     own_attention: str = ""  # train: the model's own attention kernel, timed against eager ("" where not timed)
     eager_speedup: tuple[float, float] = (0.0, 0.0)  # train: own kernel's step time / eager's, in fp32 and bf16
+    bf16_matmul: float = 0.0  # how many times slower a bf16 matrix product was than fp32's (the probe)
+
+    @property
+    def bf16_timed(self) -> bool:
+        return self.bf16_ms > 0
 
     def attention(self, precision: str | None = None) -> str:
         """The attention kernel to train with in ``precision`` (default: the chosen one): eager where it was
@@ -59,7 +71,8 @@ class Choice:
     def record(self) -> dict:
         """For metrics.json."""
         out = {"chosen": self.precision, "error": self.error, "bf16_speedup": self.speedup, "fp32_ms": self.fp32_ms,
-               "bf16_ms": self.bf16_ms, "mode": self.mode, "timed_shape": list(self.shape), "cached": self.cached}
+               "bf16_ms": self.bf16_ms, "mode": self.mode, "timed_shape": list(self.shape), "cached": self.cached,
+               "bf16_matmul_slowdown": self.bf16_matmul}
         if self.own_attention:
             out.update(attention=self.attention(), eager_attention_speedup=dict(zip(("fp32", "bf16"),
                                                                                     self.eager_speedup)))
@@ -72,23 +85,50 @@ class Choice:
         verb = "cached" if self.cached else "measured"
         rows, tokens = self.shape
         precision = given or self.precision
-        said = (f"precision {f'{given} (given)' if given else f'auto → {self.precision}'}: bf16 {self.speedup:.2f}x "
-                f"fp32's speed ({verb}: {self.mode} step on {rows}x{tokens} tokens, {self.fp32_ms:.0f} ms fp32 vs "
-                f"{self.bf16_ms:.0f} ms bf16; bf16 needs ≥{MARGIN:.2f}x)")
+        said = f"precision {f'{given} (given)' if given else f'auto → {self.precision}'}: "
+        if self.bf16_timed:
+            said += (f"bf16 {self.speedup:.2f}x fp32's speed ({verb}: {self.mode} step on {rows}x{tokens} tokens, "
+                     f"{self.fp32_ms:.0f} ms fp32 vs {self.bf16_ms:.0f} ms bf16; bf16 needs ≥{MARGIN:.2f}x)")
+        else:
+            said += (f"bf16 not timed on the model: a bf16 matrix product is {self.bf16_matmul:.0f}x slower than "
+                     f"fp32's on this CPU (no bf16 instructions; {verb}: {self.mode} step on {rows}x{tokens} tokens, "
+                     f"{self.fp32_ms:.0f} ms fp32)")
         if self.own_attention:
             said += (f"; attention {self.attention(precision)}: eager {self.eager_speedup[precision == 'bf16']:.2f}x "
                      f"{self.own_attention}'s speed in {precision} (needs ≥{ATTENTION_MARGIN:.2f}x)")
         return said
 
 
+@functools.cache
 def cpu_name() -> str:
+    """The CPU, as precise as the cache needs: two hosts both named "AMD EPYC" (a Zen 3 without bf16 instructions
+    and a Zen 4 with them) differ in family/model and in the instruction set torch dispatches to."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    where = f"family {fields['cpu family']} model {fields['model']}, " if "cpu family" in fields else ""
+    return f"{name} ({where}{torch.backends.cpu.get_cpu_capability()})"
+
+
+@functools.cache
+def bf16_matmul_slowdown() -> float:
+    """How many times slower a 256x256 bf16 matrix product is than an fp32 one here (best of 5 each)."""
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)).to(dtype)
+        a @ a  # warm-up
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t)
+        best[dtype] = min(times)
+    return round(best[torch.bfloat16] / max(best[torch.float32], 1e-9), 1)
 
 
 def cache_file() -> Path:
@@ -149,22 +189,24 @@ def measure(model: torch.nn.Module, mode: str, rows: int, tokens: int) -> Choice
     if hit is not None:
         return hit
     own = own_attention(model) if mode == "train" else ""
+    slowdown = bf16_matmul_slowdown()
+    with_bf16 = slowdown < HOPELESS
     try:
         with torch.random.fork_rng(devices=[]):
-            fp32_s, bf16_s = _time_both(model, mode, shape)
+            fp32_s, bf16_s = _time_both(model, mode, shape, with_bf16=with_bf16)
             # The model's own kernel against eager, where it has another (a training step's backward differs).
-            eager = _time_both(model, mode, shape, EAGER) if own and own != EAGER else None
+            eager = _time_both(model, mode, shape, EAGER, with_bf16=with_bf16) if own and own != EAGER else None
     except Exception as e:  # a model these plain inputs do not fit: keep fp32, say why, cache nothing
         return Choice("fp32", 0.0, 0.0, 0.0, mode, shape, False,
                       error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     eager_speedup = (0.0, 0.0)
     if eager is not None:  # each precision at its faster kernel
-        eager_speedup = (round(fp32_s / eager[0], 3), round(bf16_s / eager[1], 3))
+        eager_speedup = (round(fp32_s / eager[0], 3), round(bf16_s / eager[1], 3) if with_bf16 else 0.0)
         fp32_s, bf16_s = min(fp32_s, eager[0]), min(bf16_s, eager[1])
-    speedup = fp32_s / bf16_s
+    speedup = fp32_s / bf16_s if with_bf16 else 0.0
     choice = Choice("bf16" if speedup >= MARGIN else "fp32", round(speedup, 3), round(fp32_s * 1e3, 1),
-                    round(bf16_s * 1e3, 1), mode, shape, False, own_attention=own if eager else "",
-                    eager_speedup=eager_speedup)
+                    round(bf16_s * 1e3, 1) if with_bf16 else 0.0, mode, shape, False,
+                    own_attention=own if eager else "", eager_speedup=eager_speedup, bf16_matmul=slowdown)
     entries = _read_cache()
     entries[cache_key(model, mode, shape)] = {k: v for k, v in asdict(choice).items() if k not in ("cached", "error")}
     try:
@@ -174,9 +216,10 @@ def measure(model: torch.nn.Module, mode: str, rows: int, tokens: int) -> Choice
     return choice
 
 
-def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int], attention: str | None = None
-               ) -> tuple[float, float]:
-    """The fastest of REPS steps in fp32 and in bf16 (seconds), with ``attention`` as the kernel if given."""
+def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int], attention: str | None = None,
+               with_bf16: bool = True) -> tuple[float, float]:
+    """The fastest of REPS steps in fp32 and in bf16 (seconds; bf16 inf where not ``with_bf16``), with
+    ``attention`` as the kernel if given."""
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None) or 1000
     g = torch.Generator().manual_seed(0)
@@ -197,7 +240,7 @@ def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int], attent
             m.zero_grad(set_to_none=True)
     elif mode == "generate":  # decoding: one prompt of ``shape[1]`` tokens, then 8 new tokens one at a time
         m32 = copy.deepcopy(model).cpu().eval()
-        m16 = copy.deepcopy(model).cpu().to(torch.bfloat16).eval()
+        m16 = copy.deepcopy(model).cpu().to(torch.bfloat16).eval() if with_bf16 else m32
         prompt = {k: v[:1] for k, v in inputs.items()}
 
         def step(m: torch.nn.Module, bf16: bool) -> None:
@@ -206,7 +249,7 @@ def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int], attent
                            pad_token_id=getattr(config, "eos_token_id", None) or 0)
     else:
         m32 = copy.deepcopy(model).cpu().eval()
-        m16 = copy.deepcopy(model).cpu().to(torch.bfloat16).eval()
+        m16 = copy.deepcopy(model).cpu().to(torch.bfloat16).eval() if with_bf16 else m32
 
         def step(m: torch.nn.Module, bf16: bool) -> None:
             with torch.inference_mode():
@@ -214,7 +257,7 @@ def _time_both(model: torch.nn.Module, mode: str, shape: tuple[int, int], attent
 
     best = {False: float("inf"), True: float("inf")}
     for rep in range(REPS + 1):  # the first round warms up (allocations, kernel choice) and is not counted
-        for bf16 in (False, True):
+        for bf16 in (False, True) if with_bf16 else (False,):
             t = time.perf_counter()
             step(m16 if bf16 else m32, bf16)
             if rep:

@@ -45,6 +45,16 @@ class Job:
     # The training loss when it is not the model's own (e.g. cross-entropy weighted by --class-weights).
     loss: Callable[[Any, dict], torch.Tensor] | None = None
     tokenizer: Any = None  # saved with the Trainer's checkpoints
+    # The model builds inputs from the labels (an encoder-decoder: its decoder inputs and their mask).
+    labels_make_inputs: bool = False
+
+    def model_inputs(self, batch: dict) -> dict:
+        """What the model is given in a training step. Where ``loss`` replaces the model's own, the labels stay
+        out, so that the model does not compute its cross-entropy too (for a causal LM a second pass, in fp32,
+        over logits of its whole vocabulary), unless the model needs them to build its inputs."""
+        if self.loss is None or self.labels_make_inputs:
+            return batch
+        return {k: v for k, v in batch.items() if k != "labels"}
 
 
 

@@ -117,7 +117,7 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             accelerator.step = cfg.grad_accum - 1 if last_of_epoch else state.batches_done % cfg.grad_accum
             with accelerator.accumulate(model):
                 with faster_dropout(accelerator.device):
-                    out = model(**batch)
+                    out = model(**job.model_inputs(batch))
                 batch_loss = job.loss(out, batch) if job.loss is not None else out.loss
                 accelerator.backward(batch_loss * weight if weight != 1 else batch_loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
