@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+import warmstart
 from warmstart import models
 from warmstart.data import read_examples
 from warmstart.data.batching import LengthGroupedBatches, collator, encode, sorted_batches
@@ -34,6 +35,32 @@ def test_length_grouping_cuts_padding_against_random_batches():
     rng = np.random.default_rng(0).permutation(4000)
     random = [rng[i:i + 16] for i in range(0, 4000, 16)]
     assert waste(grouped) < 0.05 < 0.3 < waste(random)
+
+
+def test_one_length_bucket_gives_random_batches_in_both_engines(tiny_models, imdb_head, tmp_path):
+    # --length-buckets 1: each batch a random draw (as the HF Trainer without group_by_length), padding as random
+    # batches carry; both engines take it, and the resolved config records it.
+    from warmstart.training.trainer import EpochSeededSampler
+
+    lengths = np.random.default_rng(1).integers(20, 512, size=4000)
+
+    def waste(batches):
+        return sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches) / sum(
+            lengths[b].max() * len(b) for b in batches)
+
+    native = LengthGroupedBatches(lengths, 16, seed=0, bucket=1).batches()
+    assert sorted(i for b in native for i in b) == list(range(4000)) and waste(native) > 0.3
+    dataset = [{"input_ids": [0] * int(n)} for n in lengths]
+    order = list(EpochSeededSampler(16, dataset=dataset, model_input_name="input_ids", seed=0, buckets=1))
+    trainer = [order[i:i + 16] for i in range(0, 4000, 16)]
+    assert sorted(order) == list(range(4000)) and waste(trainer) > 0.3
+    grouped = list(EpochSeededSampler(16, dataset=dataset, model_input_name="input_ids", seed=0, buckets=50))
+    assert waste([grouped[i:i + 16] for i in range(0, 4000, 16)]) < 0.05
+    for engine in ("native", "trainer"):
+        out = tmp_path / engine
+        warmstart.finetune(data=str(imdb_head), split="40,10,10", model=str(tiny_models["bert"]), epochs=1,
+                           batch_size=8, length_buckets=1, engine=engine, progress=False, out=str(out))
+        assert "length_buckets: 1" in (out / "config.yaml").read_text()
 
 
 def test_sorted_batches_go_longest_first():

@@ -59,7 +59,7 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
     if global_batch % world:
         raise UserError(f"--resume: the run's global batch of {global_batch} does not split evenly over "
                         f"{world} processes; resume with a number of processes that divides it")
-    sampler = LengthGroupedBatches(job.lengths, global_batch, cfg.seed)
+    sampler = LengthGroupedBatches(job.lengths, global_batch, cfg.seed, cfg.length_buckets)
     n_batches = len(sampler)
     steps_per_epoch, total_steps, warmup_steps = schedule(cfg, n_batches)
     n_epochs = math.ceil(total_steps / steps_per_epoch)

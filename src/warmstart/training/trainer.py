@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from warmstart import distributed
 from warmstart.config import FinetuneConfig
@@ -33,31 +33,35 @@ class EpochSeededSampler(LengthGroupedSampler):
     restores the checkpoint's RNG, so from the fresh process's RNG, which matches the interrupted run's only in
     the first epoch. (The Trainer calls set_epoch through Accelerate's data loader.)"""
 
-    def __init__(self, *args, seed: int, **kwargs):
+    def __init__(self, *args, seed: int, buckets: int, **kwargs):
         super().__init__(*args, generator=torch.Generator(), **kwargs)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.buckets = seed, 0, buckets
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         self.generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-        return super().__iter__()
+        # --length-buckets caps the Trainer's mega-batch multiple (its own: 50, or fewer to make 4 of a small set).
+        mult = max(1, min(self.buckets, len(self.lengths) // (self.batch_size * 4)))
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=mult,
+                                               generator=self.generator))
 
 
 class _Trainer(Trainer):
     """The Trainer reports training loss only; this also counts the job's training accuracy per epoch, from
     the outputs it computes anyway, and writes its checkpoints the way the run folder does."""
 
-    def __init__(self, *args, stats: State, job: Job, run: Run, keep: int | None, **kwargs):
+    def __init__(self, *args, stats: State, job: Job, run: Run, keep: int | None, buckets: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.stats, self.job, self.run, self.keep = stats, job, run, keep
+        self.stats, self.job, self.run, self.keep, self.buckets = stats, job, run, keep, buckets
         self._writing_in: Path | None = None
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
         return EpochSeededSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                  dataset=train_dataset, model_input_name="input_ids", seed=self.args.seed)
+                                  dataset=train_dataset, model_input_name="input_ids", seed=self.args.seed,
+                                  buckets=self.buckets)
 
     def _get_eval_sampler(self, eval_dataset):
         # The valid rows in their own order (the Trainer would group them by length as for training): a kind's
@@ -278,7 +282,7 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
                        data_collator=job.collate, processing_class=job.tokenizer,
                        compute_metrics=job.trainer_metrics() if job.trainer_metrics else None,
                        optimizers=(optimizer_for(model, cfg), None), callbacks=[callback], stats=stats, job=job,
-                       run=run, keep=cfg.save_total_limit)
+                       run=run, keep=cfg.save_total_limit, buckets=cfg.length_buckets)
     callback.trainer = trainer
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
