@@ -64,10 +64,6 @@ class FinetuneConfig(LoraOptions, InstructionOptions, TrainOptions, Seq2SeqOptio
                                       "all classes or tokens (Szegedy et al. 2016; the Trainer's "
                                       "label_smoothing_factor); single-label, tokens, seq2seq and causal-lm. The "
                                       "valid loss stays plain cross-entropy", ge=0, lt=1)
-    length_buckets: int = opt(50, "training batches of similar length: each epoch's shuffled rows are cut into "
-                                  "buckets of this many batches, each sorted by length (less padding: faster). 1: "
-                                  "random batches. Same-length batches can slow learning where length says much "
-                                  "about the target (spelling to phonemes)", ge=1)
     label_all_subtokens: bool = opt(False, "tokens: train on every sub-token of a word (B- becomes I- after the "
                                            "first), not only the first; predictions always read the first")
     calibrate: bool = opt(True, "single-label: fit a temperature on the valid split at the end (calibrated "

@@ -155,6 +155,10 @@ class TrainOptions:
     weight_decay: float = opt(0.01, "weight decay (AdamW; not applied to biases and LayerNorm)", ge=0)
     warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up", ge=0, le=1)
     scheduler: str = opt("linear", "learning-rate schedule after warm-up", choices=("linear", "constant"))
+    length_buckets: int = opt(50, "training batches of similar length: each epoch's shuffled rows are cut into "
+                                  "buckets of this many batches, each sorted by length (less padding: faster). 1: "
+                                  "random batches. Same-length batches can slow learning where length says much "
+                                  "about the target (spelling to phonemes)", ge=1)
     attention_dropout: float | None = opt(
         0.0, "dropout on attention probabilities (none: keep the model's, 0.1 for BERT). 0 by default: with it, "
              "PyTorch's fused CPU attention falls back to a kernel ~7x slower; hidden dropout still regularises",
