@@ -69,14 +69,13 @@ class _Trainer(Trainer):
         return None if eval_dataset is None else torch.utils.data.SequentialSampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.job.loss is not None and model.training:
-            # The kind's own training loss (class weights, label smoothing) replaces the model's; the valid loss
-            # stays the model's plain cross-entropy, as the native loop's evaluation computes it.
-            with faster_dropout(self.args.device):
+        with faster_dropout(self.args.device) if model.training else contextlib.nullcontext():
+            if self.job.loss is not None and model.training:
+                # The kind's own training loss (class weights, label smoothing) replaces the model's; the valid
+                # loss stays the model's plain cross-entropy, as the native loop's evaluation computes it.
                 outputs = model(**self.job.model_inputs(inputs))
-            loss = self.job.loss(outputs, inputs)
-        else:
-            with faster_dropout(self.args.device) if model.training else contextlib.nullcontext():
+                loss = self.job.loss(outputs, inputs)
+            else:
                 loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                      num_items_in_batch=num_items_in_batch)
         if model.training:
