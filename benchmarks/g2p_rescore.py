@@ -1,8 +1,9 @@
-"""Grapheme-to-phoneme outputs scored two ways: as CMUdict writes phonemes (ARPAbet with stress digits 0/1/2,
-what warmstart trains on and reports), and with the stress digits removed from outputs and references alike (the
-39-phoneme set the published CMUdict figures, e.g. Bisani & Ney 2008 and Yao & Zweig 2015, are usually given
-in). Reads a run's predictions.jsonl (or evaluate's --predictions file); a word with several pronunciations is
-right when it is any of them, as warmstart scores it.
+"""Grapheme-to-phoneme outputs scored two ways: as CMUdict writes phonemes (ARPAbet with stress
+digits 0/1/2, what warmstart trains on and reports), and with the stress digits removed from outputs
+and references alike (the 39-phoneme set the published CMUdict figures, e.g. Bisani & Ney 2008 and
+Yao & Zweig 2015, are usually given in). Reads a run's predictions.jsonl (or evaluate's
+--predictions file); a word with several pronunciations is right when it is any of them, as
+warmstart scores it.
 
     .venv/bin/python benchmarks/g2p_rescore.py runs/g2p/predictions.jsonl
 """
@@ -29,7 +30,9 @@ def main() -> None:
     hyps = [r["prediction"] for r in rows]
     print(f"{len(rows)} words")
     for name, f in (("with stress (as trained)", lambda t: t), ("stress removed", without_stress)):
-        m = text_metrics([f(h) for h in hyps], [[f(x) for x in r] for r in refs], ["exact_match", "wer"])
+        m = text_metrics(
+            [f(h) for h in hyps], [[f(x) for x in r] for r in refs], ["exact_match", "wer"]
+        )
         print(f"{name:<26} word error {1 - m['exact_match']:.2%}  phoneme error {m['wer']:.2%}")
 
 

@@ -1,8 +1,10 @@
-"""What users write by hand to serve a classifier: FastAPI calling `pipeline("text-classification")` per request.
+"""What users write by hand to serve a classifier: FastAPI calling `pipeline("text-classification")`
+per request.
 
-The baseline of benchmarks/serve_load.py, with the same request and answer shapes as `warmstart serve`'s
-/predict (so the same clients load both). Plain on purpose: a sync endpoint (FastAPI runs it in its thread
-pool), the pipeline's defaults (PyTorch fp32, the model's own truncation at 512 tokens), top label only.
+The baseline of benchmarks/serve_load.py, with the same request and answer shapes as `warmstart
+serve`'s /predict (so the same clients load both). Plain on purpose: a sync endpoint (FastAPI runs
+it in its thread pool), the pipeline's defaults (PyTorch fp32, the model's own truncation at 512
+tokens), top label only.
 
     .venv/bin/python benchmarks/hf_pipeline_server.py MODEL_FOLDER --port 8001
 """
@@ -40,7 +42,11 @@ def app_for(model: str) -> FastAPI:
     @app.post("/predict")
     def predict(body: Texts) -> dict:
         served["predict"] += 1
-        return {"predictions": [{"label": r["label"], "score": r["score"]} for r in classify(body.texts)]}
+        return {
+            "predictions": [
+                {"label": r["label"], "score": r["score"]} for r in classify(body.texts)
+            ]
+        }
 
     return app
 

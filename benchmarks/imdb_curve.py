@@ -1,8 +1,9 @@
 """Test accuracy against training minutes, from the checkpoints of one run (configs/imdb-90.yaml).
 
-Every checkpoint's weights (Accelerate's model.safetensors) go into a model folder beside the run's final model
-(its config and tokenizer), and `warmstart evaluate` scores each on the run's whole test part. Minutes are the
-training loop's own seconds at that checkpoint (state.json: no evaluation, no checkpoint writing).
+Every checkpoint's weights (Accelerate's model.safetensors) go into a model folder beside the run's
+final model (its config and tokenizer), and `warmstart evaluate` scores each on the run's whole test
+part. Minutes are the training loop's own seconds at that checkpoint (state.json: no evaluation, no
+checkpoint writing).
 
     .venv/bin/warmstart finetune --config configs/imdb-90.yaml
     .venv/bin/python benchmarks/imdb_curve.py runs/imdb-90
@@ -36,20 +37,31 @@ def main() -> None:
     # The test part of the run's positional split (train, valid, test sizes), as a file of its own.
     sizes = [int(x) for x in cfg["split"].split(",")]
     test = work / "test.csv"
-    pd.read_csv(cfg["data"]).iloc[sizes[0] + sizes[1]: sum(sizes)].to_csv(test, index=False)
+    pd.read_csv(cfg["data"]).iloc[sizes[0] + sizes[1] : sum(sizes)].to_csv(test, index=False)
     points = []
-    checkpoints = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = sorted(
+        (run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+    )
     for ckpt in checkpoints:
         state = json.loads((ckpt / "state.json").read_text())
         folder = work / ckpt.name
         shutil.copytree(final, folder, ignore=shutil.ignore_patterns("onnx", "model.safetensors"))
         shutil.copy(ckpt / "model.safetensors", folder / "model.safetensors")
-        result = warmstart.evaluate(model=str(folder), data=str(test), max_length=cfg["max_length"], progress=False)
+        result = warmstart.evaluate(
+            model=str(folder), data=str(test), max_length=cfg["max_length"], progress=False
+        )
         points.append((state["step"], state["train_seconds"] / 60, result.accuracy))
-        print(f"step {state['step']:>6}  {state['train_seconds'] / 60:6.1f} training minutes  test accuracy "
-              f"{result.accuracy:.4f}", flush=True)
+        print(
+            f"step {state['step']:>6}  {state['train_seconds'] / 60:6.1f} training minutes  test"
+            f" accuracy {result.accuracy:.4f}",
+            flush=True,
+        )
         shutil.rmtree(folder)
-    print(json.dumps([{"step": s, "minutes": round(m, 2), "test_accuracy": acc} for s, m, acc in points]))
+    print(
+        json.dumps(
+            [{"step": s, "minutes": round(m, 2), "test_accuracy": acc} for s, m, acc in points]
+        )
+    )
 
 
 if __name__ == "__main__":

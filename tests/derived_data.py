@@ -1,4 +1,5 @@
-"""Honest multi-label and regression sets derived from real data in ../shared/data (no ready-made ones there):
+"""Honest multi-label and regression sets derived from real data in ../shared/data (no ready-made
+ones there):
 
 - multi-label: WNUT-16 tweets, labelled with the entity types that occur in each (JSON lists; a tweet without
   entities gets ["none"], since a row must carry at least one label);
@@ -17,12 +18,15 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def wnut_entity_types(limit: int | None = None) -> pd.DataFrame:
-    """text, labels (a JSON list of the entity types in the tweet) per WNUT-16 training tweet, in file order."""
+    """text, labels (a JSON list of the entity types in the tweet) per WNUT-16 training tweet, in
+    file order."""
     rows, words, types = [], [], set()
     for line in (SHARED / "wnut16" / "train.conll").read_text(encoding="utf-8").splitlines() + [""]:
         if not line.strip():
             if words:
-                rows.append({"text": " ".join(words), "labels": json.dumps(sorted(types) or ["none"])})
+                rows.append(
+                    {"text": " ".join(words), "labels": json.dumps(sorted(types) or ["none"])}
+                )
             words, types = [], set()
             if limit and len(rows) >= limit:
                 break
@@ -35,7 +39,8 @@ def wnut_entity_types(limit: int | None = None) -> pd.DataFrame:
 
 
 def cmudict_syllables(limit: int | None = None) -> pd.DataFrame:
-    """word, syllables (phonemes with a stress digit) per CMUdict entry, first pronunciation only."""
+    """word, syllables (phonemes with a stress digit) per CMUdict entry, first pronunciation
+    only."""
     rows = []
     for line in (SHARED / "cmudict" / "cmudict.dict").read_text(encoding="utf-8").splitlines():
         word, _, phones = line.partition(" ")

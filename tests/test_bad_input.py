@@ -22,38 +22,83 @@ def write(tmp_path, name: str, content: str | bytes):
 
 CASES = {
     "missing_file": (lambda t: ["--data", str(t / "nope.csv")], "nope.csv' does not exist"),
-    "unknown_column": (lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--text-column", "body"],
-                       "has no column 'body' (columns: 'review', 'sentiment')"),
-    "no_label_column": (lambda t: ["--data", str(write(t, "a.csv", "review,stars\nok,1\nbad,0\n"))],
-                        "no label column found; name it with --label-column (columns: 'review', 'stars')"),
-    "empty_text": (lambda t: ["--data", str(write(t, "a.csv", GOOD + '"   ",1\n'))],
-                   "row 5, column 'review': text is empty"),
-    "missing_text": (lambda t: ["--data", str(write(t, "a.jsonl", '{"text": "ok", "label": 1}\n'
-                                                    '{"text": null, "label": 0}\n'))],
-                     "row 2, column 'text': text is missing"),
-    "missing_label": (lambda t: ["--data", str(write(t, "a.csv", "review,sentiment\nfine,1\nbad,\nok,0\n"))],
-                      "row 2, column 'sentiment': label is missing"),
-    "unknown_label": (lambda t: ["--data", str(write(t, "a.csv", GOOD)),
-                                 "--test", str(write(t, "b.csv", "review,sentiment\nok,1\nmeh,2\n"))],
-                      "b.csv', row 2, column 'sentiment': unknown label '2' (known: 0, 1)"),
-    "single_class": (lambda t: ["--data", str(write(t, "a.csv", "review,sentiment\nfine,1\ngood,1\n"))],
-                     "every row has the label '1'; classification needs at least two classes"),
-    "undecodable": (lambda t: ["--data", str(write(t, "a.csv.gz", gzip.compress(
-        b'review,sentiment\nfine,1\n"multi\nline",0\nbad \xff byte,1\nok,0\n')))],
-                    "row 3 (line 5) is not valid UTF-8 text: byte 0xff"),
+    "unknown_column": (
+        lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--text-column", "body"],
+        "has no column 'body' (columns: 'review', 'sentiment')",
+    ),
+    "no_label_column": (
+        lambda t: ["--data", str(write(t, "a.csv", "review,stars\nok,1\nbad,0\n"))],
+        "no label column found; name it with --label-column (columns: 'review', 'stars')",
+    ),
+    "empty_text": (
+        lambda t: ["--data", str(write(t, "a.csv", GOOD + '"   ",1\n'))],
+        "row 5, column 'review': text is empty",
+    ),
+    "missing_text": (
+        lambda t: [
+            "--data",
+            str(write(t, "a.jsonl", '{"text": "ok", "label": 1}\n{"text": null, "label": 0}\n')),
+        ],
+        "row 2, column 'text': text is missing",
+    ),
+    "missing_label": (
+        lambda t: ["--data", str(write(t, "a.csv", "review,sentiment\nfine,1\nbad,\nok,0\n"))],
+        "row 2, column 'sentiment': label is missing",
+    ),
+    "unknown_label": (
+        lambda t: [
+            "--data",
+            str(write(t, "a.csv", GOOD)),
+            "--test",
+            str(write(t, "b.csv", "review,sentiment\nok,1\nmeh,2\n")),
+        ],
+        "b.csv', row 2, column 'sentiment': unknown label '2' (known: 0, 1)",
+    ),
+    "single_class": (
+        lambda t: ["--data", str(write(t, "a.csv", "review,sentiment\nfine,1\ngood,1\n"))],
+        "every row has the label '1'; classification needs at least two classes",
+    ),
+    "undecodable": (
+        lambda t: [
+            "--data",
+            str(
+                write(
+                    t,
+                    "a.csv.gz",
+                    gzip.compress(
+                        b'review,sentiment\nfine,1\n"multi\nline",0\nbad \xff byte,1\nok,0\n'
+                    ),
+                )
+            ),
+        ],
+        "row 3 (line 5) is not valid UTF-8 text: byte 0xff",
+    ),
     "empty_file": (lambda t: ["--data", str(write(t, "a.csv", ""))], "a.csv' is empty"),
-    "header_only": (lambda t: ["--data", str(write(t, "a.tsv", "sentence\tlabel\n"))], "a.tsv' has no data rows"),
+    "header_only": (
+        lambda t: ["--data", str(write(t, "a.tsv", "sentence\tlabel\n"))],
+        "a.tsv' has no data rows",
+    ),
     "unknown_format": (lambda t: ["--data", str(write(t, "a.xlsx", "x"))], "has an unknown format"),
-    "split_too_big": (lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--split", "3,2"],
-                      "--split '3,2' asks for 5 rows but file"),
-    "model_not_offline": (lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--model", "nobody/no-such-model"],
-                          "model 'nobody/no-such-model' is not available offline"),
-    "model_folder_missing": (lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--model", str(t / "m")],
-                             "does not exist"),
-    "config_unknown_key": (lambda t: ["--config", str(write(t, "c.yaml", "data: a.csv\nlearning_rate: 1\n"))],
-                           "unknown option(s) learning_rate"),
-    "patience_without_valid": (lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--patience", "2"],
-                               "--patience needs a validation split"),
+    "split_too_big": (
+        lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--split", "3,2"],
+        "--split '3,2' asks for 5 rows but file",
+    ),
+    "model_not_offline": (
+        lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--model", "nobody/no-such-model"],
+        "model 'nobody/no-such-model' is not available offline",
+    ),
+    "model_folder_missing": (
+        lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--model", str(t / "m")],
+        "does not exist",
+    ),
+    "config_unknown_key": (
+        lambda t: ["--config", str(write(t, "c.yaml", "data: a.csv\nlearning_rate: 1\n"))],
+        "unknown option(s) learning_rate",
+    ),
+    "patience_without_valid": (
+        lambda t: ["--data", str(write(t, "a.csv", GOOD)), "--patience", "2"],
+        "--patience needs a validation split",
+    ),
 }
 
 
@@ -79,8 +124,19 @@ def test_existing_run_folder_is_not_overwritten_silently(tmp_path, capsys):
 
 
 def test_console_script_reports_error_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "warmstart", "evaluate", str(tmp_path / "nomodel"),
-                           "--data", str(write(tmp_path, "a.csv", GOOD))], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "warmstart",
+            "evaluate",
+            str(tmp_path / "nomodel"),
+            "--data",
+            str(write(tmp_path, "a.csv", GOOD)),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model folder") and "Traceback" not in proc.stderr
 

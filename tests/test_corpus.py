@@ -1,5 +1,6 @@
-"""Reading pre-training corpora (plain text, tables, folders, gzip) and splitting sentences, on the real IMDb
-file and on small files written here; every corpus error is one sentence naming the file."""
+"""Reading pre-training corpora (plain text, tables, folders, gzip) and splitting sentences, on the
+real IMDb file and on small files written here; every corpus error is one sentence naming the
+file."""
 
 from __future__ import annotations
 
@@ -32,9 +33,16 @@ def test_txt_file_gives_one_stripped_document_per_line(tmp_path):
 
 def test_txt_file_with_blank_lines_gives_one_document_per_paragraph(tmp_path):
     path = tmp_path / "book.txt"
-    path.write_text("\n\nA paragraph wrapped\nover two lines.\n\n  \nSecond paragraph.\n\n\nThird\nparagraph.\n",
-                    encoding="utf-8")
-    assert read_corpus(path) == ["A paragraph wrapped\nover two lines.", "Second paragraph.", "Third\nparagraph."]
+    path.write_text(
+        "\n\nA paragraph wrapped\nover two lines.\n\n  \nSecond"
+        " paragraph.\n\n\nThird\nparagraph.\n",
+        encoding="utf-8",
+    )
+    assert read_corpus(path) == [
+        "A paragraph wrapped\nover two lines.",
+        "Second paragraph.",
+        "Third\nparagraph.",
+    ]
 
 
 def test_csv_text_column_of_the_real_imdb_file_is_found_by_its_name(imdb, imdb_head):
@@ -48,7 +56,12 @@ def test_csv_text_column_of_the_real_imdb_file_is_found_by_its_name(imdb, imdb_h
 
 def test_jsonl_and_parquet_skip_missing_cells(tmp_path):
     jsonl = tmp_path / "c.jsonl"
-    rows = [{"text": "one", "id": 1}, {"text": None, "id": 2}, {"text": "  ", "id": 3}, {"text": "two", "id": 4}]
+    rows = [
+        {"text": "one", "id": 1},
+        {"text": None, "id": 2},
+        {"text": "  ", "id": 3},
+        {"text": "two", "id": 4},
+    ]
     jsonl.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     assert read_corpus(jsonl) == ["one", "two"]
     parquet = tmp_path / "c.parquet"
@@ -65,7 +78,14 @@ def test_folder_reads_its_txt_files_recursively_in_sorted_order(tmp_path):
     (tmp_path / "a" / "1.txt").write_text("line one\nline two\n", encoding="utf-8")
     (tmp_path / "a" / "notes.md").write_text("not a corpus file", encoding="utf-8")
     (tmp_path / "c.txt.gz").write_bytes(gzip.compress(b"zipped doc\n"))
-    assert read_corpus(tmp_path) == ["line one", "line two", "para one", "para two", "from b/2", "zipped doc"]
+    assert read_corpus(tmp_path) == [
+        "line one",
+        "line two",
+        "para one",
+        "para two",
+        "from b/2",
+        "zipped doc",
+    ]
     assert read_corpus(tmp_path, limit=3) == ["line one", "line two", "para one"]
 
 
@@ -75,9 +95,13 @@ def test_gzipped_txt_is_decompressed_and_read_as_utf8(tmp_path):
     assert read_corpus(path) == ["é première", "second"]
 
 
-def test_corpus_errors_are_one_sentence_naming_the_file_and_the_line_row_or_column(tmp_path, imdb_head):
+def test_corpus_errors_are_one_sentence_naming_the_file_and_the_line_row_or_column(
+    tmp_path, imdb_head
+):
     missing = tmp_path / "nope.txt"
-    assert "nope.txt" in _error(read_corpus, missing) and "does not exist" in _error(read_corpus, missing)
+    assert "nope.txt" in _error(read_corpus, missing) and "does not exist" in _error(
+        read_corpus, missing
+    )
 
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n\n \n", encoding="utf-8")
@@ -86,7 +110,9 @@ def test_corpus_errors_are_one_sentence_naming_the_file_and_the_line_row_or_colu
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("fine line\nsecond line\ncaf\xe9\n".encode("latin-1"))
     message = _error(read_corpus, bad)
-    assert "latin1.txt" in message and "line 3" in message and "UTF-8" in message and "0xe9" in message
+    assert (
+        "latin1.txt" in message and "line 3" in message and "UTF-8" in message and "0xe9" in message
+    )
 
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_bytes(b"text\nok\nna\xefve\n")
@@ -97,7 +123,9 @@ def test_corpus_errors_are_one_sentence_naming_the_file_and_the_line_row_or_colu
     no_text = tmp_path / "numbers.csv"
     no_text.write_text("a,b\n1,2\n", encoding="utf-8")
     assert "no text column" in _error(read_corpus, no_text)
-    assert "--text-column" in _error(read_corpus, _write(tmp_path / "plain.txt", b"x"), text_column="text")
+    assert "--text-column" in _error(
+        read_corpus, _write(tmp_path / "plain.txt", b"x"), text_column="text"
+    )
 
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -123,10 +151,18 @@ def test_corpus_shorter_than_one_block_is_refused_with_its_token_count():
 
 
 def test_sentences_split_at_end_marks_but_not_after_abbreviations_or_initials():
-    doc = ('He said "Stop." Then he left! Mr. Smith met J. R. R. Tolkien in the U.S. Army. Was it 1955? '
-           "No... it was 1954.<br /><br />The end (really). e.g. this stays in one piece.")
-    assert sentences(doc) == ['He said "Stop."', "Then he left!", "Mr. Smith met J. R. R. Tolkien in the U.S. Army.",
-                              "Was it 1955?", "No... it was 1954.", "The end (really). e.g. this stays in one piece."]
+    doc = (
+        'He said "Stop." Then he left! Mr. Smith met J. R. R. Tolkien in the U.S. Army. Was it'
+        " 1955? No... it was 1954.<br /><br />The end (really). e.g. this stays in one piece."
+    )
+    assert sentences(doc) == [
+        'He said "Stop."',
+        "Then he left!",
+        "Mr. Smith met J. R. R. Tolkien in the U.S. Army.",
+        "Was it 1955?",
+        "No... it was 1954.",
+        "The end (really). e.g. this stays in one piece.",
+    ]
     assert sentences("  no end mark at all ") == ["no end mark at all"]
     assert sentences("   ") == []
     spans = sentence_spans(doc)
@@ -137,9 +173,11 @@ def test_sentences_split_at_end_marks_but_not_after_abbreviations_or_initials():
 def test_sentences_of_real_reviews_lose_nothing_but_the_gaps_between_them(imdb):
     docs = read_corpus(imdb, limit=200)
     counts = [len(sentences(d)) for d in docs]
-    # IMDb reviews average about ten sentences; a splitter that never (or always) split would be far off.
+    # IMDb reviews average about ten sentences; a splitter that never (or always) split would be far
+    # off.
     assert 5 < sum(counts) / len(counts) < 20
     gaps = re.compile(r"(?:\s|<br\s*/?>)+")
     for d in docs:
-        # Nothing is lost, repeated or reordered: only the whitespace/<br /> gaps between sentences go.
+        # Nothing is lost, repeated or reordered: only the whitespace/<br /> gaps between sentences
+        # go.
         assert "".join(gaps.sub("", p) for p in sentences(d)) == gaps.sub("", d)

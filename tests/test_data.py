@@ -1,4 +1,5 @@
-"""Reading tables, picking columns, mapping labels and splitting, on the real IMDb and SST-2 files."""
+"""Reading tables, picking columns, mapping labels and splitting, on the real IMDb and SST-2
+files."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ def small(tmp_path, imdb):
 
 def test_every_format_gives_the_same_examples(tmp_path, small):
     paths = {
-        "csv": tmp_path / "a.csv", "tsv": tmp_path / "a.tsv", "jsonl": tmp_path / "a.jsonl",
-        "parquet": tmp_path / "a.parquet", "csv.gz": tmp_path / "a.csv.gz", "jsonl.gz": tmp_path / "a.jsonl.gz",
+        "csv": tmp_path / "a.csv",
+        "tsv": tmp_path / "a.tsv",
+        "jsonl": tmp_path / "a.jsonl",
+        "parquet": tmp_path / "a.parquet",
+        "csv.gz": tmp_path / "a.csv.gz",
+        "jsonl.gz": tmp_path / "a.jsonl.gz",
     }
     small.to_csv(paths["csv"], index=False)
     small.to_csv(paths["tsv"], sep="\t", index=False)
@@ -45,8 +50,9 @@ def test_columns_are_detected_from_common_names_including_sst2_header():
 
 def test_explicit_text_pair_and_label_columns_are_read(tmp_path):
     path = tmp_path / "pairs.csv"
-    pd.DataFrame({"premise": ["a cat", "a dog"], "hypo": ["an animal", "a car"], "y": ["yes", "no"]}).to_csv(
-        path, index=False)
+    pd.DataFrame(
+        {"premise": ["a cat", "a dog"], "hypo": ["an animal", "a car"], "y": ["yes", "no"]}
+    ).to_csv(path, index=False)
     ex = read_examples(str(path), text_column="premise", text_pair_column="hypo", label_column="y")
     assert ex.pairs == ["an animal", "a car"] and ex.labels == ["yes", "no"]
 
@@ -57,7 +63,9 @@ def test_string_labels_map_in_sorted_order_and_integer_labels_keep_their_ids(tmp
     assert lm.names == ["0", "1"]
     assert (lm.encode(ex) == np.array([int(v) for v in ex.labels])).all()
     path = tmp_path / "s.csv"
-    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos", "neg", "neutral"]}).to_csv(path, index=False)
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos", "neg", "neutral"]}).to_csv(
+        path, index=False
+    )
     lm = LabelMap.from_examples(read_examples(str(path)))
     assert lm.names == ["neg", "neutral", "pos"]
     named = LabelMap.from_examples(ex, ["negative", "positive"])
@@ -71,11 +79,20 @@ def lm_ids(ex):
 
 
 def test_split_by_counts_keeps_row_positions(imdb):
-    cfg = FinetuneConfig(data=str(imdb), split="35000,5000,10000", max_train_samples=10, max_valid_samples=5,
-                         max_test_samples=7)
+    cfg = FinetuneConfig(
+        data=str(imdb),
+        split="35000,5000,10000",
+        max_train_samples=10,
+        max_valid_samples=5,
+        max_test_samples=7,
+    )
     parts = load_splits(cfg)
     assert [len(parts[r]) for r in ("train", "valid", "test")] == [10, 5, 7]
-    assert parts["train"].rows[0] == 1 and parts["valid"].rows[0] == 35001 and parts["test"].rows[0] == 40001
+    assert (
+        parts["train"].rows[0] == 1
+        and parts["valid"].rows[0] == 35001
+        and parts["test"].rows[0] == 40001
+    )
     full = pd.read_csv(imdb, skiprows=range(1, 40001), nrows=7)
     assert parts["test"].texts == full["review"].tolist()
 
@@ -102,9 +119,11 @@ def test_split_sizes_turn_fractions_into_row_counts_and_keep_given_counts():
     assert split_sizes("3,2", 10, "f") == [3, 2]
 
 
-def test_texts_one_per_line_read_alike_from_files_and_stdin_for_predict_and_generate(tmp_path, monkeypatch):
-    """CRLF line ends are dropped and blank lines skipped wherever texts come one per line (a review found
-    predict keeping them or failing on them while generate skipped them)."""
+def test_texts_one_per_line_read_alike_from_files_and_stdin_for_predict_and_generate(
+    tmp_path, monkeypatch
+):
+    """CRLF line ends are dropped and blank lines skipped wherever texts come one per line (a review
+    found predict keeping them or failing on them while generate skipped them)."""
     import io
 
     from warmstart.data.texts import read_prompts, read_texts
@@ -116,7 +135,9 @@ def test_texts_one_per_line_read_alike_from_files_and_stdin_for_predict_and_gene
     assert read_texts([], str(path)).texts == expected
     assert read_prompts([], str(path)) == expected
     for read in (lambda: read_texts([], None).texts, lambda: read_prompts([], None)):
-        stdin = io.TextIOWrapper(io.BytesIO(raw.encode("utf-8")), encoding="utf-8", newline="")  # keeps \r\n
+        stdin = io.TextIOWrapper(
+            io.BytesIO(raw.encode("utf-8")), encoding="utf-8", newline=""
+        )  # keeps \r\n
         monkeypatch.setattr("sys.stdin", stdin)
         assert read() == expected
 

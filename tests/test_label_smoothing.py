@@ -1,5 +1,6 @@
-"""--label-smoothing: the training loss of every kind that trains on classes or tokens, in both engines, computed as
-the Trainer's LabelSmoother computes it; the valid loss stays plain cross-entropy."""
+"""--label-smoothing: the training loss of every kind that trains on classes or tokens, in both
+engines, computed as the Trainer's LabelSmoother computes it; the valid loss stays plain
+cross-entropy."""
 
 from __future__ import annotations
 
@@ -34,10 +35,15 @@ def test_smoothed_loss_is_the_trainers_label_smoother(shift):
 
 
 def test_smoothing_and_class_weights_combine():
-    logits, labels, w = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0]), torch.tensor([1.0, 2.0, 0.5])
+    logits, labels, w = (
+        torch.randn(6, 3),
+        torch.tensor([0, 1, 2, 2, 1, 0]),
+        torch.tensor([1.0, 2.0, 0.5]),
+    )
     got = smoothed_loss(0.2, w)(ModelOutput(logits=logits), {"labels": labels})
-    assert got.item() == pytest.approx(torch.nn.functional.cross_entropy(
-        logits, labels, weight=w, label_smoothing=0.2).item())
+    assert got.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels, weight=w, label_smoothing=0.2).item()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +59,48 @@ def copy_pairs(tmp_path_factory) -> Path:
 def copier(copy_pairs, tmp_path_factory) -> Path:
     """A tiny BART that has learnt to copy a little: its predictions are far from uniform."""
     out = tmp_path_factory.mktemp("copier") / "run"
-    warmstart.finetune(data=str(copy_pairs), task="seq2seq", from_scratch=True, tokenizer="char", split="50,10",
-                       epochs=4, batch_size=10, lr=3e-3, precision="fp32", metrics="exact_match", progress=False,
-                       out=str(out))
+    warmstart.finetune(
+        data=str(copy_pairs),
+        task="seq2seq",
+        from_scratch=True,
+        tokenizer="char",
+        split="50,10",
+        epochs=4,
+        batch_size=10,
+        lr=3e-3,
+        precision="fp32",
+        metrics="exact_match",
+        progress=False,
+        out=str(out),
+    )
     return out
 
 
 @pytest.mark.parametrize("engine", ["native", "trainer"])
-def test_label_smoothing_is_the_loss_trained_on_in_both_engines_and_not_the_valid_loss(copy_pairs, copier,
-                                                                                      tmp_path, engine):
-    # A learning rate too small to move the weights: both runs see the same model, so the smoothed run's train
-    # loss must be the higher (spreading probability away from a confident model's labels costs), while their
-    # valid losses (plain cross-entropy) agree.
+def test_label_smoothing_is_the_loss_trained_on_in_both_engines_and_not_the_valid_loss(
+    copy_pairs, copier, tmp_path, engine
+):
+    # A learning rate too small to move the weights: both runs see the same model, so the smoothed
+    # run's train loss must be the higher (spreading probability away from a confident model's
+    # labels costs), while their valid losses (plain cross-entropy) agree.
     def run(factor: float):
-        return warmstart.finetune(data=str(copy_pairs), task="seq2seq", model=str(copier), split="50,10",
-                                  epochs=1, batch_size=10, lr=1e-12, precision="fp32", metrics="exact_match",
-                                  eval_samples=2, label_smoothing=factor, engine=engine, progress=False,
-                                  out=str(tmp_path / f"ls{factor}")).metrics["epochs"][0]
+        return warmstart.finetune(
+            data=str(copy_pairs),
+            task="seq2seq",
+            model=str(copier),
+            split="50,10",
+            epochs=1,
+            batch_size=10,
+            lr=1e-12,
+            precision="fp32",
+            metrics="exact_match",
+            eval_samples=2,
+            label_smoothing=factor,
+            engine=engine,
+            progress=False,
+            out=str(tmp_path / f"ls{factor}"),
+        ).metrics["epochs"][0]
+
     plain, smoothed = run(0.0), run(0.3)
     assert smoothed["valid_loss"] == pytest.approx(plain["valid_loss"], rel=1e-5)
     assert smoothed["train_loss"] > plain["train_loss"] + 0.1, (plain, smoothed)
@@ -77,10 +108,16 @@ def test_label_smoothing_is_the_loss_trained_on_in_both_engines_and_not_the_vali
 
 
 @pytest.mark.parametrize("engine", ["native", "trainer"])
-def test_a_causal_lm_is_not_given_the_labels_when_the_loss_is_computed_for_it(tiny_llama, copy_pairs, tmp_path,  # noqa: F811
-                                                                                monkeypatch, engine):
-    # Given labels, the model computes its own cross-entropy too: for SmolLM2 a second fp32 pass over logits of
-    # 49,152 words per token, thrown away. Without smoothing the model's own loss is the one trained on.
+def test_a_causal_lm_is_not_given_the_labels_when_the_loss_is_computed_for_it(
+    tiny_llama,  # noqa: F811
+    copy_pairs,
+    tmp_path,
+    monkeypatch,
+    engine,
+):
+    # Given labels, the model computes its own cross-entropy too: for SmolLM2 a second fp32 pass
+    # over logits of 49,152 words per token, thrown away. Without smoothing the model's own loss is
+    # the one trained on.
     from transformers import LlamaForCausalLM
 
     given = []
@@ -95,21 +132,54 @@ def test_a_causal_lm_is_not_given_the_labels_when_the_loss_is_computed_for_it(ti
     monkeypatch.setattr(LlamaForCausalLM, "forward", recording)
     for factor in (0.1, 0.0):
         given.clear()
-        result = warmstart.finetune(data=str(copy_pairs), task="causal-lm", model=str(tiny_llama), split="50,10",
-                                    template="copy: {source} =", epochs=1, batch_size=10, lr=1e-3,
-                                    precision="fp32", attn_implementation="sdpa",  # no timed steps
-                                    metrics="exact_match", eval_samples=2, label_smoothing=factor,
-                                    engine=engine, progress=False, out=str(tmp_path / f"ls{factor}"))
+        result = warmstart.finetune(
+            data=str(copy_pairs),
+            task="causal-lm",
+            model=str(tiny_llama),
+            split="50,10",
+            template="copy: {source} =",
+            epochs=1,
+            batch_size=10,
+            lr=1e-3,
+            precision="fp32",
+            attn_implementation="sdpa",  # no timed steps
+            metrics="exact_match",
+            eval_samples=2,
+            label_smoothing=factor,
+            engine=engine,
+            progress=False,
+            out=str(tmp_path / f"ls{factor}"),
+        )
         assert len(given) == 5 and set(given) == {factor == 0.0}, (factor, given)
         assert result.metrics["epochs"][0]["train_loss"] > 0
 
 
-@pytest.mark.parametrize("problem,labels", [("regression", ["0.5", "1.5"]), ("multi-label", ['["a"]', '["a","b"]'])])
+@pytest.mark.parametrize(
+    "problem,labels", [("regression", ["0.5", "1.5"]), ("multi-label", ['["a"]', '["a","b"]'])]
+)
 def test_label_smoothing_is_refused_where_there_are_no_classes(tmp_path, capsys, problem, labels):
     path = tmp_path / "t.csv"
-    path.write_text("text,label\n" + "".join(f"row {i},{labels[i % 2]}\n" for i in range(12)).replace(
-        '["a","b"]', '"[""a"",""b""]"').replace('["a"]', '"[""a""]"'))
-    code = main(["finetune", "--data", str(path), "--problem", problem, "--label-smoothing", "0.1", "--split",
-                 "8,2,2", "--out", str(tmp_path / "run"), "--no-progress"])
+    path.write_text(
+        "text,label\n"
+        + "".join(f"row {i},{labels[i % 2]}\n" for i in range(12))
+        .replace('["a","b"]', '"[""a"",""b""]"')
+        .replace('["a"]', '"[""a""]"')
+    )
+    code = main(
+        [
+            "finetune",
+            "--data",
+            str(path),
+            "--problem",
+            problem,
+            "--label-smoothing",
+            "0.1",
+            "--split",
+            "8,2,2",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"error: --label-smoothing does not apply to {problem}"], err

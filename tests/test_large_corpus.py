@@ -1,7 +1,7 @@
-"""A corpus far larger than the bounded memory of `pretrain`: the training documents are streamed into a
-token file on disk and trained on through memory-mapped blocks, so peak RSS (measured on a child process,
-with getrusage) stays under a fixed bound; and a second run with the same corpus and tokenizer reuses the
-token cache instead of tokenising again."""
+"""A corpus far larger than the bounded memory of `pretrain`: the training documents are streamed
+into a token file on disk and trained on through memory-mapped blocks, so peak RSS (measured on a
+child process, with getrusage) stays under a fixed bound; and a second run with the same corpus and
+tokenizer reuses the token cache instead of tokenising again."""
 
 from __future__ import annotations
 
@@ -27,13 +27,15 @@ def write_corpus(path: Path, size: int, imdb: Path) -> int:
     shuffled anew for each repeat so lines differ)."""
     import pandas as pd
 
-    words = np.array(" ".join(pd.read_csv(imdb, nrows=2000)["review"]).replace("<br />", " ").split())
+    words = np.array(
+        " ".join(pd.read_csv(imdb, nrows=2000)["review"]).replace("<br />", " ").split()
+    )
     rng = np.random.default_rng(0)
     with open(path, "w", encoding="utf-8") as f:
         written = 0
         while written < size:
             picks = words[rng.integers(0, len(words), 4 * MB // 6)]
-            lines = [" ".join(picks[i:i + 80]) for i in range(0, len(picks), 80)]
+            lines = [" ".join(picks[i : i + 80]) for i in range(0, len(picks), 80)]
             text = "\n".join(lines) + "\n"
             f.write(text)
             written += len(text.encode())
@@ -55,27 +57,57 @@ def check_bounded(tmp_path: Path, tiny_models, imdb: Path, corpus_mb: int, bound
     valid = tmp_path / "valid.txt"
     with corpus.open() as f:
         valid.write_text("".join(f.readline() for _ in range(20)))
-    env = {**os.environ, "WARMSTART_TOKEN_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "true",
-           "HF_HUB_OFFLINE": "1"}
-    args = ["--data", str(corpus), "--valid", str(valid), "--objective", "mlm", "--model", str(tiny_models["bert"]),
-            "--block-size", "64", "--batch-size", "8", "--max-steps", "2", "--no-progress", "--cpu"]
+    env = {
+        **os.environ,
+        "WARMSTART_TOKEN_CACHE": str(tmp_path / "cache"),
+        "TOKENIZERS_PARALLELISM": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
+    args = [
+        "--data",
+        str(corpus),
+        "--valid",
+        str(valid),
+        "--objective",
+        "mlm",
+        "--model",
+        str(tiny_models["bert"]),
+        "--block-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--no-progress",
+        "--cpu",
+    ]
     rss, log = pretrain_rss([*args, "--out", str(tmp_path / "first")], env)
     assert "tokenised:" in log
     tokens = json.loads(next((tmp_path / "cache").glob("*.json")).read_text())["tokens"]
     assert tokens * 4 > 0.2 * size  # the token file really holds the corpus
-    assert rss < bound_mb * MB, f"peak RSS {rss / MB:.0f} MB over {bound_mb} MB for a {size / MB:.0f} MB corpus"
+    assert rss < bound_mb * MB, (
+        f"peak RSS {rss / MB:.0f} MB over {bound_mb} MB for a {size / MB:.0f} MB corpus"
+    )
     again_rss, again = pretrain_rss([*args, "--out", str(tmp_path / "second")], env)
     assert "tokens from the cache" in again and "tokenised:" not in again
     first = json.loads((tmp_path / "first" / "metrics.json").read_text())
     second = json.loads((tmp_path / "second" / "metrics.json").read_text())
-    assert first["sequences"] == second["sequences"] == tokens // 62  # 62 tokens + [CLS] + [SEP] per block
-    report = {"corpus_mb": round(size / MB), "tokens": tokens, "peak_rss_mb": round(rss / MB),
-              "cached_run_peak_rss_mb": round(again_rss / MB)}
+    assert (
+        first["sequences"] == second["sequences"] == tokens // 62
+    )  # 62 tokens + [CLS] + [SEP] per block
+    report = {
+        "corpus_mb": round(size / MB),
+        "tokens": tokens,
+        "peak_rss_mb": round(rss / MB),
+        "cached_run_peak_rss_mb": round(again_rss / MB),
+    }
     print(report)
     return report
 
 
-def test_pretrain_memory_stays_bounded_on_an_8mb_corpus_and_reuses_its_token_cache(tmp_path, tiny_models, imdb):
+def test_pretrain_memory_stays_bounded_on_an_8mb_corpus_and_reuses_its_token_cache(
+    tmp_path, tiny_models, imdb
+):
     check_bounded(tmp_path, tiny_models, imdb, corpus_mb=8, bound_mb=1024)
 
 

@@ -1,6 +1,7 @@
-"""The package's layering, read from the source with `ast` (no warmstart module is imported): low layers never
-import high ones, tasks are reached only through the entry points, there is no import cycle (lazy imports
-included), no module reaches into another's private names, and no submodule shadows a public function."""
+"""The package's layering, read from the source with `ast` (no warmstart module is imported): low
+layers never import high ones, tasks are reached only through the entry points, there is no import
+cycle (lazy imports included), no module reaches into another's private names, and no submodule
+shadows a public function."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "warmstart"
 
-# Lowest first. A module's layer is that of its longest matching entry: "warmstart" is exactly the package
-# __init__, every other entry also covers the modules below it ("warmstart.data" covers warmstart.data.tables).
+# Lowest first. A module's layer is that of its longest matching entry: "warmstart" is exactly the
+# package __init__, every other entry also covers the modules below it ("warmstart.data" covers
+# warmstart.data.tables).
 LAYERS = [
     # 0: cross-cutting leaves: they may import each other (but no cycle)
-    {"warmstart.errors", "warmstart.runs", "warmstart.metrics", "warmstart.plots", "warmstart.distributed",
-     "warmstart.config"},
+    {
+        "warmstart.errors",
+        "warmstart.runs",
+        "warmstart.metrics",
+        "warmstart.plots",
+        "warmstart.distributed",
+        "warmstart.config",
+    },
     {"warmstart.data"},
     {"warmstart.models"},
     {"warmstart.inference", "warmstart.training", "warmstart.objectives"},
@@ -26,9 +34,22 @@ LAYERS = [
     {"warmstart", "warmstart.__main__", "warmstart.cli", "warmstart.commands"},
 ]
 ENTRY = len(LAYERS) - 1
-# warmstart.<command> is a lazily imported function: a submodule of that name would replace it once imported
-COMMANDS = {"finetune", "evaluate", "predict", "generate", "pretrain", "embed", "probe", "zeroshot", "fewshot",
-            "serve", "export", "calibrate"}
+# warmstart.<command> is a lazily imported function: a submodule of that name would replace it once
+# imported
+COMMANDS = {
+    "finetune",
+    "evaluate",
+    "predict",
+    "generate",
+    "pretrain",
+    "embed",
+    "probe",
+    "zeroshot",
+    "fewshot",
+    "serve",
+    "export",
+    "calibrate",
+}
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -58,23 +79,35 @@ def dotted(node: ast.AST) -> str | None:
 
 
 def parse(root: Path) -> dict[str, set[tuple[str, str | None]]]:
-    """Module -> {(imported module, name taken from it or None)} over the whole file (function bodies and
-    `if TYPE_CHECKING:` blocks too), plus (module, "_x") for each `alias._x` on a module bound by an import."""
+    """Module -> {(imported module, name taken from it or None)} over the whole file (function
+    bodies and `if TYPE_CHECKING:` blocks too), plus (module, "_x") for each `alias._x` on a module
+    bound by an import."""
     top, found = root.name, {}
     for module, path in modules(root).items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        pairs, bound = set(), {}  # bound: name (or dotted name) in this file -> the module object it holds
+        pairs, bound = (
+            set(),
+            {},
+        )  # bound: name (or dotted name) in this file -> the module object it holds
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if a.name == top or a.name.startswith(top + "."):
                         pairs.add((a.name, None))
                         parts = a.name.split(".")
-                        bound |= {a.asname: a.name} if a.asname else {
-                            ".".join(parts[:i]): ".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+                        bound |= (
+                            {a.asname: a.name}
+                            if a.asname
+                            else {
+                                ".".join(parts[:i]): ".".join(parts[:i])
+                                for i in range(1, len(parts) + 1)
+                            }
+                        )
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:  # relative: from the package holding this module, `level - 1` packages up
+                if (
+                    node.level
+                ):  # relative: from the package holding this module, `level - 1` packages up
                     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
                     up = package.split(".")[: package.count(".") + 2 - node.level]
                     base = ".".join(up + ([node.module] if node.module else []))
@@ -87,16 +120,23 @@ def parse(root: Path) -> dict[str, set[tuple[str, str | None]]]:
                     else:
                         pairs.add((base, a.name))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and is_private(node.attr) and dotted(node.value) in bound:
+            if (
+                isinstance(node, ast.Attribute)
+                and is_private(node.attr)
+                and dotted(node.value) in bound
+            ):
                 pairs.add((bound[dotted(node.value)], node.attr))
         found[module] = pairs
     return found
 
 
 def edges(root: Path) -> list[tuple[str, str]]:
-    """(importer, imported module); `from warmstart import __version__` takes a constant, not the package."""
+    """(importer, imported module); `from warmstart import __version__` takes a constant, not the
+    package."""
     constant = (root.name, "__version__")
-    return sorted({(m, t) for m, pairs in parse(root).items() for t, name in pairs if (t, name) != constant})
+    return sorted(
+        {(m, t) for m, pairs in parse(root).items() for t, name in pairs if (t, name) != constant}
+    )
 
 
 def layer(name: str) -> tuple[int | None, str]:
@@ -111,10 +151,14 @@ def layer(name: str) -> tuple[int | None, str]:
 
 
 def unplaced(root: Path) -> list[str]:
-    """Modules on disk in no layer, then imports of a module in no layer (test 2 cannot judge those)."""
+    """Modules on disk in no layer, then imports of a module in no layer (test 2 cannot judge
+    those)."""
     on_disk = [m for m in modules(root) if layer(m)[0] is None]
-    imported = [f"{m} -> {t}" + ("" if is_module(root, t) else " (no such module)")
-                for m, t in edges(root) if layer(t)[0] is None]
+    imported = [
+        f"{m} -> {t}" + ("" if is_module(root, t) else " (no such module)")
+        for m, t in edges(root)
+        if layer(t)[0] is None
+    ]
     return on_disk + imported
 
 
@@ -130,12 +174,16 @@ def upward_imports(root: Path) -> list[str]:
 
 def task_imports(root: Path) -> list[str]:
     tasks = f"{root.name}.tasks"
-    return [f"{m} -> {t}" for m, t in edges(root)
-            if (t == tasks or t.startswith(tasks + ".")) and layer(m)[0] != ENTRY]
+    return [
+        f"{m} -> {t}"
+        for m, t in edges(root)
+        if (t == tasks or t.startswith(tasks + ".")) and layer(m)[0] != ENTRY
+    ]
 
 
 def cycles(root: Path) -> list[str]:
-    """One cycle per back edge of a depth-first walk: every strongly connected knot shows at least once."""
+    """One cycle per back edge of a depth-first walk: every strongly connected knot shows at least
+    once."""
     graph = defaultdict(set)
     for m, t in edges(root):
         if m != t:
@@ -147,7 +195,7 @@ def cycles(root: Path) -> list[str]:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                found.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                found.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt)
         path.pop()
@@ -160,20 +208,33 @@ def cycles(root: Path) -> list[str]:
 
 
 def private_imports(root: Path) -> list[str]:
-    return sorted(f"{m} -> {t}.{name}" for m, pairs in parse(root).items() for t, name in pairs
-                  if name and is_private(name) and t != m)
+    return sorted(
+        f"{m} -> {t}.{name}"
+        for m, pairs in parse(root).items()
+        for t, name in pairs
+        if name and is_private(name) and t != m
+    )
 
 
 def shadowing_submodules(root: Path) -> list[str]:
-    """The commands, plus any lowercase public name in a literal `__all__` of the package's __init__."""
+    """The commands, plus any lowercase public name in a literal `__all__` of the package's
+    __init__."""
     names = set(COMMANDS)
     for node in ast.parse((root / "__init__.py").read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(dotted(t) == "__all__" for t in node.targets):
             elts = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else []
-            names |= {e.value for e in elts if isinstance(e, ast.Constant) and str(e.value).islower()
-                      and not str(e.value).startswith("_")}
-    return sorted(f"{root.name}.{n} -> shadows {root.name}.{n}()" for n in names
-                  if (root / f"{n}.py").exists() or (root / n).is_dir())
+            names |= {
+                e.value
+                for e in elts
+                if isinstance(e, ast.Constant)
+                and str(e.value).islower()
+                and not str(e.value).startswith("_")
+            }
+    return sorted(
+        f"{root.name}.{n} -> shadows {root.name}.{n}()"
+        for n in names
+        if (root / f"{n}.py").exists() or (root / n).is_dir()
+    )
 
 
 def report(lines: list[str]) -> str:
@@ -186,7 +247,9 @@ def test_every_module_belongs_to_a_layer():
 
 
 def test_nothing_imports_upwards_or_sideways():
-    assert not (bad := upward_imports(PKG)), "imports of a higher layer or a sibling package:" + report(bad)
+    assert not (bad := upward_imports(PKG)), (
+        "imports of a higher layer or a sibling package:" + report(bad)
+    )
 
 
 def test_tasks_are_imported_only_by_the_entry_points():
@@ -200,11 +263,15 @@ def test_no_import_cycle():
 
 
 def test_no_module_imports_another_modules_private_name():
-    assert not (bad := private_imports(PKG)), "private names taken from another module:" + report(bad)
+    assert not (bad := private_imports(PKG)), "private names taken from another module:" + report(
+        bad
+    )
 
 
 def test_no_submodule_shadows_a_public_function():
-    assert not (bad := shadowing_submodules(PKG)), "submodules named like a public function:" + report(bad)
+    assert not (bad := shadowing_submodules(PKG)), (
+        "submodules named like a public function:" + report(bad)
+    )
 
 
 def test_the_checks_catch_violations_in_a_fake_tree(tmp_path):
@@ -226,10 +293,14 @@ def test_the_checks_catch_violations_in_a_fake_tree(tmp_path):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     assert "warmstart.data.x -> warmstart.tasks.finetune" in upward_imports(root)
-    assert task_imports(root) == ["warmstart.data.x -> warmstart.tasks.finetune",
-                                  "warmstart.tasks.finetune -> warmstart.tasks.probe"]
+    assert task_imports(root) == [
+        "warmstart.data.x -> warmstart.tasks.finetune",
+        "warmstart.tasks.finetune -> warmstart.tasks.probe",
+    ]
     assert cycles(root) == ["warmstart.models.a -> warmstart.models.b -> warmstart.models.a"]
-    assert private_imports(root) == ["warmstart.models.a -> warmstart.data.x._helper",
-                                     "warmstart.models.b -> warmstart.models.a._hidden"]
+    assert private_imports(root) == [
+        "warmstart.models.a -> warmstart.data.x._helper",
+        "warmstart.models.b -> warmstart.models.a._hidden",
+    ]
     assert shadowing_submodules(root) == ["warmstart.finetune -> shadows warmstart.finetune()"]
     assert "warmstart.stray" in unplaced(root)

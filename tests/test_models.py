@@ -42,8 +42,14 @@ def test_hub_id_found_in_local_cache_is_used(tiny_models, imdb_head, tmp_path, m
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     assert models.resolve("someone/tiny-bert") == str(snapshot)
-    result = warmstart.finetune(data=str(imdb_head), split="64,32", model="someone/tiny-bert", epochs=1,
-                                out=str(tmp_path / "run"), progress=False)
+    result = warmstart.finetune(
+        data=str(imdb_head),
+        split="64,32",
+        model="someone/tiny-bert",
+        epochs=1,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     assert (result.model_dir / "model.safetensors").is_file()
 
 

@@ -1,5 +1,6 @@
-"""`generate --backend onnx` (ONNX Runtime GenAI): the same greedy text as transformers in fp32, exported once,
-and a clear refusal of what it cannot do. A tiny random Llama with SmolLM2's real tokenizer keeps exports quick."""
+"""`generate --backend onnx` (ONNX Runtime GenAI): the same greedy text as transformers in fp32,
+exported once, and a clear refusal of what it cannot do. A tiny random Llama with SmolLM2's real
+tokenizer keeps exports quick."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from warmstart.errors import UserError
 from warmstart.inference import onnx_lm
 from warmstart.models.bundled import smollm2
 
-pytestmark = pytest.mark.skipif(not onnx_lm.installed(), reason="onnxruntime-genai is not installed")
+pytestmark = pytest.mark.skipif(
+    not onnx_lm.installed(), reason="onnxruntime-genai is not installed"
+)
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,"]
 
 
@@ -29,10 +32,21 @@ def tiny_llama(tmp_path_factory) -> Path:
             shutil.copy(source / name, folder / name)
     big = LlamaConfig.from_pretrained(source)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=big.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=big.bos_token_id,
-        eos_token_id=big.eos_token_id, pad_token_id=big.pad_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=big.vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=big.bos_token_id,
+            eos_token_id=big.eos_token_id,
+            pad_token_id=big.pad_token_id,
+        )
+    )
     model.save_pretrained(folder)
     return folder
 
@@ -50,20 +64,33 @@ def test_greedy_text_is_transformers_fp32_token_for_token(tiny_llama):
     assert [g.completion_tokens for g in onnx] == [g.completion_tokens for g in torch_fp32]
     assert [g.finish_reasons for g in onnx] == [g.finish_reasons for g in torch_fp32]
     chat = dict(kw, chat=True, system="Answer briefly.", prompts=PROMPTS[:1])
-    a, b = warmstart.generate(backend="onnx", **chat), warmstart.generate(backend="torch", precision="fp32", **chat)
+    a, b = (
+        warmstart.generate(backend="onnx", **chat),
+        warmstart.generate(backend="torch", precision="fp32", **chat),
+    )
     assert (a[0].prompt_tokens, a[0].completions) == (b[0].prompt_tokens, b[0].completions)
 
 
 def test_the_export_is_made_once_and_reused(tiny_llama, monkeypatch):
     first = onnx_lm.export(tiny_llama, quiet=True)
-    monkeypatch.setattr(onnx_lm.subprocess, "run", lambda *a, **k: pytest.fail("exported a second time"))
+    monkeypatch.setattr(
+        onnx_lm.subprocess, "run", lambda *a, **k: pytest.fail("exported a second time")
+    )
     assert onnx_lm.export(tiny_llama, quiet=True) == first
-    assert warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", max_new_tokens=4)
+    assert warmstart.generate(
+        prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", max_new_tokens=4
+    )
 
 
 def test_sampling_is_seeded_limits_hold_and_stop_strings_cut(tiny_llama):
-    kw = dict(prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", num_return_sequences=3, seed=5,
-              max_new_tokens=12)
+    kw = dict(
+        prompts=PROMPTS[:1],
+        model=str(tiny_llama),
+        backend="onnx",
+        num_return_sequences=3,
+        seed=5,
+        max_new_tokens=12,
+    )
     a, b = warmstart.generate(**kw), warmstart.generate(**kw)
     assert a[0].completions == b[0].completions and len(a[0].completions) == 3
     assert all(n <= 12 for n in a[0].completion_tokens)
@@ -75,25 +102,56 @@ def test_sampling_is_seeded_limits_hold_and_stop_strings_cut(tiny_llama):
 
 
 def test_what_onnx_cannot_do_is_refused_and_auto_uses_transformers(tiny_llama, tiny_gpt2):
-    with pytest.raises(UserError, match="--backend onnx cannot do this: beam search; use --backend torch"):
-        warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", num_beams=2, max_new_tokens=4)
+    with pytest.raises(
+        UserError, match="--backend onnx cannot do this: beam search; use --backend torch"
+    ):
+        warmstart.generate(
+            prompts=PROMPTS[:1],
+            model=str(tiny_llama),
+            backend="onnx",
+            num_beams=2,
+            max_new_tokens=4,
+        )
     with pytest.raises(UserError, match="does not export a gpt2"):
-        warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_gpt2), backend="onnx", max_new_tokens=4)
-    beams = warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), num_beams=2, max_new_tokens=4)
+        warmstart.generate(
+            prompts=PROMPTS[:1], model=str(tiny_gpt2), backend="onnx", max_new_tokens=4
+        )
+    beams = warmstart.generate(
+        prompts=PROMPTS[:1], model=str(tiny_llama), num_beams=2, max_new_tokens=4
+    )
     assert len(beams[0].completions) == 1  # auto: transformers' beam search answered
 
 
 def test_a_tokenizer_genai_reads_differently_is_not_used(tiny_llama):
     exported = onnx_lm.export(tiny_llama, quiet=True)
-    assert onnx_lm.read_json(exported / onnx_lm.SAME_TEXT) is True  # SmolLM2's tokenizer: checked the same
-    (exported / onnx_lm.SAME_TEXT).write_text("false")  # as the export's check finds for a char tokenizer
+    assert (
+        onnx_lm.read_json(exported / onnx_lm.SAME_TEXT) is True
+    )  # SmolLM2's tokenizer: checked the same
+    (exported / onnx_lm.SAME_TEXT).write_text(
+        "false"
+    )  # as the export's check finds for a char tokenizer
     try:
-        with pytest.raises(UserError, match="tokenizer reads the texts of .* differently from transformers"):
-            warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", max_new_tokens=4)
-        auto = warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), max_new_tokens=4, strategy="greedy",
-                                  precision="fp32")
-        torch_fp32 = warmstart.generate(prompts=PROMPTS[:1], model=str(tiny_llama), backend="torch",
-                                        precision="fp32", max_new_tokens=4, strategy="greedy")
+        with pytest.raises(
+            UserError, match="tokenizer reads the texts of .* differently from transformers"
+        ):
+            warmstart.generate(
+                prompts=PROMPTS[:1], model=str(tiny_llama), backend="onnx", max_new_tokens=4
+            )
+        auto = warmstart.generate(
+            prompts=PROMPTS[:1],
+            model=str(tiny_llama),
+            max_new_tokens=4,
+            strategy="greedy",
+            precision="fp32",
+        )
+        torch_fp32 = warmstart.generate(
+            prompts=PROMPTS[:1],
+            model=str(tiny_llama),
+            backend="torch",
+            precision="fp32",
+            max_new_tokens=4,
+            strategy="greedy",
+        )
         assert auto[0].completions == torch_fp32[0].completions
     finally:
         (exported / onnx_lm.SAME_TEXT).write_text("true")

@@ -1,5 +1,6 @@
-"""Every numeric option of every command declares its range once, with the field; a value outside it, or of the
-wrong type, is refused before any work, the same way from flags, config files and keyword arguments."""
+"""Every numeric option of every command declares its range once, with the field; a value outside
+it, or of the wrong type, is refused before any work, the same way from flags, config files and
+keyword arguments."""
 
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ from warmstart.errors import UserError
 
 
 def numeric_fields() -> list[tuple[str, str, type, dict]]:
-    """(command, field, int or float, bounds) for every numeric field of every command's dataclass."""
+    """(command, field, int or float, bounds) for every numeric field of every command's
+    dataclass."""
     found = []
     for command, spec in COMMANDS.items():
         cls = getattr(config, spec.config)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            base = ([a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]])[0]
+            base = (
+                [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+                or [hints[f.name]]
+            )[0]
             if base in (int, float):
                 found.append((command, f.name, base, f.metadata.get("bounds") or {}))
     return found
@@ -54,13 +59,21 @@ def out_of_range(draw) -> tuple[str, str, str]:
     kind, limit = draw(st.sampled_from(sorted(bounds.items())))
     below = kind in ("ge", "gt")
     if base is int:
-        # ge 1 is broken by 0 and below; gt 0 by 0 and below; le 9 by 10 and above; lt 9 by 9 and above.
-        edge = (math.ceil(limit) - (kind == "ge")) if below else (math.floor(limit) + (kind == "le"))
+        # ge 1 is broken by 0 and below; gt 0 by 0 and below; le 9 by 10 and above; lt 9 by 9 and
+        # above.
+        edge = (
+            (math.ceil(limit) - (kind == "ge")) if below else (math.floor(limit) + (kind == "le"))
+        )
         value = draw(st.integers(max_value=edge) if below else st.integers(min_value=edge))
     else:
         exclude = kind in ("ge", "le")
-        value = draw(st.floats(max_value=limit, exclude_max=exclude, allow_nan=False, allow_infinity=False) if below
-                     else st.floats(min_value=limit, exclude_min=exclude, allow_nan=False, allow_infinity=False))
+        value = draw(
+            st.floats(max_value=limit, exclude_max=exclude, allow_nan=False, allow_infinity=False)
+            if below
+            else st.floats(
+                min_value=limit, exclude_min=exclude, allow_nan=False, allow_infinity=False
+            )
+        )
     return command, name, repr(value) if base is float else str(value)
 
 
@@ -70,7 +83,9 @@ def wrong_type(draw) -> tuple[str, str, str]:
     command, name, base, _ = draw(st.sampled_from(FIELDS))
     junk = st.text(alphabet="abcxyz_,;[]{} é", min_size=1, max_size=8)
     if base is int:
-        value = draw(st.one_of(junk, st.sampled_from(["1.5", "2e3", "0x10", "nan", "inf", "1,000"])))
+        value = draw(
+            st.one_of(junk, st.sampled_from(["1.5", "2e3", "0x10", "nan", "inf", "1,000"]))
+        )
     else:
         value = draw(st.one_of(junk, st.sampled_from(["nan", "inf", "-inf", "1,5", "1.0.0"])))
     return command, name, value
@@ -95,25 +110,41 @@ def assert_refused(argv: list[str], capsys, folder) -> str:
     return lines[0]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=out_of_range())
-def test_an_out_of_range_value_is_one_error_line_exit_2_and_nothing_written(case, capsys, tmp_path, monkeypatch):
+def test_an_out_of_range_value_is_one_error_line_exit_2_and_nothing_written(
+    case, capsys, tmp_path, monkeypatch
+):
     command, name, value = case
     monkeypatch.chdir(tmp_path)
     assert_refused([command, f"--{name.replace('_', '-')}={value}"], capsys, tmp_path)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=wrong_type())
-def test_a_value_of_the_wrong_type_is_one_error_line_exit_2_and_nothing_written(case, capsys, tmp_path, monkeypatch):
+def test_a_value_of_the_wrong_type_is_one_error_line_exit_2_and_nothing_written(
+    case, capsys, tmp_path, monkeypatch
+):
     command, name, value = case
     monkeypatch.chdir(tmp_path)
     assert_refused([command, f"--{name.replace('_', '-')}={value}"], capsys, tmp_path)
 
 
 @settings(max_examples=100, deadline=None)
-@given(case=st.sampled_from(FIELDS), value=st.one_of(st.text(max_size=5), st.booleans(), st.lists(st.integers()),
-                                                     st.just(float("nan")), st.just(float("inf"))))
+@given(
+    case=st.sampled_from(FIELDS),
+    value=st.one_of(
+        st.text(max_size=5),
+        st.booleans(),
+        st.lists(st.integers()),
+        st.just(float("nan")),
+        st.just(float("inf")),
+    ),
+)
 def test_config_files_and_keyword_arguments_refuse_the_same_values(case, value):
     """YAML/TOML values and keyword arguments go through the same check as flags."""
     command, name, base, _ = case
@@ -126,32 +157,119 @@ def test_a_range_error_names_the_option_its_range_and_the_value(capsys):
     assert exit_code(["finetune", "--warmup-ratio", "1.5"]) == 2
     assert capsys.readouterr().err == "error: option 'warmup_ratio' must be ≥ 0 and ≤ 1, got 1.5\n"
     assert exit_code(["finetune", "--batch-size", "two"]) == 2
-    assert capsys.readouterr().err == "error: finetune: argument --batch-size: expected int, got 'two' (see --help)\n"
+    assert (
+        capsys.readouterr().err
+        == "error: finetune: argument --batch-size: expected int, got 'two' (see --help)\n"
+    )
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["fewshot", "--data", "d.csv", "--test", "t.csv", "--method", "setfit", "--template", "{text}"],
-     "--template does not apply to --method setfit"),
-    (["fewshot", "--data", "d.csv", "--test", "t.csv", "--method", "setfit", "--no-calibrate", "--chat"],
-     "--calibrate, --chat do not apply to --method setfit"),
-    (["fewshot", "--data", "d.csv", "--test", "t.csv", "--method", "prompt", "--pairs-per-example", "8"],
-     "--pairs-per-example does not apply to --method prompt"),
-    (["fewshot", "--data", "d.csv", "--test", "t.csv", "--method", "incontext", "--lr", "1e-4"],
-     "--lr does not apply to --method incontext"),
-    (["zeroshot", "a text", "--labels", "x,y", "--method", "similarity", "--truncate", "head+tail"],
-     "--truncate does not apply to --method similarity"),
-    (["zeroshot", "a text", "--labels", "x,y", "--method", "prompt", "--multi-label"],
-     "--multi-label does not apply to --method prompt"),
-    (["pretrain", "--data", "c.txt", "--model", "minilm", "--vocab-size", "500"],
-     "--vocab-size does not apply to continued pre-training"),
-    (["pretrain", "--data", "c.txt", "--from-scratch", "--model", "minilm"], "give one of them"),
-    (["pretrain", "--data", "c.txt", "--from-scratch", "--objective", "clm", "--mlm-probability", "0.3"],
-     "--mlm-probability does not apply to --objective clm"),
-    (["finetune", "--data", "d.csv", "--resume", "--overwrite"], "give one of them"),
-    (["embed", "--data", "d.csv", "--out", "e.npy", "--label-column", "label"],
-     "--label-column does not apply to a .npy output"),
-])
-def test_options_that_do_not_apply_are_refused_before_any_work(argv, expected, capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            [
+                "fewshot",
+                "--data",
+                "d.csv",
+                "--test",
+                "t.csv",
+                "--method",
+                "setfit",
+                "--template",
+                "{text}",
+            ],
+            "--template does not apply to --method setfit",
+        ),
+        (
+            [
+                "fewshot",
+                "--data",
+                "d.csv",
+                "--test",
+                "t.csv",
+                "--method",
+                "setfit",
+                "--no-calibrate",
+                "--chat",
+            ],
+            "--calibrate, --chat do not apply to --method setfit",
+        ),
+        (
+            [
+                "fewshot",
+                "--data",
+                "d.csv",
+                "--test",
+                "t.csv",
+                "--method",
+                "prompt",
+                "--pairs-per-example",
+                "8",
+            ],
+            "--pairs-per-example does not apply to --method prompt",
+        ),
+        (
+            [
+                "fewshot",
+                "--data",
+                "d.csv",
+                "--test",
+                "t.csv",
+                "--method",
+                "incontext",
+                "--lr",
+                "1e-4",
+            ],
+            "--lr does not apply to --method incontext",
+        ),
+        (
+            [
+                "zeroshot",
+                "a text",
+                "--labels",
+                "x,y",
+                "--method",
+                "similarity",
+                "--truncate",
+                "head+tail",
+            ],
+            "--truncate does not apply to --method similarity",
+        ),
+        (
+            ["zeroshot", "a text", "--labels", "x,y", "--method", "prompt", "--multi-label"],
+            "--multi-label does not apply to --method prompt",
+        ),
+        (
+            ["pretrain", "--data", "c.txt", "--model", "minilm", "--vocab-size", "500"],
+            "--vocab-size does not apply to continued pre-training",
+        ),
+        (
+            ["pretrain", "--data", "c.txt", "--from-scratch", "--model", "minilm"],
+            "give one of them",
+        ),
+        (
+            [
+                "pretrain",
+                "--data",
+                "c.txt",
+                "--from-scratch",
+                "--objective",
+                "clm",
+                "--mlm-probability",
+                "0.3",
+            ],
+            "--mlm-probability does not apply to --objective clm",
+        ),
+        (["finetune", "--data", "d.csv", "--resume", "--overwrite"], "give one of them"),
+        (
+            ["embed", "--data", "d.csv", "--out", "e.npy", "--label-column", "label"],
+            "--label-column does not apply to a .npy output",
+        ),
+    ],
+)
+def test_options_that_do_not_apply_are_refused_before_any_work(
+    argv, expected, capsys, tmp_path, monkeypatch
+):
     """Refused before anything is read (the files named do not even exist) or written."""
     monkeypatch.chdir(tmp_path)
     assert expected in assert_refused(argv, capsys, tmp_path)

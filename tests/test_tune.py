@@ -1,5 +1,6 @@
-"""`warmstart tune`: Optuna searches over finetune and probe options with tiny models. Each trial is a real
-`python -m warmstart finetune|probe` process, so these tests train for real, with few rows and epochs."""
+"""`warmstart tune`: Optuna searches over finetune and probe options with tiny models. Each trial is
+a real `python -m warmstart finetune|probe` process, so these tests train for real, with few rows
+and epochs."""
 
 from __future__ import annotations
 
@@ -41,44 +42,79 @@ def best_row(rows: list[dict], direction: str) -> dict:
 def assert_best_is_a_copy_of(out: Path, row: dict) -> None:
     trial = out / row["run_dir"]
     best = out / "best"
-    assert json.loads((best / "metrics.json").read_text()) == json.loads((trial / "metrics.json").read_text())
+    assert json.loads((best / "metrics.json").read_text()) == json.loads(
+        (trial / "metrics.json").read_text()
+    )
     assert (best / "config.yaml").read_text() == (trial / "config.yaml").read_text()
     for name in ("model.safetensors", "probe.joblib"):
         for folder in (trial, trial / "model"):
             if (folder / name).is_file():
-                assert (best / folder.relative_to(trial) / name).read_bytes() == (folder / name).read_bytes()
+                assert (best / folder.relative_to(trial) / name).read_bytes() == (
+                    folder / name
+                ).read_bytes()
 
 
 @pytest.fixture
 def base(tiny_models, imdb_head, tmp_path) -> Path:
     """A finetune of the tiny BERT that takes seconds: 100 training rows of 32 tokens, 2 epochs."""
-    return write_yaml(tmp_path / "base.yaml", {
-        "data": str(imdb_head), "split": "100,50", "model": str(tiny_models["bert"]), "max_length": 32,
-        "epochs": 2, "batch_size": 16, "warmup_ratio": 0.0, "precision": "fp32", "logging_steps": 1000})
+    return write_yaml(
+        tmp_path / "base.yaml",
+        {
+            "data": str(imdb_head),
+            "split": "100,50",
+            "model": str(tiny_models["bert"]),
+            "max_length": 32,
+            "epochs": 2,
+            "batch_size": 16,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "logging_steps": 1000,
+        },
+    )
 
 
 def test_a_search_prunes_a_hopeless_trial_and_keeps_the_best_trial_not_the_last(base, tmp_path):
-    space = write_yaml(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
-                                                 "epochs": {"type": "categorical", "choices": [2, 40]}})
+    space = write_yaml(
+        tmp_path / "space.yaml",
+        {
+            "lr": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
+            "epochs": {"type": "categorical", "choices": [2, 40]},
+        },
+    )
     out = tmp_path / "tune"
-    options = dict(base=str(base), space=str(space), trials=3, metric="loss", prune_after=2, out=str(out))
-    # Fixed values, so the outcome does not hang on the sampler: two plausible learning rates, then one so large
-    # that the first epoch's valid loss is far above theirs (measured: ~8 against ~0.69): the median pruner must
-    # stop it after that epoch. It is given 40 epochs, so that stopping it is seen however fast an epoch runs
-    # against the search's polling.
+    options = dict(
+        base=str(base), space=str(space), trials=3, metric="loss", prune_after=2, out=str(out)
+    )
+    # Fixed values, so the outcome does not hang on the sampler: two plausible learning rates, then
+    # one so large that the first epoch's valid loss is far above theirs (measured: ~8 against
+    # ~0.69): the median pruner must stop it after that epoch. It is given 40 epochs, so that
+    # stopping it is seen however fast an epoch runs against the search's polling.
     study = open_study(**options)
     for lr, epochs in ((1e-3, 2), (1e-6, 2), (10.0, 40)):
         study.enqueue_trial({"lr": lr, "epochs": epochs})
     result = warmstart.tune(**options)
 
     rows = read_rows(out)
-    assert [(r["number"], r["state"]) for r in rows] == [("0", "complete"), ("1", "complete"), ("2", "pruned")]
+    assert [(r["number"], r["state"]) for r in rows] == [
+        ("0", "complete"),
+        ("1", "complete"),
+        ("2", "pruned"),
+    ]
     assert [float(r["lr"]) for r in rows] == [1e-3, 1e-6, 10.0]
     assert rows[2]["epochs"] == "1" and rows[0]["epochs"] == rows[1]["epochs"] == "2"
     pruned = out / "trial-002"
     assert not (pruned / "metrics.json").exists()  # stopped before it finished
-    assert 1 <= len([r for r in map(json.loads, (pruned / "history.jsonl").read_text().splitlines())
-                     if "valid_loss" in r]) < 40
+    assert (
+        1
+        <= len(
+            [
+                r
+                for r in map(json.loads, (pruned / "history.jsonl").read_text().splitlines())
+                if "valid_loss" in r
+            ]
+        )
+        < 40
+    )
     assert not any((out / r["run_dir"] / "checkpoints").exists() for r in rows)
 
     # The value of a complete trial is the valid loss of the epoch whose model it kept.
@@ -88,11 +124,14 @@ def test_a_search_prunes_a_hopeless_trial_and_keeps_the_best_trial_not_the_last(
         assert float(r["value"]) == pytest.approx(kept["valid_loss"])
     expected = best_row(rows, "minimize")
     best = json.loads((out / "best.json").read_text())
-    assert best["trial"] == int(expected["number"]) and best["value"] == pytest.approx(float(expected["value"]))
+    assert best["trial"] == int(expected["number"]) and best["value"] == pytest.approx(
+        float(expected["value"])
+    )
     assert best["params"] == {"lr": float(expected["lr"]), "epochs": 2} and best["metric"] == "loss"
     assert_best_is_a_copy_of(out, expected)
-    # Not the last trial's model (that one was pruned after epoch 1, its model/ saved then). Measured: trial 0
-    # (lr 1e-3, 0.6925) beat trial 1 (lr 1e-6, 0.6936), so best/ is not the last complete trial's either.
+    # Not the last trial's model (that one was pruned after epoch 1, its model/ saved then).
+    # Measured: trial 0 (lr 1e-3, 0.6925) beat trial 1 (lr 1e-6, 0.6936), so best/ is not the last
+    # complete trial's either.
     last = out / "trial-002" / "model" / "model.safetensors"
     assert last.read_bytes() != (out / "best" / "model" / "model.safetensors").read_bytes()
     assert yaml.safe_load((out / "best" / "config.yaml").read_text())["lr"] == float(expected["lr"])
@@ -115,20 +154,28 @@ def _processes_with(text: str) -> list[int]:
 
 
 def test_a_killed_search_resumes_where_it_stopped(base, tmp_path):
-    space = write_yaml(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    space = write_yaml(
+        tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    )
     out = tmp_path / "tune"
-    proc = start_warmstart(["tune", "--base", str(base), "--space", str(space), "--trials", "2", "--out", str(out)])
+    proc = start_warmstart(
+        ["tune", "--base", str(base), "--space", str(space), "--trials", "2", "--out", str(out)]
+    )
     deadline = time.time() + 240
     # Killed once trial 0 has finished and trial 1 is training (its run folder exists).
     while time.time() < deadline and proc.poll() is None:
-        if (out / "trial-000" / "metrics.json").is_file() and (out / "trial-001" / "config.yaml").is_file():
+        if (out / "trial-000" / "metrics.json").is_file() and (
+            out / "trial-001" / "config.yaml"
+        ).is_file():
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     first = (out / "trial-000" / "metrics.json").stat().st_mtime_ns
-    if sys.platform == "linux":  # the trial died with the search (PR_SET_PDEATHSIG): no orphan trains on
+    if (
+        sys.platform == "linux"
+    ):  # the trial died with the search (PR_SET_PDEATHSIG): no orphan trains on
         for _ in range(100):
             if not _processes_with(str(out / "logs" / "trial-001.yaml")):
                 break
@@ -137,9 +184,17 @@ def test_a_killed_search_resumes_where_it_stopped(base, tmp_path):
 
     result = warmstart.tune(base=str(base), space=str(space), trials=2, out=str(out))
     rows = read_rows(out)
-    assert [(r["number"], r["state"]) for r in rows] == [("0", "complete"), ("1", "fail"), ("2", "complete")]
-    assert rows[2]["lr"] == rows[1]["lr"] and rows[2]["note"] == "rerun of trial 1"  # the cut-off values again
-    assert (out / "trial-000" / "metrics.json").stat().st_mtime_ns == first  # trial 0 did not run again
+    assert [(r["number"], r["state"]) for r in rows] == [
+        ("0", "complete"),
+        ("1", "fail"),
+        ("2", "complete"),
+    ]
+    assert (
+        rows[2]["lr"] == rows[1]["lr"] and rows[2]["note"] == "rerun of trial 1"
+    )  # the cut-off values again
+    assert (
+        out / "trial-000" / "metrics.json"
+    ).stat().st_mtime_ns == first  # trial 0 did not run again
     assert not (out / "trial-001").exists()  # the half-written folder is gone
     expected = best_row(rows, "maximize")  # finetune's default metric: accuracy
     assert result.best_trial == int(expected["number"]) and result.metric == "accuracy"
@@ -152,26 +207,44 @@ def test_a_killed_search_resumes_where_it_stopped(base, tmp_path):
 
 
 def test_the_time_limit_stops_a_running_trial_which_runs_again_first_later(base, tmp_path):
-    space = write_yaml(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    space = write_yaml(
+        tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    )
     out = tmp_path / "tune"
-    # Enough for the first trial to start (opening the study takes well under a second), too little to finish.
+    # Enough for the first trial to start (opening the study takes well under a second), too little
+    # to finish.
     options = dict(base=str(base), space=str(space), trials=2, timeout=4, out=str(out))
     result = warmstart.tune(**options)
     assert [(r["state"], r["note"]) for r in result.trials] == [("fail", "time limit")]
     assert result.best_trial is None and not (out / "best").exists()
     waiting = [t for t in open_study(**options).trials if t.state.name == "WAITING"]
     assert [t.user_attrs for t in waiting] == [{"rerun_of": 0}]
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"lr": float(result.trials[0]["lr"])}]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [
+        {"lr": float(result.trials[0]["lr"])}
+    ]
 
 
 def test_probe_tuning_searches_c(tiny_models, imdb_head, tmp_path):
-    base = write_yaml(tmp_path / "probe.yaml", {"data": str(imdb_head), "split": "100,50",
-                                                "model": str(tiny_models["bert"]), "max_length": 32})
-    space = write_yaml(tmp_path / "space.yaml", {"c": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}})
+    base = write_yaml(
+        tmp_path / "probe.yaml",
+        {
+            "data": str(imdb_head),
+            "split": "100,50",
+            "model": str(tiny_models["bert"]),
+            "max_length": 32,
+        },
+    )
+    space = write_yaml(
+        tmp_path / "space.yaml", {"c": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}}
+    )
     out = tmp_path / "tune"
-    result = warmstart.tune(base=str(base), space=str(space), command="probe", trials=2, out=str(out))
+    result = warmstart.tune(
+        base=str(base), space=str(space), command="probe", trials=2, out=str(out)
+    )
     rows = read_rows(out)
-    assert [r["state"] for r in rows] == ["complete", "complete"] and all(r["epochs"] == "0" for r in rows)
+    assert [r["state"] for r in rows] == ["complete", "complete"] and all(
+        r["epochs"] == "0" for r in rows
+    )
     for r in rows:
         metrics = json.loads((out / r["run_dir"] / "metrics.json").read_text())
         assert float(r["value"]) == metrics["valid"]["accuracy"]
@@ -185,26 +258,63 @@ def test_probe_tuning_searches_c(tiny_models, imdb_head, tmp_path):
 GOOD = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}
 
 
-@pytest.mark.parametrize("space, expected", [
-    ({"learning_rate": GOOD}, "key 'learning_rate': unknown option of finetune"),
-    ({"lr": {"type": "normal", "low": 1e-5, "high": 1e-3}}, "key 'lr': type must be float, int or categorical"),
-    ({"lr": {"type": "float", "low": 1e-5, "hihg": 1e-3}}, "key 'lr': unknown key(s) hihg for type float"),
-    ({"lr": {"type": "float", "low": "abc", "high": 1e-3}}, "key 'lr': low must be a number, got 'abc'"),
-    ({"lr": {"type": "float", "low": 0.0, "high": 1e-3}}, "'lr': 0.0 is not a valid value: option 'lr' must be > 0"),
-    ({"warmup_ratio": {"type": "float", "low": 0.1, "high": 2}}, "key 'warmup_ratio': 2.0 is not a valid value"),
-    ({"batch_size": {"type": "int", "low": 0, "high": 16}}, "key 'batch_size': 0 is not a valid value"),
-    ({"batch_size": {"type": "float", "low": 8, "high": 16}}, "option 'batch_size' must be int"),
-    ({"batch_size": {"type": "int", "low": 8.5, "high": 16}}, "key 'batch_size': low must be an integer"),
-    ({"optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}, "'sgd' is not a valid value"),
-    ({"optimizer": {"type": "categorical", "choices": []}}, "choices must be a non-empty list"),
-    ({"lr": {"type": "float", "low": 1e-3, "high": 1e-5}}, "key 'lr': low (0.001) must be below high (1e-05)"),
-    ({"lr": {"type": "float", "low": -1, "high": 1e-3, "log": True}}, "key 'lr': a log scale needs low > 0"),
-    ({"lr": [1e-5, 1e-3]}, "key 'lr': must be a mapping"),
-    ({"out": {"type": "categorical", "choices": ["a", "b"]}}, "key 'out': is set by tune"),
-    ({}, "names no option to search"),
-])
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        ({"learning_rate": GOOD}, "key 'learning_rate': unknown option of finetune"),
+        (
+            {"lr": {"type": "normal", "low": 1e-5, "high": 1e-3}},
+            "key 'lr': type must be float, int or categorical",
+        ),
+        (
+            {"lr": {"type": "float", "low": 1e-5, "hihg": 1e-3}},
+            "key 'lr': unknown key(s) hihg for type float",
+        ),
+        (
+            {"lr": {"type": "float", "low": "abc", "high": 1e-3}},
+            "key 'lr': low must be a number, got 'abc'",
+        ),
+        (
+            {"lr": {"type": "float", "low": 0.0, "high": 1e-3}},
+            "'lr': 0.0 is not a valid value: option 'lr' must be > 0",
+        ),
+        (
+            {"warmup_ratio": {"type": "float", "low": 0.1, "high": 2}},
+            "key 'warmup_ratio': 2.0 is not a valid value",
+        ),
+        (
+            {"batch_size": {"type": "int", "low": 0, "high": 16}},
+            "key 'batch_size': 0 is not a valid value",
+        ),
+        (
+            {"batch_size": {"type": "float", "low": 8, "high": 16}},
+            "option 'batch_size' must be int",
+        ),
+        (
+            {"batch_size": {"type": "int", "low": 8.5, "high": 16}},
+            "key 'batch_size': low must be an integer",
+        ),
+        (
+            {"optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}},
+            "'sgd' is not a valid value",
+        ),
+        ({"optimizer": {"type": "categorical", "choices": []}}, "choices must be a non-empty list"),
+        (
+            {"lr": {"type": "float", "low": 1e-3, "high": 1e-5}},
+            "key 'lr': low (0.001) must be below high (1e-05)",
+        ),
+        (
+            {"lr": {"type": "float", "low": -1, "high": 1e-3, "log": True}},
+            "key 'lr': a log scale needs low > 0",
+        ),
+        ({"lr": [1e-5, 1e-3]}, "key 'lr': must be a mapping"),
+        ({"out": {"type": "categorical", "choices": ["a", "b"]}}, "key 'out': is set by tune"),
+        ({}, "names no option to search"),
+    ],
+)
 def test_a_bad_space_file_is_one_error_naming_the_file_and_key_and_nothing_is_written(
-        space, expected, base, tmp_path, capsys):
+    space, expected, base, tmp_path, capsys
+):
     path = write_yaml(tmp_path / "space.yaml", space)
     out = tmp_path / "tune"
     assert main(["tune", "--base", str(base), "--space", str(path), "--out", str(out)]) == 2
@@ -223,14 +333,28 @@ def test_bad_tune_options_are_refused_before_any_work(base, imdb_head, tmp_path)
     cases = [
         (dict(space=str(space)), "--base FILE"),
         (dict(base=str(base)), "--space FILE"),
-        (dict(base=str(tmp_path / "missing.yaml"), space=str(space)), "missing.yaml' does not exist"),
+        (
+            dict(base=str(tmp_path / "missing.yaml"), space=str(space)),
+            "missing.yaml' does not exist",
+        ),
         (dict(base=str(no_valid), space=str(space)), "compared on a validation split"),
         (dict(base=str(base), space=str(probe_space)), "key 'c': unknown option of finetune"),
-        (dict(base=str(base), space=str(probe_space), command="probe"), "unknown option(s) epochs, logging_steps"),
-        (dict(base=str(probe_base), space=str(probe_space), command="probe", metric="loss"), "a probe's valid metrics"),
-        (dict(base=str(probe_base), space=str(probe_space), command="probe", pruner="hyperband"),
-         "--pruner does not apply to --command probe"),
-        (dict(base=str(base), space=str(space), pruner="none", prune_warmup=1), "--prune-warmup does not apply"),
+        (
+            dict(base=str(base), space=str(probe_space), command="probe"),
+            "unknown option(s) epochs, logging_steps",
+        ),
+        (
+            dict(base=str(probe_base), space=str(probe_space), command="probe", metric="loss"),
+            "a probe's valid metrics",
+        ),
+        (
+            dict(base=str(probe_base), space=str(probe_space), command="probe", pruner="hyperband"),
+            "--pruner does not apply to --command probe",
+        ),
+        (
+            dict(base=str(base), space=str(space), pruner="none", prune_warmup=1),
+            "--prune-warmup does not apply",
+        ),
     ]
     for kwargs, expected in cases:
         with pytest.raises(UserError) as e:
@@ -241,10 +365,14 @@ def test_bad_tune_options_are_refused_before_any_work(base, imdb_head, tmp_path)
 
 def test_a_folder_with_another_search_or_other_files_is_refused(base, tmp_path):
     space = write_yaml(tmp_path / "space.yaml", {"lr": GOOD})
-    other = write_yaml(tmp_path / "other.yaml", {"lr": GOOD, "batch_size": {"type": "categorical", "choices": [8]}})
+    other = write_yaml(
+        tmp_path / "other.yaml", {"lr": GOOD, "batch_size": {"type": "categorical", "choices": [8]}}
+    )
     out = tmp_path / "tune"
     open_study(base=str(base), space=str(space), out=str(out))  # a search, no trial run yet
-    with pytest.raises(UserError, match=r"holds a search with other settings \(space\); pass --overwrite"):
+    with pytest.raises(
+        UserError, match=r"holds a search with other settings \(space\); pass --overwrite"
+    ):
         warmstart.tune(base=str(base), space=str(other), out=str(out))
     with pytest.raises(UserError, match=r"other settings \(direction, metric\)"):
         warmstart.tune(base=str(base), space=str(space), metric="loss", out=str(out))

@@ -1,12 +1,12 @@
-"""warmstart: put pre-trained transformers to work — offline, fast on a laptop CPU, one command per job.
+"""warmstart: put pre-trained transformers to work — offline, fast on a laptop CPU, one command per
+job.
 
 Every CLI command is a function here, taking a config dataclass and/or keyword arguments:
 
-    >>> import warmstart
-    >>> result = warmstart.finetune(data="reviews.csv", split="0.8,0.1,0.1", model="minilm", out="runs/x")
-    >>> warmstart.evaluate(model="runs/x/model", data="more_reviews.csv").accuracy
-    >>> warmstart.predict(model="runs/x/model", texts=["A wonderful, moving film."])[0].label
-"""
+>>> import warmstart >>> result = warmstart.finetune(data="reviews.csv", split="0.8,0.1,0.1",
+model="minilm", out="runs/x") >>> warmstart.evaluate(model="runs/x/model",
+data="more_reviews.csv").accuracy >>> warmstart.predict(model="runs/x/model", texts=["A wonderful,
+moving film."])[0].label"""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Built from the command table and imported on first use, so `warmstart --help` does not wait for torch.
+# Built from the command table and imported on first use, so `warmstart --help` does not wait for
+# torch.
 _LAZY: dict[str, str] = {"UserError": "warmstart.errors"}
 for _c in COMMANDS.values():
     _LAZY[_c.name] = _c.where
@@ -69,12 +70,46 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "CalibrateConfig", "CalibrateResult", "calibrate",
-    "EmbedConfig", "EmbedResult", "EvaluateConfig", "EvaluateResult", "ExportConfig", "ExportResult", "FewshotConfig",
-    "FewshotResult", "FinetuneConfig", "FinetuneResult", "GenerateConfig", "Generation", "PredictConfig",
-    "Prediction", "PretrainConfig", "PretrainResult", "ProbeConfig", "ProbeResult", "ServeConfig", "UserError",
-    "TuneConfig", "TuneResult", "ZeroshotConfig", "ZeroshotResult", "__version__", "embed", "evaluate", "export",
-    "fewshot", "finetune", "generate", "predict", "pretrain", "probe", "serve", "tune", "zeroshot",
+    "CalibrateConfig",
+    "CalibrateResult",
+    "calibrate",
+    "EmbedConfig",
+    "EmbedResult",
+    "EvaluateConfig",
+    "EvaluateResult",
+    "ExportConfig",
+    "ExportResult",
+    "FewshotConfig",
+    "FewshotResult",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "GenerateConfig",
+    "Generation",
+    "PredictConfig",
+    "Prediction",
+    "PretrainConfig",
+    "PretrainResult",
+    "ProbeConfig",
+    "ProbeResult",
+    "ServeConfig",
+    "UserError",
+    "TuneConfig",
+    "TuneResult",
+    "ZeroshotConfig",
+    "ZeroshotResult",
+    "__version__",
+    "embed",
+    "evaluate",
+    "export",
+    "fewshot",
+    "finetune",
+    "generate",
+    "predict",
+    "pretrain",
+    "probe",
+    "serve",
+    "tune",
+    "zeroshot",
 ]
 # Spelled out for type checkers; the table is what counts.
 assert set(__all__) == {*_LAZY, "__version__"}, sorted(set(__all__) ^ {*_LAZY, "__version__"})

@@ -1,8 +1,9 @@
-"""`warmstart <command>`: flags and an optional --config YAML/TOML file onto the command's dataclass.
+"""`warmstart <command>`: flags and an optional --config YAML/TOML file onto the command's
+dataclass.
 
 Flags are generated from the dataclass fields, so the CLI, the config files and the Python functions
-always take the same options; the commands come from the one table in warmstart.commands. User errors print
-one line and exit with code 2."""
+always take the same options; the commands come from the one table in warmstart.commands. User
+errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -37,13 +38,18 @@ def _converter(tp: Any) -> Callable[[str], Any]:
     return convert
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()
+) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, meta = hints[f.name], f.metadata
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = meta.get("help", "") + ("" if default in (None, "", False) or isinstance(default, bool)
-                                        else f" (default: {default})")
+        help_ = meta.get("help", "") + (
+            ""
+            if default in (None, "", False) or isinstance(default, bool)
+            else f" (default: {default})"
+        )
         if meta.get("bounds"):
             help_ += f" ({describe_bounds(meta['bounds'])})"
         if f.name in positional:
@@ -51,18 +57,34 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: tuple[st
             parser.add_argument(f.name, nargs=nargs, default=argparse.SUPPRESS, help=help_)
             continue
         flag = "--" + f.name.replace("_", "-")
-        if tp is bool or tp == bool | None:  # --normalize / --no-normalize; unset: None (the default decides)
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        if (
+            tp is bool or tp == bool | None
+        ):  # --normalize / --no-normalize; unset: None (the default decides)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_
+            )
         elif typing.get_origin(tp) is list:  # e.g. --stop A --stop B
-            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar=f.name.upper(),
-                                help=help_ + " (repeatable)")
+            parser.add_argument(
+                flag,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=help_ + " (repeatable)",
+            )
         else:
-            parser.add_argument(flag, type=_converter(tp), choices=meta.get("choices"), default=argparse.SUPPRESS,
-                                metavar=f.name.upper() if not meta.get("choices") else None, help=help_)
+            parser.add_argument(
+                flag,
+                type=_converter(tp),
+                choices=meta.get("choices"),
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper() if not meta.get("choices") else None,
+                help=help_,
+            )
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (like every other user error), not usage + error."""
+    """argparse, but a bad flag is one line on stderr (like every other user error), not usage +
+    error."""
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {self.prog.removeprefix('warmstart ')}: {message} (see --help)\n")
@@ -74,8 +96,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         sp = sub.add_parser(name, help=command.help, description=command.help)
-        sp.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="YAML or TOML file of options; flags given here override it")
+        sp.add_argument(
+            "--config",
+            metavar="FILE",
+            default=argparse.SUPPRESS,
+            help="YAML or TOML file of options; flags given here override it",
+        )
         add_options(sp, getattr(config, command.config), command.positional)
     p.set_defaults(subparsers=sub.choices)
     return p
@@ -106,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         if values.get("texts") == []:
             values.pop("texts")
         cfg = build(getattr(config, COMMANDS[command].config), values, source="options")
-        if getattr(cfg, "num_processes", 1) > 1:  # --num-processes N: this same command under accelerate launch
+        if (
+            getattr(cfg, "num_processes", 1) > 1
+        ):  # --num-processes N: this same command under accelerate launch
             code = distributed.relaunch(sys.argv[1:] if argv is None else argv, cfg.num_processes)
             if code is not None:
                 return code
@@ -116,17 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume (finetune, pretrain) or by running the same command again",
-              file=sys.stderr)
+        print(
+            "interrupted; continue with --resume (finetune, pretrain) or by running the same"
+            " command again",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
 
 def run(name: str, cfg) -> None:
-    """Call the command's function and print its report (under `accelerate launch`, the main process only)."""
+    """Call the command's function and print its report (under `accelerate launch`, the main process
+    only)."""
     command = COMMANDS[name]
     module = importlib.import_module(command.where)
-    # Tokens appear as they are produced only in interactive use; piped output gets the finished texts.
+    # Tokens appear as they are produced only in interactive use; piped output gets the finished
+    # texts.
     kwargs = {"stream_to": sys.stdout} if command.streams and sys.stdout.isatty() else {}
     result = getattr(module, name)(cfg, **kwargs)
     if command.reports and distributed.is_main():

@@ -1,19 +1,20 @@
-"""Running as one of several processes (`accelerate launch`, torchrun): who am I, which rows are mine,
-and putting every process's results back together in input order.
+"""Running as one of several processes (`accelerate launch`, torchrun): who am I, which rows are
+mine, and putting every process's results back together in input order.
 
 Rank and world size come from the environment the launchers set (RANK, WORLD_SIZE), so asking costs
-nothing and a plain single-process run never initialises torch.distributed. The process group is set up
-(through Accelerate's PartialState: gloo on CPUs, nccl on GPUs) only when a collective is first needed.
+nothing and a plain single-process run never initialises torch.distributed. The process group is set
+up (through Accelerate's PartialState: gloo on CPUs, nccl on GPUs) only when a collective is first
+needed.
 
 Sharding is by contiguous, near-equal row ranges (``np.array_split``): results are gathered to every
 process and written back at their row indices, so nothing is counted twice however uneven the last
 shard is, and every process ends with the same full result (and so takes the same decisions).
 
-`--num-processes N` (``relaunch``) runs the same command again under `accelerate launch` with N local
-processes: they see WORLD_SIZE > 1 and so run the command itself; the parent only waits and passes on their
-exit status. On a CPU-only machine the processes talk over gloo; with GPUs, each process takes one. For
-several machines, FSDP or DeepSpeed, call `accelerate launch` yourself with a config file (configs/accelerate/).
-"""
+`--num-processes N` (``relaunch``) runs the same command again under `accelerate launch` with N
+local processes: they see WORLD_SIZE > 1 and so run the command itself; the parent only waits and
+passes on their exit status. On a CPU-only machine the processes talk over gloo; with GPUs, each
+process takes one. For several machines, FSDP or DeepSpeed, call `accelerate launch` yourself with a
+config file (configs/accelerate/)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def is_main() -> bool:
 
 
 def use_cpu(cpu: bool = False) -> bool:
-    """Whether to run on the CPU. Launched processes on a machine without CUDA must say so to Accelerate:
-    asked for a GPU there, it falls back to a single, non-distributed process."""
+    """Whether to run on the CPU. Launched processes on a machine without CUDA must say so to
+    Accelerate: asked for a GPU there, it falls back to a single, non-distributed process."""
     if cpu or not is_distributed():
         return cpu
     import torch
@@ -56,7 +57,8 @@ def use_cpu(cpu: bool = False) -> bool:
 
 
 def state(cpu: bool = False):
-    """Accelerate's process state (initialises the process group on first use; the first call decides)."""
+    """Accelerate's process state (initialises the process group on first use; the first call
+    decides)."""
     from accelerate import PartialState
 
     return PartialState(cpu=use_cpu(cpu))
@@ -68,10 +70,12 @@ def barrier() -> None:
 
 
 def finish() -> None:
-    """End a launched command's process group once every process is done. Left to interpreter exit, gloo's
-    threads can be torn down while a peer still talks to them, and a process that did its work aborts
-    ("terminate called without an active exception"), failing the whole launch."""
-    if not is_distributed() or "torch" not in sys.modules:  # no group to end (and no torch to import for it)
+    """End a launched command's process group once every process is done. Left to interpreter exit,
+    gloo's threads can be torn down while a peer still talks to them, and a process that did its
+    work aborts ("terminate called without an active exception"), failing the whole launch."""
+    if (
+        not is_distributed() or "torch" not in sys.modules
+    ):  # no group to end (and no torch to import for it)
         return
     import torch.distributed as dist
 
@@ -88,9 +92,10 @@ def shard(n: int, index: int | None = None, size: int | None = None) -> np.ndarr
 
 
 def gather_rows(n: int, compute: Callable[[np.ndarray], np.ndarray | list]) -> np.ndarray | list:
-    """``compute(indices)`` on this process's shard of ``n`` rows, gathered from all processes and put
-    back in input order; one process: just ``compute(arange(n))``. Every process gets the whole result.
-    ``compute`` may return an array (a row per index) or a list (an entry per index, e.g. ragged rows)."""
+    """``compute(indices)`` on this process's shard of ``n`` rows, gathered from all processes and
+    put back in input order; one process: just ``compute(arange(n))``. Every process gets the whole
+    result. ``compute`` may return an array (a row per index) or a list (an entry per index, e.g.
+    ragged rows)."""
     if not is_distributed():
         return compute(np.arange(n))
     import torch
@@ -141,11 +146,11 @@ def broadcast(obj, cpu: bool = False):
 def batch_part(batch: list[int], index: int, size: int) -> tuple[list[int], float]:
     """This process's part of one global training batch, and the weight of its loss.
 
-    Each process gets a contiguous, near-equal slice. The model's loss is a mean over the slice, and DDP
-    averages gradients over processes, so weighting each loss by ``len(part) * size / len(batch)`` makes
-    the average exactly the gradient of the mean over the whole batch (as one process would compute).
-    A process left without rows (a batch smaller than the world) repeats one row with weight 0: it still
-    has to take part in the gradient all-reduce."""
+    Each process gets a contiguous, near-equal slice. The model's loss is a mean over the slice, and
+    DDP averages gradients over processes, so weighting each loss by ``len(part) * size /
+    len(batch)`` makes the average exactly the gradient of the mean over the whole batch (as one
+    process would compute). A process left without rows (a batch smaller than the world) repeats one
+    row with weight 0: it still has to take part in the gradient all-reduce."""
     part = np.array_split(np.asarray(batch), size)[index].tolist()
     if not part:
         return [batch[0]], 0.0
@@ -153,12 +158,17 @@ def batch_part(batch: list[int], index: int, size: int) -> tuple[list[int], floa
 
 
 def probabilities(clf, ex, batch_size: int, progress: bool = False) -> np.ndarray:
-    """``clf.probabilities(ex)`` with each process scoring its shard of the examples (see gather_rows)."""
-    return gather_rows(len(ex), lambda idx: clf.probabilities(ex.take(idx), batch_size,
-                                                              progress=progress and is_main()))
+    """``clf.probabilities(ex)`` with each process scoring its shard of the examples (see
+    gather_rows)."""
+    return gather_rows(
+        len(ex),
+        lambda idx: clf.probabilities(ex.take(idx), batch_size, progress=progress and is_main()),
+    )
 
 
-# --- `--num-processes N`: the same command again under `accelerate launch` ----------------------------------
+# --- `--num-processes N`: the same command again under `accelerate launch`
+# ----------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -167,15 +177,34 @@ def free_port() -> int:
 
 
 def command(argv: list[str], processes: int, port: int | None = None) -> list[str]:
-    """The `accelerate launch` command line that runs ``warmstart ARGV`` in ``processes`` local processes."""
-    # --multi_gpu selects torch.distributed's launcher; on a machine without GPUs Accelerate then uses gloo.
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port or free_port()), "-m", "warmstart", *argv]
+    """The `accelerate launch` command line that runs ``warmstart ARGV`` in ``processes`` local
+    processes."""
+    # --multi_gpu selects torch.distributed's launcher; on a machine without GPUs Accelerate then
+    # uses gloo.
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port or free_port()),
+        "-m",
+        "warmstart",
+        *argv,
+    ]
 
 
 def relaunch(argv: list[str], processes: int) -> int | None:
-    """Exit status of the command run in ``processes`` processes; None when this already is one of them."""
+    """Exit status of the command run in ``processes`` processes; None when this already is one of
+    them."""
     if is_distributed():
         return None
     try:
@@ -185,8 +214,10 @@ def relaunch(argv: list[str], processes: int) -> int | None:
     except Exception:  # noqa: BLE001 - no usable CUDA: CPU processes
         gpus = 0
     if gpus and processes > gpus and "--cpu" not in argv:
-        raise UserError(f"--num-processes {processes} is more than the {gpus} GPU(s) here; use at most {gpus} "
-                        "or add --cpu")
+        raise UserError(
+            f"--num-processes {processes} is more than the {gpus} GPU(s) here; use at most {gpus} "
+            "or add --cpu"
+        )
     # One thread per process unless told otherwise: N processes each using every core only fight.
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
     proc = subprocess.Popen(command(argv, processes), env=env)

@@ -1,5 +1,5 @@
-"""Classification metrics (scikit-learn), tagging metrics (seqeval), metrics of generated text (sacreBLEU, jiwer),
-softmax, cross-entropy, text tables."""
+"""Classification metrics (scikit-learn), tagging metrics (seqeval), metrics of generated text
+(sacreBLEU, jiwer), softmax, cross-entropy, text tables."""
 
 from __future__ import annotations
 
@@ -19,44 +19,66 @@ from sklearn.metrics import (
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
     labels = list(range(len(names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
-                                                    zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        # The mean of per-class recalls: what accuracy means when the classes are skewed (chance is 1/K).
+        # The mean of per-class recalls: what accuracy means when the classes are skewed (chance is
+        # 1/K).
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "precision_macro": float(mp),
         "recall_macro": float(mr),
         "f1_macro": float(mf),
         "n": int(len(y_true)),
-        "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, n in enumerate(names)},
+        "per_class": {
+            n: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i, n in enumerate(names)
+        },
         "labels": list(names),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
-    """Multi-hot targets and predictions (rows, labels): micro and macro F1, subset accuracy (every label of a
-    row right), and precision/recall/F1 per label."""
+    """Multi-hot targets and predictions (rows, labels): micro and macro F1, subset accuracy (every
+    label of a row right), and precision/recall/F1 per label."""
     y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
     micro = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
     macro = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
     return {
-        "f1_micro": float(micro[2]), "precision_micro": float(micro[0]), "recall_micro": float(micro[1]),
-        "f1_macro": float(macro[2]), "precision_macro": float(macro[0]), "recall_macro": float(macro[1]),
+        "f1_micro": float(micro[2]),
+        "precision_micro": float(micro[0]),
+        "recall_micro": float(micro[1]),
+        "f1_macro": float(macro[2]),
+        "precision_macro": float(macro[0]),
+        "recall_macro": float(macro[1]),
         "subset_accuracy": float(np.mean((y_true == y_pred).all(axis=1))) if len(y_true) else 0.0,
         "n": int(len(y_true)),
-        "per_label": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, n in enumerate(names)},
+        "per_label": {
+            n: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i, n in enumerate(names)
+        },
         "labels": list(names),
     }
 
 
-def best_thresholds(probs: np.ndarray, y_true: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
-    """Per label, the probability threshold with the best F1 on these rows (ties: the one nearest 0.5); 0.5
-    for a label with no positive row, where F1 cannot choose."""
+def best_thresholds(
+    probs: np.ndarray, y_true: np.ndarray, grid: np.ndarray | None = None
+) -> np.ndarray:
+    """Per label, the probability threshold with the best F1 on these rows (ties: the one nearest
+    0.5); 0.5 for a label with no positive row, where F1 cannot choose."""
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid
     out = np.full(probs.shape[1], 0.5)
     for k in range(probs.shape[1]):
@@ -72,18 +94,27 @@ def best_thresholds(probs: np.ndarray, y_true: np.ndarray, grid: np.ndarray | No
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
-    """RMSE, MAE, Pearson's r and Spearman's rho, averaged over the targets, and per target when several."""
+    """RMSE, MAE, Pearson's r and Spearman's rho, averaged over the targets, and per target when
+    several."""
     from scipy.stats import pearsonr, spearmanr
 
     y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     per = {}
     for k, name in enumerate(names):
         t, p = y_true[:, k], y_pred[:, k]
-        constant = len(t) < 2 or np.ptp(t) == 0 or np.ptp(p) == 0  # correlation undefined: reported as 0
-        per[name] = {"rmse": float(np.sqrt(mean_squared_error(t, p))), "mae": float(mean_absolute_error(t, p)),
-                     "pearson": 0.0 if constant else float(pearsonr(t, p)[0]),
-                     "spearman": 0.0 if constant else float(spearmanr(t, p)[0])}
-    out = {key: float(np.mean([m[key] for m in per.values()])) for key in ("rmse", "mae", "pearson", "spearman")}
+        constant = (
+            len(t) < 2 or np.ptp(t) == 0 or np.ptp(p) == 0
+        )  # correlation undefined: reported as 0
+        per[name] = {
+            "rmse": float(np.sqrt(mean_squared_error(t, p))),
+            "mae": float(mean_absolute_error(t, p)),
+            "pearson": 0.0 if constant else float(pearsonr(t, p)[0]),
+            "spearman": 0.0 if constant else float(spearmanr(t, p)[0]),
+        }
+    out = {
+        key: float(np.mean([m[key] for m in per.values()]))
+        for key in ("rmse", "mae", "pearson", "spearman")
+    }
     out.update(n=int(len(y_true)), targets=list(names))
     if len(names) > 1:
         out["per_target"] = per
@@ -114,9 +145,13 @@ def format_table(m: dict) -> str:
     lines = [f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for n in names:
         c = m["per_class"][n]
-        lines.append(f"{n:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
-    lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}"
-                 f"{m['n']:>10}")
+        lines.append(
+            f"{n:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
+        )
+    lines.append(
+        f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}"
+        f"{m['n']:>10}"
+    )
     lines.append(f"{'accuracy':<{w}}{'':>20}{m['accuracy']:>10.4f}{m['n']:>10}")
     if "balanced_accuracy" in m:
         lines.append(f"{'balanced acc':<{w}}{'':>20}{m['balanced_accuracy']:>10.4f}{m['n']:>10}")
@@ -130,19 +165,24 @@ def format_table(m: dict) -> str:
 
 
 def tagging_metrics(gold: list[list[str]], pred: list[list[str]], scheme: str) -> dict:
-    """Word-level metrics of tag sequences: word accuracy always; for entity tag sets (IOB2, IOBES) entity
-    precision/recall/F1, micro and per type, with seqeval's semantics (conlleval for IOB2: an I-X after O
-    starts an entity; strict for IOBES: only well-formed entities count); for plain tag sets (part of speech)
-    macro precision/recall/F1 over tags."""
+    """Word-level metrics of tag sequences: word accuracy always; for entity tag sets (IOB2, IOBES)
+    entity precision/recall/F1, micro and per type, with seqeval's semantics (conlleval for IOB2: an
+    I-X after O starts an entity; strict for IOBES: only well-formed entities count); for plain tag
+    sets (part of speech) macro precision/recall/F1 over tags."""
     flat_gold = [t for s in gold for t in s]
     flat_pred = [t for s in pred for t in s]
     n = len(flat_gold)
-    out: dict = {"accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred)])) if n else 0.0,
-                 "n": n, "sentences": len(gold), "scheme": scheme}
+    out: dict = {
+        "accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred)])) if n else 0.0,
+        "n": n,
+        "sentences": len(gold),
+        "scheme": scheme,
+    }
     if scheme == "plain":
         tags = sorted(set(flat_gold) | set(flat_pred))
-        p, r, f, _ = precision_recall_fscore_support(flat_gold, flat_pred, labels=tags, average="macro",
-                                                     zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(
+            flat_gold, flat_pred, labels=tags, average="macro", zero_division=0
+        )
         out.update(precision_macro=float(p), recall_macro=float(r), f1_macro=float(f))
         return out
     from seqeval.metrics import classification_report
@@ -153,35 +193,57 @@ def tagging_metrics(gold: list[list[str]], pred: list[list[str]], scheme: str) -
     micro = report.pop("micro avg")
     macro = report.pop("macro avg")
     report.pop("weighted avg", None)
-    out.update(precision=float(micro["precision"]), recall=float(micro["recall"]), f1=float(micro["f1-score"]),
-               f1_macro=float(macro["f1-score"]), entities=int(micro["support"]),
-               per_type={t: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                             "f1": float(v["f1-score"]), "support": int(v["support"])}
-                         for t, v in sorted(report.items())})
+    out.update(
+        precision=float(micro["precision"]),
+        recall=float(micro["recall"]),
+        f1=float(micro["f1-score"]),
+        f1_macro=float(macro["f1-score"]),
+        entities=int(micro["support"]),
+        per_type={
+            t: {
+                "precision": float(v["precision"]),
+                "recall": float(v["recall"]),
+                "f1": float(v["f1-score"]),
+                "support": int(v["support"]),
+            }
+            for t, v in sorted(report.items())
+        },
+    )
     return out
 
 
 def format_tagging_table(m: dict) -> str:
-    """Per-type entity precision/recall/F1 and the micro average, or word accuracy for plain tag sets."""
+    """Per-type entity precision/recall/F1 and the micro average, or word accuracy for plain tag
+    sets."""
     lines = []
     if "per_type" in m:
         w = max(12, *(len(n) + 2 for n in m["per_type"])) if m["per_type"] else 12
         lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
         for n, c in m["per_type"].items():
-            lines.append(f"{n:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
-        lines.append(f"{'micro avg':<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
-                     f"{m['entities']:>10}")
+            lines.append(
+                f"{n:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
+            )
+        lines.append(
+            f"{'micro avg':<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+            f"{m['entities']:>10}"
+        )
     else:
         w = 12
         lines.append(f"{'macro avg':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}")
-        lines.append(f"{'(tags)':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}")
-    lines.append(f"{'word accuracy':<{w}}{m['accuracy']:>10.4f} over {m['n']} words, {m['sentences']} sentences")
+        lines.append(
+            f"{'(tags)':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}"
+        )
+    lines.append(
+        f"{'word accuracy':<{w}}{m['accuracy']:>10.4f} over {m['n']} words, {m['sentences']}"
+        " sentences"
+    )
     return "\n".join(lines)
 
 
-# Metrics of generated text (text_metrics). bleu and chrf are sacreBLEU's corpus scores on its 0-100 scale (as
-# papers report them); exact_match a share in 0..1; cer and wer the character and word error rates of jiwer
-# (edits / reference length, over the whole corpus; may pass 1 when the output is longer than the reference).
+# Metrics of generated text (text_metrics). bleu and chrf are sacreBLEU's corpus scores on its 0-100
+# scale (as papers report them); exact_match a share in 0..1; cer and wer the character and word
+# error rates of jiwer (edits / reference length, over the whole corpus; may pass 1 when the output
+# is longer than the reference).
 TEXT_METRICS = ("bleu", "chrf", "exact_match", "cer", "wer")
 TEXT_LOWER_IS_BETTER = ("cer", "wer")
 
@@ -193,21 +255,27 @@ def text_metric_names(spec: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
     unknown = [n for n in names if n not in TEXT_METRICS]
     if unknown or not names:
-        raise UserError(f"--metrics {spec!r}: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; choose "
-                        f"among {', '.join(TEXT_METRICS)}")
+        raise UserError(
+            f"--metrics {spec!r}: {'unknown ' + ', '.join(unknown) if unknown else 'none given'};"
+            f" choose among {', '.join(TEXT_METRICS)}"
+        )
     return names
 
 
-def text_metrics(predictions: list[str], references: Sequence[str | Sequence[str]],
-                 names: Sequence[str]) -> dict[str, float]:
-    """The ``names`` metrics of generated ``predictions`` against one reference each, or a list of acceptable
-    references each (a word with two pronunciations): BLEU and chrF read them all (sacreBLEU's multi-reference
-    scores), exact match takes any, CER and WER the closest (the one needing fewest edits, as grapheme-to-phoneme
-    scoring does). Texts are compared as written after stripping surrounding whitespace (no lower-casing): a
-    model that gets case or accents wrong is wrong. An empty corpus scores 0 (error rates 1)."""
+def text_metrics(
+    predictions: list[str], references: Sequence[str | Sequence[str]], names: Sequence[str]
+) -> dict[str, float]:
+    """The ``names`` metrics of generated ``predictions`` against one reference each, or a list of
+    acceptable references each (a word with two pronunciations): BLEU and chrF read them all
+    (sacreBLEU's multi-reference scores), exact match takes any, CER and WER the closest (the one
+    needing fewest edits, as grapheme-to-phoneme scoring does). Texts are compared as written after
+    stripping surrounding whitespace (no lower-casing): a model that gets case or accents wrong is
+    wrong. An empty corpus scores 0 (error rates 1)."""
     unknown = [n for n in names if n not in TEXT_METRICS]
     if unknown:
-        raise ValueError(f"unknown text metric(s) {', '.join(unknown)}; known: {', '.join(TEXT_METRICS)}")
+        raise ValueError(
+            f"unknown text metric(s) {', '.join(unknown)}; known: {', '.join(TEXT_METRICS)}"
+        )
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     hyp = [p.strip() for p in predictions]
@@ -218,7 +286,9 @@ def text_metrics(predictions: list[str], references: Sequence[str | Sequence[str
     if not refs:
         return {n: 1.0 if n in TEXT_LOWER_IS_BETTER else 0.0 for n in names}
     # sacreBLEU's reference streams: the k-th reference of every text, None where a text has fewer.
-    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(max(len(r) for r in refs))]
+    streams = [
+        [r[k] if k < len(r) else None for r in refs] for k in range(max(len(r) for r in refs))
+    ]
     for name in names:
         if name == "bleu":
             import sacrebleu
@@ -242,7 +312,8 @@ def _closest(name: str, hyp: str, refs: list[str]) -> str:
     if len(refs) == 1:
         return refs[0]
     units = (lambda t: list(t)) if name == "cer" else (lambda t: t.split())
-    # The edits of each reading: its error rate (which already handles an empty reference) times its length.
+    # The edits of each reading: its error rate (which already handles an empty reference) times its
+    # length.
 
     def edits(ref: str) -> int:
         return round(_error_rate(name, [hyp], [ref]) * max(len(units(ref)), 1))
@@ -251,8 +322,9 @@ def _closest(name: str, hyp: str, refs: list[str]) -> str:
 
 
 def _error_rate(name: str, hyp: list[str], ref: list[str]) -> float:
-    """jiwer's corpus CER/WER. It refuses an empty reference, so the rows whose reference is empty (no words, for
-    WER) count their hypothesis's length as insertions, added to jiwer's edits over the rest."""
+    """jiwer's corpus CER/WER. It refuses an empty reference, so the rows whose reference is empty
+    (no words, for WER) count their hypothesis's length as insertions, added to jiwer's edits over
+    the rest."""
     import jiwer
 
     units = (lambda t: list(t)) if name == "cer" else (lambda t: t.split())
@@ -268,8 +340,18 @@ def _error_rate(name: str, hyp: list[str], ref: list[str]) -> float:
 
 
 def format_text_metrics(m: dict) -> str:
-    """'BLEU 21.30, chrF 45.10, exact match 0.1200, CER 0.3100, WER 0.6000 on 500 pairs' (those present)."""
-    shown = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match", "cer": "CER", "wer": "WER"}
-    parts = [f"{label} {m[k]:.2f}" if k in ("bleu", "chrf") else f"{label} {m[k]:.4f}"
-             for k, label in shown.items() if k in m]
+    """'BLEU 21.30, chrF 45.10, exact match 0.1200, CER 0.3100, WER 0.6000 on 500 pairs' (those
+    present)."""
+    shown = {
+        "bleu": "BLEU",
+        "chrf": "chrF",
+        "exact_match": "exact match",
+        "cer": "CER",
+        "wer": "WER",
+    }
+    parts = [
+        f"{label} {m[k]:.2f}" if k in ("bleu", "chrf") else f"{label} {m[k]:.4f}"
+        for k, label in shown.items()
+        if k in m
+    ]
     return ", ".join(parts) + (f" on {m['n']} pairs" if "n" in m else "")

@@ -1,4 +1,5 @@
-"""Training curves, confusion matrix and reliability diagram as PNG (matplotlib, no display needed)."""
+"""Training curves, confusion matrix and reliability diagram as PNG (matplotlib, no display
+needed)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,14 @@ def training_curves(epochs: list[dict], path: Path, metric: str = "accuracy") ->
     """Loss and a second metric (accuracy; a regression's rmse...) per epoch, train vs valid."""
     x = [e["epoch"] for e in epochs]
     if not any(f"{split}_{metric}" in e for e in epochs for split in ("train", "valid")):
-        metric = next((k.removeprefix("valid_") for k in epochs[0] if k.startswith("valid_") and k != "valid_loss"),
-                      metric)
+        metric = next(
+            (
+                k.removeprefix("valid_")
+                for k in epochs[0]
+                if k.startswith("valid_") and k != "valid_loss"
+            ),
+            metric,
+        )
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax1, "loss", "loss"), (ax2, metric, metric.replace("_", " "))):
         for split, style in (("train", "o-"), ("valid", "s--")):
@@ -51,23 +58,41 @@ def confusion_matrix(cm: list[list[int]], names: list[str], path: Path) -> None:
     top = max(max(r) for r in cm) or 1
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i][j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i][j] > top / 2 else "black",
+            )
     _save(fig, path)
 
 
 def reliability_diagram(before: dict, after: dict, path: Path) -> None:
-    """Accuracy against mean confidence per confidence bin, before and after temperature scaling, with the
-    diagonal (perfect calibration) and each curve's ECE in the legend; below, how many predictions fall in each
-    bin. ``before``/``after``: inference.calibration.reliability's dict plus the temperature."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    """Accuracy against mean confidence per confidence bin, before and after temperature scaling,
+    with the diagonal (perfect calibration) and each curve's ECE in the legend; below, how many
+    predictions fall in each bin. ``before``/``after``: inference.calibration.reliability's dict
+    plus the temperature."""
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     top.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
     width = 1 / max(len(before["bins"]), 1)
     for k, (curve, style) in enumerate(((before, "o-"), (after, "s-"))):
         full = [b for b in curve["bins"] if b["count"]]
-        top.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], style,
-                 label=f"T = {curve['temperature']:.2f}: ECE {curve['ece']:.4f}")
-        bottom.bar([b["lower"] + width * (0.25 + 0.5 * k) for b in curve["bins"]],
-                   [b["count"] for b in curve["bins"]], width=width / 2, label=f"T = {curve['temperature']:.2f}")
+        top.plot(
+            [b["confidence"] for b in full],
+            [b["accuracy"] for b in full],
+            style,
+            label=f"T = {curve['temperature']:.2f}: ECE {curve['ece']:.4f}",
+        )
+        bottom.bar(
+            [b["lower"] + width * (0.25 + 0.5 * k) for b in curve["bins"]],
+            [b["count"] for b in curve["bins"]],
+            width=width / 2,
+            label=f"T = {curve['temperature']:.2f}",
+        )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.02)
     top.set_ylabel("accuracy")

@@ -5,14 +5,14 @@
       history.jsonl      one JSON object per logged step and per epoch
       metrics.json       written last: its presence means the run finished
       model/             best model so far (save_pretrained + tokenizer), replaced atomically
-      checkpoints/checkpoint-<step>/   model, optimizer, scheduler, RNG (accelerate or the Trainer) + state.json
+      checkpoints/checkpoint-<step>/
+                         model, optimizer, scheduler, RNG (accelerate or the Trainer) + state.json
 
-A folder of the run (model/, a checkpoint) is written whole in .writing/<name> next to it and then renamed into
-place; the one it replaces waits in .replaced/<name> between the two renames. A kill at any moment therefore
-leaves either the old folder or the new one (``recover`` puts back one caught between the renames), and a
-checkpoint is only ever read after ``checkpoint_problem`` found it complete: state.json, written last, lists
-the size of every other file.
-"""
+A folder of the run (model/, a checkpoint) is written whole in .writing/<name> next to it and then
+renamed into place; the one it replaces waits in .replaced/<name> between the two renames. A kill at
+any moment therefore leaves either the old folder or the new one (``recover`` puts back one caught
+between the renames), and a checkpoint is only ever read after ``checkpoint_problem`` found it
+complete: state.json, written last, lists the size of every other file."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import yaml
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (one of another user counts): tells a lock or temporary folder left by
-    a killed process from one still in use."""
+    """Whether process ``pid`` still runs (one of another user counts): tells a lock or temporary
+    folder left by a killed process from one still in use."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -48,13 +48,16 @@ def cache_dir() -> Path:
     $WARMSTART_HOME, else ~/.cache/warmstart (or $XDG_CACHE_HOME/warmstart)."""
     if os.environ.get("WARMSTART_HOME"):
         return Path(os.environ["WARMSTART_HOME"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "warmstart"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "warmstart"
+    )
 
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write; renamed onto ``path`` when the block ends without an error, so
-    readers see the old file or the new one, never half of one (the one temp-file-then-rename in warmstart)."""
+    """A temporary sibling of ``path`` to write; renamed onto ``path`` when the block ends without
+    an error, so readers see the old file or the new one, never half of one (the one
+    temp-file-then-rename in warmstart)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -78,8 +81,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling folder with ``write`` and swap it in, so readers never see half a folder.
-    (Its names carry the process id: several processes may race to fill the same shared cache folder.)"""
+    """Fill a temporary sibling folder with ``write`` and swap it in, so readers never see half a
+    folder. (Its names carry the process id: several processes may race to fill the same shared
+    cache folder.)"""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,8 +109,9 @@ def staging(target: Path) -> Path:
 
 
 def swap_in(tmp: Path, target: Path) -> None:
-    """Rename the finished folder ``tmp`` onto ``target``. A folder cannot be renamed over another, so the old
-    one moves to .replaced/ first and is deleted after; ``recover`` undoes a kill between the two renames."""
+    """Rename the finished folder ``tmp`` onto ``target``. A folder cannot be renamed over another,
+    so the old one moves to .replaced/ first and is deleted after; ``recover`` undoes a kill between
+    the two renames."""
     old = target.parent / REPLACED / target.name
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -118,16 +123,17 @@ def swap_in(tmp: Path, target: Path) -> None:
 
 
 def discard(staged: Path) -> None:
-    """Delete a folder of .writing/ or .replaced/, and that folder too once empty (they only exist while a
-    folder of the run is being replaced)."""
+    """Delete a folder of .writing/ or .replaced/, and that folder too once empty (they only exist
+    while a folder of the run is being replaced)."""
     shutil.rmtree(staged, ignore_errors=True)
     with contextlib.suppress(OSError):
         staged.parent.rmdir()
 
 
 def recover(parent: Path) -> list[str]:
-    """Tidy what killed writes left in ``parent``: a folder caught between the two renames of ``swap_in`` goes
-    back in place (it was complete), half-written ones are deleted. Returns what was done, to be said."""
+    """Tidy what killed writes left in ``parent``: a folder caught between the two renames of
+    ``swap_in`` goes back in place (it was complete), half-written ones are deleted. Returns what
+    was done, to be said."""
     done = []
     replaced, writing = parent / REPLACED, parent / WRITING
     for old in sorted(replaced.iterdir()) if replaced.is_dir() else []:
@@ -141,20 +147,31 @@ def recover(parent: Path) -> list[str]:
     return done
 
 
-# Failures to write that lie with the disk, not with warmstart: full, over quota, read-only, not allowed, broken.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+# Failures to write that lie with the disk, not with warmstart: full, over quota, read-only, not
+# allowed, broken.
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+}
 
 
 def disk_error(e: BaseException) -> str | None:
-    """What went wrong when ``e`` is a failure to write to disk (DISK_ERRNOS), else None. safetensors (Rust) and
-    torch.save (C++) report such failures in exceptions of their own."""
+    """What went wrong when ``e`` is a failure to write to disk (DISK_ERRNOS), else None.
+    safetensors (Rust) and torch.save (C++) report such failures in exceptions of their own."""
     if isinstance(e, OSError):
         return (e.strerror or os.strerror(e.errno)) if e.errno in DISK_ERRNOS else None
     text = str(e)
     found = re.search(r'IoError\(.*message: "([^"]+)"', text)  # safetensors' SafetensorError
     if found:
         return found.group(1)
-    if isinstance(e, RuntimeError) and "file write failed" in text:  # torch.save's PytorchStreamWriter
+    if (
+        isinstance(e, RuntimeError) and "file write failed" in text
+    ):  # torch.save's PytorchStreamWriter
         return "file write failed (is the disk full?)"
     return None
 
@@ -165,17 +182,23 @@ def checkpoint_step(folder: Path) -> int | None:
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
-    """Every file of a checkpoint but its marker, with its size: what ``checkpoint_problem`` checks."""
-    return {p.relative_to(folder).as_posix(): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+    """Every file of a checkpoint but its marker, with its size: what ``checkpoint_problem``
+    checks."""
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
 
 
 def checkpoint_problem(folder: Path, required: tuple[str, ...] = ()) -> str | None:
-    """Why ``folder`` cannot be resumed from (incomplete, truncated, garbled), or None when it is sound.
+    """Why ``folder`` cannot be resumed from (incomplete, truncated, garbled), or None when it is
+    sound.
 
-    Complete means state.json is there (written last); sound means every file it lists has the size it had
-    when written, ``required`` files exist, every JSON file parses and every .safetensors file is as long as
-    its header says. (A flipped bit inside the weights would need checksums: not checked.)"""
+    Complete means state.json is there (written last); sound means every file it lists has the size
+    it had when written, ``required`` files exist, every JSON file parses and every .safetensors
+    file is as long as its header says. (A flipped bit inside the weights would need checksums: not
+    checked.)"""
     try:
         state = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -193,8 +216,11 @@ def checkpoint_problem(folder: Path, required: tuple[str, ...] = ()) -> str | No
             return f"{name} is missing"
         actual = path.stat().st_size
         if actual != size:
-            return f"{name} is " + (f"truncated ({actual} of {size} bytes)" if actual < size
-                                    else f"damaged ({actual} bytes, written with {size})")
+            return f"{name} is " + (
+                f"truncated ({actual} of {size} bytes)"
+                if actual < size
+                else f"damaged ({actual} bytes, written with {size})"
+            )
     for path in sorted(folder.rglob("*.json")):
         try:
             json.loads(path.read_text(encoding="utf-8"))
@@ -208,8 +234,9 @@ def checkpoint_problem(folder: Path, required: tuple[str, ...] = ()) -> str | No
 
 
 def safetensors_problem(path: Path) -> str | None:
-    """A .safetensors file is an 8-byte header length, a JSON header giving each tensor's byte range, then the
-    data: a file shorter or longer than its header says was cut off (or is not one)."""
+    """A .safetensors file is an 8-byte header length, a JSON header giving each tensor's byte
+    range, then the data: a file shorter or longer than its header says was cut off (or is not
+    one)."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -217,7 +244,9 @@ def safetensors_problem(path: Path) -> str | None:
             if size < 8 or n > size - 8:
                 return f"truncated ({size} bytes)"
             header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        end = max(
+            (t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0
+        )
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         return "damaged (unreadable header)"
     expected = 8 + n + end
@@ -266,11 +295,14 @@ class Run:
         return (self.dir / "metrics.json").is_file()
 
     def write_config(self, cfg: dict, notes: list[str] | tuple[str, ...] = ()) -> None:
-        """config.yaml: the resolved options, headed by ``notes`` as comments (how an 'auto' was resolved)."""
+        """config.yaml: the resolved options, headed by ``notes`` as comments (how an 'auto' was
+        resolved)."""
         if self.main:
             head = "".join(f"# {n}\n" for n in notes)
-            atomic_write_text(self.dir / "config.yaml",
-                              head + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+            atomic_write_text(
+                self.dir / "config.yaml",
+                head + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True),
+            )
 
     def saved_config(self) -> dict:
         """The config.yaml of the run in this folder ({} when there is none)."""
@@ -291,14 +323,17 @@ class Run:
             self._tensorboard(record)
 
     def _tensorboard(self, record: dict) -> None:
-        """Every number of a history record as a TensorBoard scalar: step records under train/, epochs under epoch/."""
+        """Every number of a history record as a TensorBoard scalar: step records under train/,
+        epochs under epoch/."""
         if self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 from warmstart.errors import UserError
 
-                raise UserError("--logging-dir needs TensorBoard: pip install tensorboard") from None
+                raise UserError(
+                    "--logging-dir needs TensorBoard: pip install tensorboard"
+                ) from None
             self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
         group = "epoch" if "train_loss" in record else "train"
         for key, value in record.items():
@@ -318,28 +353,43 @@ class Run:
     # checkpoints
     def checkpoints(self) -> list[Path]:
         """The complete checkpoints (marked by state.json), oldest first."""
-        found = [p for p in self.checkpoints_dir.glob("checkpoint-*")
-                 if checkpoint_step(p) is not None and (p / MARKER).is_file()]
+        found = [
+            p
+            for p in self.checkpoints_dir.glob("checkpoint-*")
+            if checkpoint_step(p) is not None and (p / MARKER).is_file()
+        ]
         return sorted(found, key=checkpoint_step)
 
-    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict, keep: int | None,
-                        barrier: Callable[[], None] = lambda: None) -> Path:
-        """``write`` fills the checkpoint folder in .writing/; called by every process (sharded optimizers and
-        per-process RNG states are written by their own process), then the main one marks it complete with
-        state.json (``state`` and the size of every file), swaps it in and keeps the last ``keep`` checkpoints
-        (None: every one). ``barrier`` waits for all processes (a no-op for one)."""
+    def save_checkpoint(
+        self,
+        step: int,
+        write: Callable[[Path], None],
+        state: dict,
+        keep: int | None,
+        barrier: Callable[[], None] = lambda: None,
+    ) -> Path:
+        """``write`` fills the checkpoint folder in .writing/; called by every process (sharded
+        optimizers and per-process RNG states are written by their own process), then the main one
+        marks it complete with state.json (``state`` and the size of every file), swaps it in and
+        keeps the last ``keep`` checkpoints (None: every one). ``barrier`` waits for all processes
+        (a no-op for one)."""
         target = self.checkpoints_dir / f"checkpoint-{step}"
         tmp = staging(target)  # one name all processes agree on
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        with self._disk_errors(f"could not write the checkpoint '{target}'", tmp,
-                               "the checkpoints written before it are kept; free some space and pass --resume"):
+        with self._disk_errors(
+            f"could not write the checkpoint '{target}'",
+            tmp,
+            "the checkpoints written before it are kept; free some space and pass --resume",
+        ):
             write(tmp)
             barrier()
             if self.main:
-                atomic_write_json(tmp / MARKER, {**state, "files": file_sizes(tmp)})  # last: marks it complete
+                atomic_write_json(
+                    tmp / MARKER, {**state, "files": file_sizes(tmp)}
+                )  # last: marks it complete
         if self.main:
             swap_in(tmp, target)
             for stale in self.checkpoints()[:-keep] if keep else []:
@@ -347,19 +397,28 @@ class Run:
         barrier()
         return target
 
-    def resume_checkpoint(self, required: tuple[str, ...] = (), barrier: Callable[[], None] = lambda: None
-                          ) -> Path | None:
+    def resume_checkpoint(
+        self, required: tuple[str, ...] = (), barrier: Callable[[], None] = lambda: None
+    ) -> Path | None:
         """The checkpoint ``--resume`` continues from: the newest one that is complete and sound
-        (``checkpoint_problem``; ``required``: files the engine cannot resume without). Newer ones that are not
-        are named, skipped and deleted (the resumed run writes them again). None when there is none: a run
-        killed before its first checkpoint starts over. A damaged checkpoint with none to fall back on is a
-        UserError (deleting it and starting over would be a silent loss). Every process calls this."""
+        (``checkpoint_problem``; ``required``: files the engine cannot resume without). Newer ones
+        that are not are named, skipped and deleted (the resumed run writes them again). None when
+        there is none: a run killed before its first checkpoint starts over. A damaged checkpoint
+        with none to fall back on is a UserError (deleting it and starting over would be a silent
+        loss). Every process calls this."""
         if self.main:
             for done in recover(self.checkpoints_dir) + recover(self.dir):
                 self.say(done)
         barrier()  # every process reads the folders as the main one left them
-        folders = sorted((p for p in self.checkpoints_dir.glob("checkpoint-*") if checkpoint_step(p) is not None),
-                         key=checkpoint_step, reverse=True)
+        folders = sorted(
+            (
+                p
+                for p in self.checkpoints_dir.glob("checkpoint-*")
+                if checkpoint_step(p) is not None
+            ),
+            key=checkpoint_step,
+            reverse=True,
+        )
         chosen, skipped = None, []
         for folder in folders:
             problem = checkpoint_problem(folder, required)
@@ -371,9 +430,11 @@ class Run:
         if chosen is None and damaged:
             from warmstart.errors import UserError
 
-            raise UserError(f"--resume: no checkpoint in '{self.checkpoints_dir}' to resume from: "
-                            + "; ".join(f"{f.name}: {why}" for f, why in skipped)
-                            + "; pass --overwrite to start the run again")
+            raise UserError(
+                f"--resume: no checkpoint in '{self.checkpoints_dir}' to resume from: "
+                + "; ".join(f"{f.name}: {why}" for f, why in skipped)
+                + "; pass --overwrite to start the run again"
+            )
         barrier()  # all have read before the main process deletes
         if self.main:
             for folder, problem in skipped:
@@ -390,10 +451,15 @@ class Run:
         return saved
 
     def save_model(self, write: Callable[[Path], None]) -> None:
-        """Write the model into .writing/model and swap it in for model/ (main process): a kill or a full disk
-        leaves the previous model/ as it was. A disk error is one UserError that says so."""
+        """Write the model into .writing/model and swap it in for model/ (main process): a kill or a
+        full disk leaves the previous model/ as it was. A disk error is one UserError that says
+        so."""
         tmp = staging(self.model_dir)
-        kept = "the previous model there is intact" if self.model_dir.is_dir() else "no model was saved"
+        kept = (
+            "the previous model there is intact"
+            if self.model_dir.is_dir()
+            else "no model was saved"
+        )
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         with self._disk_errors(f"could not save the model in '{self.model_dir}'", tmp, kept):
@@ -402,7 +468,8 @@ class Run:
 
     @contextlib.contextmanager
     def _disk_errors(self, what: str, tmp: Path, consequence: str) -> Iterator[None]:
-        """Delete the half-written ``tmp`` on any error; a disk error (full, read-only...) becomes a UserError."""
+        """Delete the half-written ``tmp`` on any error; a disk error (full, read-only...) becomes a
+        UserError."""
         try:
             yield
         except BaseException as e:
@@ -421,10 +488,20 @@ class Run:
             tqdm.write(msg, file=sys.stderr)
 
 
-# Options that do not change what a run computes, so a resumed run may differ in them. (The process count
-# may change too: a resumed run keeps the global batch of the run it continues, see engines/native.py.)
-NOT_COMPARED = {"out", "resume", "overwrite", "progress", "logging_steps", "logging_dir", "save_steps",
-                "save_total_limit", "num_processes"}
+# Options that do not change what a run computes, so a resumed run may differ in them. (The process
+# count may change too: a resumed run keeps the global batch of the run it continues, see
+# engines/native.py.)
+NOT_COMPARED = {
+    "out",
+    "resume",
+    "overwrite",
+    "progress",
+    "logging_steps",
+    "logging_dir",
+    "save_steps",
+    "save_total_limit",
+    "num_processes",
+}
 
 
 def prepare_run_folder(run: Run, cfg: dict, resume: bool, overwrite: bool) -> None:
@@ -437,18 +514,26 @@ def prepare_run_folder(run: Run, cfg: dict, resume: bool, overwrite: bool) -> No
         if not saved_path.is_file():
             raise UserError(f"--resume: '{run.dir}' holds no run to resume (no config.yaml)")
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
-        # None means "the default", resolved the same way again (e.g. max_length from the model); "auto" was
-        # resolved when the run started and the resumed run takes that value (training.common.choose_precision).
-        differ = sorted(k for k in cfg if k not in NOT_COMPARED and cfg[k] not in (None, "auto")
-                        and saved.get(k) != cfg[k])
+        # None means "the default", resolved the same way again (e.g. max_length from the model);
+        # "auto" was resolved when the run started and the resumed run takes that value
+        # (training.common.choose_precision).
+        differ = sorted(
+            k
+            for k in cfg
+            if k not in NOT_COMPARED and cfg[k] not in (None, "auto") and saved.get(k) != cfg[k]
+        )
         if differ:
-            raise UserError(f"--resume: options differ from the run in '{run.dir}' ({', '.join(differ)}); "
-                            f"resume with `--config {saved_path} --resume`")
+            raise UserError(
+                f"--resume: options differ from the run in '{run.dir}' ({', '.join(differ)}); "
+                f"resume with `--config {saved_path} --resume`"
+            )
         return
     if run.dir.exists() and any(run.dir.iterdir()):
         if not overwrite:
-            raise UserError(f"run folder '{run.dir}' already holds a run; pass --resume to continue it or "
-                            "--overwrite to replace it")
+            raise UserError(
+                f"run folder '{run.dir}' already holds a run; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
         from warmstart import distributed
 
         # Every process has checked the folder above; only then may the main one delete it.

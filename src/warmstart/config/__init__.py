@@ -1,5 +1,5 @@
-"""Options: shared option groups (options), one dataclass per command (commands), and building them from
-files, flags and keyword arguments (loading)."""
+"""Options: shared option groups (options), one dataclass per command (commands), and building them
+from files, flags and keyword arguments (loading)."""
 
 from warmstart.config.commands import (
     CalibrateConfig,
@@ -25,12 +25,40 @@ from warmstart.config.loading import (
     refuse_inapplicable,
     to_dict,
 )
-from warmstart.config.options import TRUNCATIONS, DataOptions, FeatureOptions, InferenceOptions, TrainOptions, opt
+from warmstart.config.options import (
+    TRUNCATIONS,
+    DataOptions,
+    FeatureOptions,
+    InferenceOptions,
+    TrainOptions,
+    opt,
+)
 
 __all__ = [
-    "given_flags", "refuse_inapplicable", "CalibrateConfig",
-    "TRUNCATIONS", "DataOptions", "EmbedConfig", "EvaluateConfig", "ExportConfig", "FeatureOptions", "FewshotConfig",
-    "FinetuneConfig", "GenerateConfig", "InferenceOptions", "PredictConfig", "PretrainConfig", "ProbeConfig",
-    "ServeConfig", "TrainOptions", "TuneConfig", "ZeroshotConfig", "absolute_paths", "build", "make", "opt",
-    "read_config_file", "to_dict",
+    "given_flags",
+    "refuse_inapplicable",
+    "CalibrateConfig",
+    "TRUNCATIONS",
+    "DataOptions",
+    "EmbedConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "FeatureOptions",
+    "FewshotConfig",
+    "FinetuneConfig",
+    "GenerateConfig",
+    "InferenceOptions",
+    "PredictConfig",
+    "PretrainConfig",
+    "ProbeConfig",
+    "ServeConfig",
+    "TrainOptions",
+    "TuneConfig",
+    "ZeroshotConfig",
+    "absolute_paths",
+    "build",
+    "make",
+    "opt",
+    "read_config_file",
+    "to_dict",
 ]

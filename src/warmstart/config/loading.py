@@ -1,5 +1,5 @@
-"""Building a command's dataclass from a dict (YAML/TOML file, flags or keyword arguments), with one clear
-sentence for an unknown option or a value of the wrong type."""
+"""Building a command's dataclass from a dict (YAML/TOML file, flags or keyword arguments), with one
+clear sentence for an unknown option or a value of the wrong type."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Check a YAML/keyword value against the field's type, converting ints to floats etc."""
     if value is None:
         return None
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is not list else []
+    args = (
+        [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is not list
+        else []
+    )
     base = (args or [tp])[0]
     if typing.get_origin(base) is list:
         if isinstance(value, str):
@@ -43,12 +47,15 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
 
 
 def build(cls: type, values: dict[str, Any], source: str = "arguments") -> Any:
-    """Build config ``cls`` from a dict, rejecting unknown keys and wrong types with one sentence."""
+    """Build config ``cls`` from a dict, rejecting unknown keys and wrong types with one
+    sentence."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise UserError(f"unknown option(s) {', '.join(unknown)} in {source} (known: {', '.join(fields)})")
+        raise UserError(
+            f"unknown option(s) {', '.join(unknown)} in {source} (known: {', '.join(fields)})"
+        )
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _coerce(name, value, hints[name])
@@ -62,7 +69,8 @@ def build(cls: type, values: dict[str, Any], source: str = "arguments") -> Any:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """Read a YAML or TOML file of options (the same keys as the command's flags, with underscores)."""
+    """Read a YAML or TOML file of options (the same keys as the command's flags, with
+    underscores)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file '{path}' does not exist")
@@ -72,7 +80,9 @@ def read_config_file(path: str) -> dict[str, Any]:
         else:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file '{path}' is not valid YAML/TOML: {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"config file '{path}' is not valid YAML/TOML: {str(e).splitlines()[0]}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -81,7 +91,8 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def absolute_paths(cfg: Any, *names: str) -> Any:
-    """Make the existing paths among ``names`` absolute, so config.yaml repeats a run from any folder."""
+    """Make the existing paths among ``names`` absolute, so config.yaml repeats a run from any
+    folder."""
     for name in names:
         value = getattr(cfg, name)
         if value and Path(value).expanduser().exists():
@@ -94,7 +105,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def make(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
-    """The config a task function runs with: a dataclass, keyword arguments, or both (kwargs win)."""
+    """The config a task function runs with: a dataclass, keyword arguments, or both (kwargs
+    win)."""
     if config is None:
         return build(cls, kwargs)
     if not isinstance(config, cls):
@@ -103,8 +115,8 @@ def make(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
 
 
 def given_flags(cfg: Any, names: tuple[str, ...]) -> list[str]:
-    """The --flags among the fields ``names`` that ``cfg`` sets to something other than their default: to name the
-    options that do not apply to what was asked."""
+    """The --flags among the fields ``names`` that ``cfg`` sets to something other than their
+    default: to name the options that do not apply to what was asked."""
     fields = {f.name: f for f in dataclasses.fields(cfg)}
 
     def default(name: str) -> Any:
@@ -115,7 +127,10 @@ def given_flags(cfg: Any, names: tuple[str, ...]) -> list[str]:
 
 
 def refuse_inapplicable(cfg: Any, names: tuple[str, ...], what: str) -> None:
-    """One clear error when options among ``names`` are set although they do nothing for ``what``."""
+    """One clear error when options among ``names`` are set although they do nothing for
+    ``what``."""
     flags = given_flags(cfg, names)
     if flags:
-        raise UserError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {what}")
+        raise UserError(
+            f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {what}"
+        )

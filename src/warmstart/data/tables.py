@@ -21,20 +21,35 @@ from warmstart.errors import UserError, where
 
 TEXT_COLUMNS = ("text", "review", "sentence", "sentence1", "content", "document", "comment", "body")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "target", "category", "y")
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "txt"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
+}
 
 
 def file_format(path: Path) -> tuple[str, bool]:
     suffixes = [s.lower() for s in path.suffixes]
     gz = bool(suffixes) and suffixes[-1] == ".gz"
-    ext = suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes and not gz else "")
+    ext = (
+        suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes and not gz else "")
+    )
     if ext in (".conll", ".conllu", ".iob", ".iob2", ".bio", ".bioes", ".iobes"):
-        raise UserError(f"{where(path)} is a CoNLL file of tagged tokens: read it with --task tokens (finetune), "
-                        "or evaluate/predict with a tagger")
+        raise UserError(
+            f"{where(path)} is a CoNLL file of tagged tokens: read it with --task tokens"
+            " (finetune), or evaluate/predict with a tagger"
+        )
     if ext not in FORMATS:
-        raise UserError(f"{where(path)} has an unknown format; use .csv, .tsv, .jsonl, .json, .parquet or .txt "
-                        "(optionally .gz)")
+        raise UserError(
+            f"{where(path)} has an unknown format; use .csv, .tsv, .jsonl, .json, .parquet or .txt "
+            "(optionally .gz)"
+        )
     return FORMATS[ext], gz
 
 
@@ -48,24 +63,33 @@ def _decode(path: Path, raw: bytes, fmt: str) -> str:
             if line == 1:
                 raise UserError(f"{where(path)}: the header line is not valid UTF-8") from None
             prefix = raw[:line_start].decode("utf-8-sig", errors="replace")
-            row = len(pd.read_csv(io.StringIO(prefix), sep="\t" if fmt == "tsv" else ",", dtype=str)) + 1
+            row = (
+                len(pd.read_csv(io.StringIO(prefix), sep="\t" if fmt == "tsv" else ",", dtype=str))
+                + 1
+            )
         else:
             row = line
-        raise UserError(f"{where(path, row)} (line {line}) is not valid UTF-8 text: byte "
-                        f"0x{raw[e.start]:02x} cannot be decoded") from None
+        raise UserError(
+            f"{where(path, row)} (line {line}) is not valid UTF-8 text: byte "
+            f"0x{raw[e.start]:02x} cannot be decoded"
+        ) from None
 
 
 def read_table(path_like: str | Path, limit: int | None = None) -> pd.DataFrame:
     """Read a table into a DataFrame. CSV/TSV cells stay strings ('NA' is text, not missing)."""
     path = Path(path_like).expanduser()
     if not path.is_file():
-        raise UserError(f"{where(path)} does not exist" if not path.exists() else f"{where(path)} is not a file")
+        raise UserError(
+            f"{where(path)} does not exist" if not path.exists() else f"{where(path)} is not a file"
+        )
     fmt, gz = file_format(path)
     if fmt == "parquet":
         try:
             df = pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise UserError(f"{where(path)} is not a readable Parquet file: {str(e).splitlines()[0]}") from None
+            raise UserError(
+                f"{where(path)} is not a readable Parquet file: {str(e).splitlines()[0]}"
+            ) from None
         df = df.head(limit) if limit else df
     else:
         raw = path.read_bytes()
@@ -79,29 +103,49 @@ def read_table(path_like: str | Path, limit: int | None = None) -> pd.DataFrame:
             raise UserError(f"{where(path)} is empty")
         try:
             if fmt in ("csv", "tsv"):
-                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
-                                 keep_default_na=False, nrows=limit)
+                df = pd.read_csv(
+                    io.StringIO(text),
+                    sep="\t" if fmt == "tsv" else ",",
+                    dtype=str,
+                    keep_default_na=False,
+                    nrows=limit,
+                )
             elif fmt == "txt":
-                # One text per line, as on standard input and in generate's prompt files: line ends (\n, \r\n) are
-                # dropped and blank lines skipped, so the same file gives the same texts to every command.
+                # One text per line, as on standard input and in generate's prompt files: line ends
+                # (\n, \r\n) are dropped and blank lines skipped, so the same file gives the same
+                # texts to every command.
                 lines = [ln for ln in text.splitlines() if ln.strip()]
                 df = pd.DataFrame({"text": lines[:limit] if limit else lines})
             else:
                 lines = fmt == "jsonl" or not text.lstrip().startswith("[")
-                df = pd.read_json(io.StringIO(text), lines=lines, nrows=limit if lines and limit else None,
-                                  dtype=False)
+                df = pd.read_json(
+                    io.StringIO(text),
+                    lines=lines,
+                    nrows=limit if lines and limit else None,
+                    dtype=False,
+                )
                 df = df.head(limit) if limit else df
         except (ValueError, pd.errors.ParserError) as e:
-            raise UserError(f"{where(path)} is not valid {fmt.upper()}: {str(e).strip().splitlines()[-1]}") from None
+            raise UserError(
+                f"{where(path)} is not valid {fmt.upper()}: {str(e).strip().splitlines()[-1]}"
+            ) from None
     if len(df) == 0:
         raise UserError(f"{where(path)} has no data rows")
     df.columns = [str(c) for c in df.columns]
     return df
 
 
-def find_column(df: pd.DataFrame, path: Path | str, given: str | None, candidates: tuple[str, ...],
-                what: str, flag: str, required: bool = True) -> str | None:
-    """The column named by the user, else the first of ``candidates`` present (case and spaces ignored)."""
+def find_column(
+    df: pd.DataFrame,
+    path: Path | str,
+    given: str | None,
+    candidates: tuple[str, ...],
+    what: str,
+    flag: str,
+    required: bool = True,
+) -> str | None:
+    """The column named by the user, else the first of ``candidates`` present (case and spaces
+    ignored)."""
     columns = ", ".join(f"'{c}'" for c in df.columns)
     if given is not None:
         if given in df.columns:
@@ -115,7 +159,9 @@ def find_column(df: pd.DataFrame, path: Path | str, given: str | None, candidate
         if cand in lower:
             return lower[cand]
     if required:
-        raise UserError(f"{where(path)}: no {what} column found; name it with {flag} (columns: {columns})")
+        raise UserError(
+            f"{where(path)}: no {what} column found; name it with {flag} (columns: {columns})"
+        )
     return None
 
 
@@ -142,20 +188,31 @@ class Examples:
     labels: list[str] | None
     rows: list[int]
     label_column: str | None = None
-    # Regression on several columns (--label-column a,b): (rows, columns) numbers; ``labels`` then joins them.
+    # Regression on several columns (--label-column a,b): (rows, columns) numbers; ``labels`` then
+    # joins them.
     targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def take(self, index: np.ndarray | list[int] | slice) -> Examples:
-        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=int)
+        idx = (
+            np.arange(len(self))[index]
+            if isinstance(index, slice)
+            else np.asarray(index, dtype=int)
+        )
 
         def pick(xs: list | None) -> list | None:
             return None if xs is None else [xs[i] for i in idx]
 
-        return replace(self, texts=pick(self.texts), pairs=pick(self.pairs), labels=pick(self.labels),
-                       rows=pick(self.rows), targets=None if self.targets is None else self.targets[idx])
+        return replace(
+            self,
+            texts=pick(self.texts),
+            pairs=pick(self.pairs),
+            labels=pick(self.labels),
+            rows=pick(self.rows),
+            targets=None if self.targets is None else self.targets[idx],
+        )
 
 
 def column_texts(df: pd.DataFrame, path: Path | str, col: str, what: str = "text") -> list[str]:
@@ -169,9 +226,14 @@ def column_texts(df: pd.DataFrame, path: Path | str, col: str, what: str = "text
     return s.astype(str).tolist()
 
 
-def examples_from_table(df: pd.DataFrame, path: Path | str, text_column: str | None = None,
-                        text_pair_column: str | None = None, label_column: str | None = None,
-                        labelled: bool = True) -> Examples:
+def examples_from_table(
+    df: pd.DataFrame,
+    path: Path | str,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    labelled: bool = True,
+) -> Examples:
     tcol = find_column(df, path, text_column, TEXT_COLUMNS, "text", "--text-column")
     pcol = find_column(df, path, text_pair_column, (), "", "") if text_pair_column else None
     labels, lcol, targets = None, None, None
@@ -183,27 +245,47 @@ def examples_from_table(df: pd.DataFrame, path: Path | str, text_column: str | N
         labels = [label_value(v) for v in df[lcol].tolist()]
         if None in labels:
             raise UserError(f"{where(path, labels.index(None) + 1, lcol)}: label is missing")
-    return Examples(source=str(path), texts=column_texts(df, path, tcol),
-                    pairs=column_texts(df, path, pcol) if pcol else None, labels=labels,
-                    rows=list(range(1, len(df) + 1)), label_column=lcol if labelled else None, targets=targets)
+    return Examples(
+        source=str(path),
+        texts=column_texts(df, path, tcol),
+        pairs=column_texts(df, path, pcol) if pcol else None,
+        labels=labels,
+        rows=list(range(1, len(df) + 1)),
+        label_column=lcol if labelled else None,
+        targets=targets,
+    )
 
 
-def _numeric_columns(df: pd.DataFrame, path: Path | str, names: list[str]) -> tuple[np.ndarray, str]:
-    """Several label columns of numbers (regression with several targets), as a (rows, columns) array."""
+def _numeric_columns(
+    df: pd.DataFrame, path: Path | str, names: list[str]
+) -> tuple[np.ndarray, str]:
+    """Several label columns of numbers (regression with several targets), as a (rows, columns)
+    array."""
     cols = [find_column(df, path, n, (), "label", "--label-column") for n in names]
     out = np.empty((len(df), len(cols)), dtype=np.float32)
     for k, c in enumerate(cols):
-        values = pd.to_numeric(df[c].astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        values = pd.to_numeric(df[c].astype(str).str.strip(), errors="coerce").to_numpy(
+            dtype=np.float64
+        )
         bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.argmax(bad))
-            raise UserError(f"{where(path, i + 1, c)}: regression needs a number, got '{str(df[c].iloc[i])[:40]}'")
+            raise UserError(
+                f"{where(path, i + 1, c)}: regression needs a number, got"
+                f" '{str(df[c].iloc[i])[:40]}'"
+            )
         out[:, k] = values
     return out, ",".join(cols)
 
 
-def read_examples(path: str, text_column: str | None = None, text_pair_column: str | None = None,
-                  label_column: str | None = None, labelled: bool = True, limit: int | None = None) -> Examples:
+def read_examples(
+    path: str,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    labelled: bool = True,
+    limit: int | None = None,
+) -> Examples:
     df = read_table(path, limit)
     return examples_from_table(df, path, text_column, text_pair_column, label_column, labelled)
 
@@ -218,7 +300,8 @@ def _numeric(values: list[str]) -> bool:
 
 @dataclass
 class LabelMap:
-    """Label ids 0..K-1 ↔ names (shown to users, saved as ``id2label``) ↔ raw values found in data."""
+    """Label ids 0..K-1 ↔ names (shown to users, saved as ``id2label``) ↔ raw values found in
+    data."""
 
     names: list[str]
     values: list[str]
@@ -229,12 +312,16 @@ class LabelMap:
         column = ex.label_column
         values = sorted(set(ex.labels), key=int if _numeric(ex.labels) else str)
         if len(values) < 2:
-            raise UserError(f"{where(ex.source)}, column '{column}': every row has the label '{values[0]}'; "
-                            "classification needs at least two classes")
+            raise UserError(
+                f"{where(ex.source)}, column '{column}': every row has the label '{values[0]}'; "
+                "classification needs at least two classes"
+            )
         if names is not None:
             if len(names) != len(values):
-                raise UserError(f"--label-names gives {len(names)} names but the training data has {len(values)} "
-                                f"labels ({', '.join(values)})")
+                raise UserError(
+                    f"--label-names gives {len(names)} names but the training data has"
+                    f" {len(values)} labels ({', '.join(values)})"
+                )
             return cls(names=list(names), values=values)
         return cls(names=values, values=values)
 
@@ -252,8 +339,10 @@ class LabelMap:
         ids = np.empty(len(ex), dtype=np.int64)
         for j, v in enumerate(ex.labels or []):
             if v not in lookup:
-                raise UserError(f"{where(ex.source, ex.rows[j], column)}: unknown label '{v}' "
-                                f"(known: {', '.join(self.values)})")
+                raise UserError(
+                    f"{where(ex.source, ex.rows[j], column)}: unknown label '{v}' "
+                    f"(known: {', '.join(self.values)})"
+                )
             ids[j] = lookup[v]
         return ids
 
@@ -263,14 +352,19 @@ def split_sizes(spec: str, n: int, source: str) -> list[int]:
     try:
         parts = [float(p) for p in spec.split(",") if p.strip()]
     except ValueError:
-        raise UserError(f"--split '{spec}' must be counts like 35000,5000,10000 or fractions like 0.7,0.2,0.1") \
-            from None
+        raise UserError(
+            f"--split '{spec}' must be counts like 35000,5000,10000 or fractions like 0.7,0.2,0.1"
+        ) from None
     if not 1 <= len(parts) <= 3 or any(p <= 0 for p in parts):
-        raise UserError(f"--split '{spec}' must have one to three positive parts (train, valid, test)")
+        raise UserError(
+            f"--split '{spec}' must have one to three positive parts (train, valid, test)"
+        )
     if all(p.is_integer() and p >= 1 for p in parts) and not all(p == 1 for p in parts):
         sizes = [int(p) for p in parts]
         if sum(sizes) > n:
-            raise UserError(f"--split '{spec}' asks for {sum(sizes)} rows but {where(source)} has {n}")
+            raise UserError(
+                f"--split '{spec}' asks for {sum(sizes)} rows but {where(source)} has {n}"
+            )
         return sizes
     if any(p > 1 for p in parts) or sum(parts) > 1 + 1e-9:
         raise UserError(f"--split '{spec}': fractions must add up to at most 1")
@@ -286,49 +380,80 @@ ROLES = ("train", "valid", "test")
 
 
 def split_examples(ex: Any, spec: str, shuffle: bool, seed: int) -> list[Any]:
-    """``ex`` cut into the parts of --split (shuffled first with --shuffle). Where ``ex`` has ``group_keys`` (text
-    pairs: their sources), rows of one key stay in one part, each cut moving forward to the end of a group: a
-    word's second pronunciation is not trained on while its first is held out."""
+    """``ex`` cut into the parts of --split (shuffled first with --shuffle). Where ``ex`` has
+    ``group_keys`` (text pairs: their sources), rows of one key stay in one part, each cut moving
+    forward to the end of a group: a word's second pronunciation is not trained on while its first
+    is held out."""
     order = np.random.default_rng(seed).permutation(len(ex)) if shuffle else np.arange(len(ex))
     keys = ex.group_keys() if hasattr(ex, "group_keys") else None
     if keys is not None:
-        # Shuffle groups, not rows: ranking a group by its earliest row would draw many-row groups to the front.
+        # Shuffle groups, not rows: ranking a group by its earliest row would draw many-row groups
+        # to the front.
         group = {k: g for g, k in enumerate(dict.fromkeys(keys))}
-        rank = np.random.default_rng(seed).permutation(len(group)) if shuffle else np.arange(len(group))
+        rank = (
+            np.random.default_rng(seed).permutation(len(group))
+            if shuffle
+            else np.arange(len(group))
+        )
         order = np.array(sorted(range(len(ex)), key=lambda i: (rank[group[keys[i]]], i)), dtype=int)
     parts, start = [], 0
     for role, size in zip(ROLES, split_sizes(spec, len(ex), ex.source)):
         end = min(start + size, len(order))
-        while keys is not None and 0 < end < len(order) and keys[order[end]] == keys[order[end - 1]]:
+        while (
+            keys is not None and 0 < end < len(order) and keys[order[end]] == keys[order[end - 1]]
+        ):
             end += 1
         if size and end == start:
-            why = (f": a source's rows stay in one part, and the {len(set(keys))} distinct sources ran out"
-                   if keys is not None else "")
-            raise UserError(f"{ex.source}: --split '{spec}' leaves the {role} part empty{why}; give it more rows")
+            why = (
+                f": a source's rows stay in one part, and the {len(set(keys))} distinct sources"
+                " ran out"
+                if keys is not None
+                else ""
+            )
+            raise UserError(
+                f"{ex.source}: --split '{spec}' leaves the {role} part empty{why}; give it more"
+                " rows"
+            )
         parts.append(ex.take(order[start:end]))
         start = end
     return parts
 
 
 def load_splits(cfg, read: Callable[[str, int | None], Any] | None = None) -> dict[str, Any]:
-    """The train (and valid/test) parts a config names: --data cut by --split, or --valid/--test files; then
-    the --max-*-samples caps and --limit. ``cfg`` has finetune's data and split options (finetune, probe).
-    ``read(path, limit)`` reads one file (default: a labelled table with the config's columns); what it returns
-    has ``len``, ``take`` and ``source`` like Examples (data.tagged.Sentences does)."""
+    """The train (and valid/test) parts a config names: --data cut by --split, or --valid/--test
+    files; then the --max-*-samples caps and --limit. ``cfg`` has finetune's data and split options
+    (finetune, probe). ``read(path, limit)`` reads one file (default: a labelled table with the
+    config's columns); what it returns has ``len``, ``take`` and ``source`` like Examples
+    (data.tagged.Sentences does)."""
     if not cfg.data:
         raise UserError("no training data: pass --data FILE")
     if read is None:
+
         def read(path: str, limit: int | None) -> Examples:
-            return read_examples(path, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=limit)
-    # --limit caps every split; with --split it applies after splitting so the parts keep their places.
+            return read_examples(
+                path, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=limit
+            )
+
+    # --limit caps every split; with --split it applies after splitting so the parts keep their
+    # places.
     ex = read(cfg.data, None if cfg.split else cfg.limit)
-    parts = dict(zip(ROLES, split_examples(ex, cfg.split, cfg.shuffle, cfg.seed))) if cfg.split else {"train": ex}
+    parts = (
+        dict(zip(ROLES, split_examples(ex, cfg.split, cfg.shuffle, cfg.seed)))
+        if cfg.split
+        else {"train": ex}
+    )
     for role, path in (("valid", cfg.valid), ("test", cfg.test)):
         if path:
             if role in parts:
-                raise UserError(f"--{role} is given but --split '{cfg.split}' already makes a {role} part")
+                raise UserError(
+                    f"--{role} is given but --split '{cfg.split}' already makes a {role} part"
+                )
             parts[role] = read(path, cfg.limit)
-    caps = {"train": cfg.max_train_samples, "valid": cfg.max_valid_samples, "test": cfg.max_test_samples}
+    caps = {
+        "train": cfg.max_train_samples,
+        "valid": cfg.max_valid_samples,
+        "test": cfg.max_test_samples,
+    }
     for role, part in parts.items():
         cap = caps[role] or cfg.limit
         if cap and cap < len(part):

@@ -1,8 +1,9 @@
-"""Token-tagged sentences: CoNLL files, JSON Lines ``{"tokens": [...], "tags": [...]}`` and tables with list
-columns (Parquet/JSONL); the tag set's scheme (IOB2, IOBES or plain tags) and Brown-style base tags.
+"""Token-tagged sentences: CoNLL files, JSON Lines ``{"tokens": [...], "tags": [...]}`` and tables
+with list columns (Parquet/JSONL); the tag set's scheme (IOB2, IOBES or plain tags) and Brown-style
+base tags.
 
-Every problem names the file and line (CoNLL) or row (tables) and column. Rows of a table are 1-based; lines
-of a CoNLL file are 1-based lines of the file, so an editor jumps to them."""
+Every problem names the file and line (CoNLL) or row (tables) and column. Rows of a table are
+1-based; lines of a CoNLL file are 1-based lines of the file, so an editor jumps to them."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ ENTITY_TAG = re.compile(r"^([BIES])-(.+)$")
 
 @dataclass
 class Sentences:
-    """Sentences as lists of words, their tags (None for unlabelled input) and where each one starts in
-    ``source`` (a line of a CoNLL file or a row of a table, as ``unit`` says)."""
+    """Sentences as lists of words, their tags (None for unlabelled input) and where each one starts
+    in ``source`` (a line of a CoNLL file or a row of a table, as ``unit`` says)."""
 
     source: str
     tokens: list[list[str]]
@@ -41,16 +42,24 @@ class Sentences:
         return f"{where(self.source)}, {self.unit} {self.starts[i]}"
 
     def where_word(self, i: int, j: int) -> str:
-        """Where word ``j`` of sentence ``i`` is: its own line in a CoNLL file (a sentence's lines follow each
-        other), else its row and position."""
+        """Where word ``j`` of sentence ``i`` is: its own line in a CoNLL file (a sentence's lines
+        follow each other), else its row and position."""
         if self.unit == "line":
             return f"{where(self.source)}, line {self.starts[i] + j} (word '{self.tokens[i][j]}')"
         return f"{self.where(i)}, word {j + 1} ('{self.tokens[i][j]}')"
 
     def take(self, index: np.ndarray | list[int] | slice) -> Sentences:
-        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=int)
-        return replace(self, tokens=[self.tokens[i] for i in idx], starts=[self.starts[i] for i in idx],
-                       tags=None if self.tags is None else [self.tags[i] for i in idx])
+        idx = (
+            np.arange(len(self))[index]
+            if isinstance(index, slice)
+            else np.asarray(index, dtype=int)
+        )
+        return replace(
+            self,
+            tokens=[self.tokens[i] for i in idx],
+            starts=[self.starts[i] for i in idx],
+            tags=None if self.tags is None else [self.tags[i] for i in idx],
+        )
 
     @property
     def n_words(self) -> int:
@@ -62,12 +71,20 @@ def is_conll(path: Path) -> bool:
     return bool(suffixes) and suffixes[-1] in CONLL_SUFFIXES
 
 
-def read_sentences(path_like: str | Path, tag_column: int | str | None = None, labelled: bool = True,
-                   limit: int | None = None, base_tags: bool = False) -> Sentences:
-    """Read ``path_like``; ``tag_column`` is a CoNLL column number (default: the last) or a table column name."""
+def read_sentences(
+    path_like: str | Path,
+    tag_column: int | str | None = None,
+    labelled: bool = True,
+    limit: int | None = None,
+    base_tags: bool = False,
+) -> Sentences:
+    """Read ``path_like``; ``tag_column`` is a CoNLL column number (default: the last) or a table
+    column name."""
     path = Path(path_like).expanduser()
     if not path.is_file():
-        raise UserError(f"{where(path)} does not exist" if not path.exists() else f"{where(path)} is not a file")
+        raise UserError(
+            f"{where(path)} does not exist" if not path.exists() else f"{where(path)} is not a file"
+        )
     if is_conll(path):
         sents = _read_conll(path, tag_column, labelled, limit)
     else:
@@ -77,7 +94,9 @@ def read_sentences(path_like: str | Path, tag_column: int | str | None = None, l
     return sents
 
 
-def _read_conll(path: Path, tag_column: int | str | None, labelled: bool, limit: int | None) -> Sentences:
+def _read_conll(
+    path: Path, tag_column: int | str | None, labelled: bool, limit: int | None
+) -> Sentences:
     raw = path.read_bytes()
     if path.suffix.lower() == ".gz":
         try:
@@ -89,9 +108,13 @@ def _read_conll(path: Path, tag_column: int | str | None, labelled: bool, limit:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise UserError(f"{where(path)}, line {line} is not valid UTF-8 text") from None
-    if tag_column is not None and not (isinstance(tag_column, int) or str(tag_column).lstrip("-").isdigit()):
-        raise UserError(f"--tag-column '{tag_column}': a CoNLL file's columns are numbered (0 is the token, "
-                        "-1 the last)")
+    if tag_column is not None and not (
+        isinstance(tag_column, int) or str(tag_column).lstrip("-").isdigit()
+    ):
+        raise UserError(
+            f"--tag-column '{tag_column}': a CoNLL file's columns are numbered (0 is the token, "
+            "-1 the last)"
+        )
     col = int(tag_column) if tag_column is not None else -1
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
@@ -121,12 +144,17 @@ def _read_conll(path: Path, tag_column: int | str | None, labelled: bool, limit:
             continue  # a CoNLL-U style comment before a sentence
         parts = line.split("\t") if "\t" in line else line.split()
         if labelled and len(parts) < 2:
-            raise UserError(f"{where(path)}, line {n}: expected a token and a tag separated by a tab, got "
-                            f"{line[:60]!r}")
+            raise UserError(
+                f"{where(path)}, line {n}: expected a token and a tag separated by a tab, got "
+                f"{line[:60]!r}"
+            )
         if n_columns is None:
             n_columns = len(parts)
         elif len(parts) != n_columns:
-            raise UserError(f"{where(path)}, line {n}: {len(parts)} columns where earlier lines have {n_columns}")
+            raise UserError(
+                f"{where(path)}, line {n}: {len(parts)} columns where earlier lines have"
+                f" {n_columns}"
+            )
         if labelled and not -len(parts) <= col < len(parts):
             raise UserError(f"{where(path)}, line {n}: no column {col} (the line has {len(parts)})")
         if labelled and col % len(parts) == 0:
@@ -140,7 +168,7 @@ def _read_conll(path: Path, tag_column: int | str | None, labelled: bool, limit:
     close()
     if not tokens:
         raise UserError(f"{where(path)} has no sentences")
-    return Sentences(str(path), tokens, tags if labelled else None, starts[:len(tokens)], "line")
+    return Sentences(str(path), tokens, tags if labelled else None, starts[: len(tokens)], "line")
 
 
 def _as_list(value: object) -> list | None:
@@ -154,29 +182,39 @@ def _as_list(value: object) -> list | None:
     return value if isinstance(value, (list, tuple)) else None
 
 
-def _read_table(path: Path, tag_column: int | str | None, labelled: bool, limit: int | None) -> Sentences:
+def _read_table(
+    path: Path, tag_column: int | str | None, labelled: bool, limit: int | None
+) -> Sentences:
     fmt, _ = file_format(path)
     if fmt in ("txt", "csv", "tsv"):
-        raise UserError(f"{where(path)}: token tagging reads CoNLL files ({', '.join(CONLL_SUFFIXES[:3])}, ...: a "
-                        "token and a tag per line, a blank line between sentences), JSON Lines or Parquet with a "
-                        "list of tokens and a list of tags per row")
+        raise UserError(
+            f"{where(path)}: token tagging reads CoNLL files ({', '.join(CONLL_SUFFIXES[:3])}, ...:"
+            " a token and a tag per line, a blank line between sentences), JSON Lines or Parquet"
+            " with a list of tokens and a list of tags per row"
+        )
     df = read_table(path, limit)
     lower = {c.strip().lower(): c for c in df.columns}
     tcol = next((lower[c] for c in TOKEN_COLUMNS if c in lower), None)
     if tcol is None:
-        raise UserError(f"{where(path)}: no tokens column (one of {', '.join(TOKEN_COLUMNS)}); columns: "
-                        f"{', '.join(df.columns)}")
+        raise UserError(
+            f"{where(path)}: no tokens column (one of {', '.join(TOKEN_COLUMNS)}); columns: "
+            f"{', '.join(df.columns)}"
+        )
     gcol = None
     if labelled:
         if tag_column is not None and not str(tag_column).lstrip("-").isdigit():
             if tag_column not in df.columns:
-                raise UserError(f"{where(path)} has no column '{tag_column}' (columns: {', '.join(df.columns)})")
+                raise UserError(
+                    f"{where(path)} has no column '{tag_column}' (columns: {', '.join(df.columns)})"
+                )
             gcol = str(tag_column)
         else:
             gcol = next((lower[c] for c in TAG_COLUMNS if c in lower and lower[c] != tcol), None)
             if gcol is None:
-                raise UserError(f"{where(path)}: no tags column (one of {', '.join(TAG_COLUMNS)}); name it with "
-                                "--tag-column")
+                raise UserError(
+                    f"{where(path)}: no tags column (one of {', '.join(TAG_COLUMNS)}); name it with"
+                    " --tag-column"
+                )
     tokens, tags = [], []
     for i, row in enumerate(df.itertuples(index=False), 1):
         rec = dict(zip(df.columns, row))
@@ -189,7 +227,9 @@ def _read_table(path: Path, tag_column: int | str | None, labelled: bool, limit:
             if labels is None:
                 raise UserError(f"{where(path, i, gcol)}: expected a list of tags")
             tags.append([str(t) for t in labels])
-    return Sentences(str(path), tokens, tags if labelled else None, list(range(1, len(tokens) + 1)), "row")
+    return Sentences(
+        str(path), tokens, tags if labelled else None, list(range(1, len(tokens) + 1)), "row"
+    )
 
 
 def check_sentences(sents: Sentences) -> None:
@@ -202,17 +242,23 @@ def check_sentences(sents: Sentences) -> None:
                 raise UserError(f"{sents.where(i)}: word {j + 1} is blank")
         if sents.tags is not None:
             if len(sents.tags[i]) != len(words):
-                raise UserError(f"{sents.where(i)}: {len(words)} tokens but {len(sents.tags[i])} tags")
+                raise UserError(
+                    f"{sents.where(i)}: {len(words)} tokens but {len(sents.tags[i])} tags"
+                )
             for j, t in enumerate(sents.tags[i]):
                 if not t.strip():
-                    raise UserError(f"{sents.where(i)}: the tag of word {j + 1} ('{words[j]}') is empty")
+                    raise UserError(
+                        f"{sents.where(i)}: the tag of word {j + 1} ('{words[j]}') is empty"
+                    )
 
 
-# Brown corpus modifiers (../shared/data/README.md): fw- foreign word, -tl title, -hl headline, -nc cited word,
-# a trailing * negation ("didn't": dod*). The base tag of a contraction joins the base tags ("vbz+rb").
+# Brown corpus modifiers (../shared/data/README.md): fw- foreign word, -tl title, -hl headline, -nc
+# cited word, a trailing * negation ("didn't": dod*). The base tag of a contraction joins the base
+# tags ("vbz+rb").
 def base_tag(tag: str) -> str:
-    """A Brown tag without its modifiers: 'np-tl' -> 'np', 'fw-in' -> 'in', 'dod*' -> 'dod', 'nn-hl+bez' ->
-    'nn+bez'. Tags that are only punctuation or '*' (the tag of 'not') stay as they are."""
+    """A Brown tag without its modifiers: 'np-tl' -> 'np', 'fw-in' -> 'in', 'dod*' -> 'dod',
+    'nn-hl+bez' -> 'nn+bez'. Tags that are only punctuation or '*' (the tag of 'not') stay as they
+    are."""
     parts = []
     for part in tag.split("+"):
         if part.startswith("fw-"):
@@ -225,7 +271,8 @@ def base_tag(tag: str) -> str:
 
 
 def scheme_of(tags: list[str]) -> str:
-    """'IOBES' when E-/S- tags occur, 'IOB2' when every tag is O or B-/I-X, else 'plain' (part of speech...)."""
+    """'IOBES' when E-/S- tags occur, 'IOB2' when every tag is O or B-/I-X, else 'plain' (part of
+    speech...)."""
     prefixes = set()
     for t in tags:
         if t == "O":
@@ -240,8 +287,8 @@ def scheme_of(tags: list[str]) -> str:
 
 
 def orphan_inside_tags(tags: list[list[str]]) -> int:
-    """I-X tags that follow neither B-X nor I-X: conlleval (and seqeval's default mode) count each as the start
-    of an X entity; we leave them as they are and say how many there are."""
+    """I-X tags that follow neither B-X nor I-X: conlleval (and seqeval's default mode) count each
+    as the start of an X entity; we leave them as they are and say how many there are."""
     n = 0
     for seq in tags:
         prev = "O"
@@ -256,9 +303,9 @@ def entity_types(tags: list[str]) -> list[str]:
     return sorted({m.group(2) for t in tags if (m := ENTITY_TAG.match(t))})
 
 
-# Words of raw text, as tweets and news are tokenised in CoNLL data: a URL, an @mention or #hashtag, a word
-# (letters/digits, inner hyphens kept: "state-of-the-art"), a clitic ('s, 're, n't stays with its word), or one
-# other non-space character (punctuation, an emoji).
+# Words of raw text, as tweets and news are tokenised in CoNLL data: a URL, an @mention or #hashtag,
+# a word (letters/digits, inner hyphens kept: "state-of-the-art"), a clitic ('s, 're, n't stays with
+# its word), or one other non-space character (punctuation, an emoji).
 WORD = re.compile(r"https?://\S+|www\.\S+|[@#]\w+|\w+(?:-\w+)*|'\w+|[^\w\s]", re.UNICODE)
 
 

@@ -1,5 +1,5 @@
-"""Texts to run a model on, from command-line arguments, a file, or standard input (one per line); for a tagger
-also pre-split words (a CoNLL file or a table with a tokens column)."""
+"""Texts to run a model on, from command-line arguments, a file, or standard input (one per line);
+for a tagger also pre-split words (a CoNLL file or a table with a tokens column)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from warmstart.errors import UserError, where
 def stdin_lines(what: str) -> list[str]:
     """The non-blank lines of standard input without their line ends (``\\n`` or ``\\r\\n``)."""
     if sys.stdin is None or sys.stdin.isatty():
-        raise UserError(f"no {what}: pass them as arguments, with --input FILE, or on standard input")
+        raise UserError(
+            f"no {what}: pass them as arguments, with --input FILE, or on standard input"
+        )
     return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
 
 
@@ -25,10 +27,15 @@ def check_given(items: list[str], what: str, source: str) -> None:
             raise UserError(f"{what} {i + 1} of the {source} is empty")
 
 
-def read_texts(texts: list[str], input: str | None, text_column: str | None = None,
-               text_pair_column: str | None = None, limit: int | None = None) -> Examples:
-    """Texts given as arguments, else an --input file (.txt: one per line; a table: its text column), else
-    standard input; as unlabelled Examples numbered from 1."""
+def read_texts(
+    texts: list[str],
+    input: str | None,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    limit: int | None = None,
+) -> Examples:
+    """Texts given as arguments, else an --input file (.txt: one per line; a table: its text
+    column), else standard input; as unlabelled Examples numbered from 1."""
     if texts and input:
         raise UserError("give texts as arguments or with --input, not both")
     if input:
@@ -39,12 +46,14 @@ def read_texts(texts: list[str], input: str | None, text_column: str | None = No
     if not texts:
         raise UserError(f"no texts to predict on {source}")
     check_given(texts, "text", source)
-    return Examples(source=source, texts=texts, pairs=None, labels=None, rows=list(range(1, len(texts) + 1)))
+    return Examples(
+        source=source, texts=texts, pairs=None, labels=None, rows=list(range(1, len(texts) + 1))
+    )
 
 
 def read_words(input: str, limit: int | None = None) -> list[list[str]] | None:
-    """Pre-split words for a tagger from ``input``: a CoNLL file, or a JSONL/Parquet table with a tokens column
-    (tags, if any, are ignored); None when ``input`` holds whole texts instead."""
+    """Pre-split words for a tagger from ``input``: a CoNLL file, or a JSONL/Parquet table with a
+    tokens column (tags, if any, are ignored); None when ``input`` holds whole texts instead."""
     path = Path(input)
     if not is_conll(path):
         if file_format(path)[0] not in ("jsonl", "json", "parquet") or not path.is_file():
@@ -58,7 +67,8 @@ def read_words(input: str, limit: int | None = None) -> list[list[str]] | None:
 
 
 def read_prompts(prompts: list[str], input: str | None) -> list[str]:
-    """Prompts given as arguments, else an --input file (see ``prompts_file``), else standard input."""
+    """Prompts given as arguments, else an --input file (see ``prompts_file``), else standard
+    input."""
     if prompts and input:
         raise UserError("give prompts as arguments or with --input, not both")
     if input:
@@ -75,7 +85,8 @@ def read_prompts(prompts: list[str], input: str | None) -> list[str]:
 
 
 def prompts_file(path: Path) -> list[str]:
-    """One prompt per line (blank lines skipped), or JSON Lines: a string or an object with 'prompt' or 'text'."""
+    """One prompt per line (blank lines skipped), or JSON Lines: a string or an object with 'prompt'
+    or 'text'."""
     if not path.is_file():
         raise UserError(f"input file '{path}' does not exist")
     try:
@@ -95,7 +106,9 @@ def prompts_file(path: Path) -> list[str]:
                 raise UserError(f"{where(path, row)} is not valid JSON") from None
             prompt = item.get("prompt", item.get("text")) if isinstance(item, dict) else item
             if not isinstance(prompt, str):
-                raise UserError(f"{where(path, row)} needs a string or an object with a 'prompt' string")
+                raise UserError(
+                    f"{where(path, row)} needs a string or an object with a 'prompt' string"
+                )
         if not prompt.strip():
             raise UserError(f"{where(path, row)} has an empty prompt")
         prompts.append(prompt)

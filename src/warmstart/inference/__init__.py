@@ -1,1 +1,2 @@
-"""Inference on saved models: the batched loop, the classifier, backends (torch/ONNX), export, features, decoding."""
+"""Inference on saved models: the batched loop, the classifier, backends (torch/ONNX), export,
+features, decoding."""

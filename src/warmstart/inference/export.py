@@ -1,20 +1,22 @@
-"""A saved classifier (of sequences or of tokens) as ONNX, fp32 and int8: what `warmstart export --onnx` writes
-and `--backend onnx` runs.
+"""A saved classifier (of sequences or of tokens) as ONNX, fp32 and int8: what `warmstart export
+--onnx` writes and `--backend onnx` runs.
 
-The export folder is self-contained (config.json, tokenizer, model.onnx, model.int8.onnx), so it can be
-passed as --model itself. Without --out it goes into the model folder's onnx/ subfolder (or, when that is
-not writable, ~/.cache/warmstart/onnx/), which is also where `--backend onnx` looks: the first ONNX
-prediction exports once, later ones reuse the export until the model's files change (`calibrate`, which
-changes only the temperature in config.json, updates the export's copy instead: ``adopt_config``).
+The export folder is self-contained (config.json, tokenizer, model.onnx, model.int8.onnx), so it can
+be passed as --model itself. Without --out it goes into the model folder's onnx/ subfolder (or, when
+that is not writable, ~/.cache/warmstart/onnx/), which is also where `--backend onnx` looks: the
+first ONNX prediction exports once, later ones reuse the export until the model's files change
+(`calibrate`, which changes only the temperature in config.json, updates the export's copy instead:
+``adopt_config``).
 
-Steps: trace the model with eager attention (the pattern ONNX Runtime's transformer optimizer recognises),
-fuse attention, embedding and layer-norm subgraphs, then quantise the weights of the fused graph to int8
-(dynamic quantisation: activations are quantised per batch, so no calibration data is needed).
+Steps: trace the model with eager attention (the pattern ONNX Runtime's transformer optimizer
+recognises), fuse attention, embedding and layer-norm subgraphs, then quantise the weights of the
+fused graph to int8 (dynamic quantisation: activations are quantised per batch, so no calibration
+data is needed).
 
-A classifier reads only the first token's final state, so the last layer is traced for that one query
-(keys and values still come from every token): same logits, about a sixth less work in a 6-layer model. The
-export checks that the logits match the full model and traces the full model where they would not.
-"""
+A classifier reads only the first token's final state, so the last layer is traced for that one
+query (keys and values still come from every token): same logits, about a sixth less work in a
+6-layer model. The export checks that the logits match the full model and traces the full model
+where they would not."""
 
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def onnx_file(folder: str | Path, quantize: str) -> Path:
 
 
 def default_dir(model_dir: str | Path) -> Path:
-    """model/onnx when the model folder is writable, else a folder in warmstart's cache named after it."""
+    """model/onnx when the model folder is writable, else a folder in warmstart's cache named after
+    it."""
     model_dir = Path(model_dir).resolve()
     if os.access(model_dir, os.W_OK):
         return model_dir / "onnx"
@@ -61,13 +64,21 @@ def default_dir(model_dir: str | Path) -> Path:
 
 
 def fingerprint(model_dir: str | Path) -> dict:
-    """What an export was made from: the model's files (size, mtime), the export format and onnxruntime."""
+    """What an export was made from: the model's files (size, mtime), the export format and
+    onnxruntime."""
     import onnxruntime
 
-    files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(Path(model_dir).iterdir())
-             if p.is_file() and not p.name.startswith(".")}
-    return {"format": EXPORT_FORMAT, "onnxruntime": onnxruntime.__version__, "source": str(Path(model_dir).resolve()),
-            "files": files}
+    files = {
+        p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(Path(model_dir).iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+    return {
+        "format": EXPORT_FORMAT,
+        "onnxruntime": onnxruntime.__version__,
+        "source": str(Path(model_dir).resolve()),
+        "files": files,
+    }
 
 
 def _marker(folder: Path) -> dict | None:
@@ -87,20 +98,32 @@ def _require_packages() -> None:
             raise UserError(f"exporting to ONNX needs the package {name}: {ONNX_HINT}") from None
 
 
-def ensure_export(model_dir: str, out: str | Path | None = None, int8: bool = True, overwrite: bool = False,
-                  quiet: bool = False) -> tuple[Path, bool]:
-    """The export folder of ``model_dir`` (exported now if missing or stale) and whether it was reused."""
+def ensure_export(
+    model_dir: str,
+    out: str | Path | None = None,
+    int8: bool = True,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> tuple[Path, bool]:
+    """The export folder of ``model_dir`` (exported now if missing or stale) and whether it was
+    reused."""
     _require_packages()
     target = Path(out).expanduser() if out else default_dir(model_dir)
     if target.exists() and not target.is_dir():
         raise UserError(f"export folder '{target}' is a file")
     if target.is_dir() and not is_export(target) and any(target.iterdir()):
-        raise UserError(f"'{target}' is a folder with other files in it; pass an empty or new --out folder")
+        raise UserError(
+            f"'{target}' is a folder with other files in it; pass an empty or new --out folder"
+        )
     source = fingerprint(model_dir)
 
     def current() -> bool:
         marker = _marker(target)
-        return marker is not None and marker.get("source") == source and (not int8 or marker.get("int8"))
+        return (
+            marker is not None
+            and marker.get("source") == source
+            and (not int8 or marker.get("int8"))
+        )
 
     if not overwrite and current():
         return target, True
@@ -119,7 +142,8 @@ def ensure_export(model_dir: str, out: str | Path | None = None, int8: bool = Tr
 
 
 def current_export(model_dir: str | Path) -> Path | None:
-    """The default export folder of ``model_dir`` (where --backend onnx looks) when it is up to date, else None."""
+    """The default export folder of ``model_dir`` (where --backend onnx looks) when it is up to
+    date, else None."""
     try:
         source = fingerprint(model_dir)
     except ImportError:  # no onnxruntime: nothing could have used an export
@@ -130,13 +154,16 @@ def current_export(model_dir: str | Path) -> Path | None:
 
 
 def adopt_config(model_dir: str | Path, folder: Path) -> None:
-    """Copy ``model_dir``'s config.json into its export ``folder`` and mark the export as made from the model's
-    files as they are now. Only for a change the exported graph does not depend on (the calibration temperature,
-    which is applied to the logits outside the graph): the export stays current instead of being redone."""
+    """Copy ``model_dir``'s config.json into its export ``folder`` and mark the export as made from
+    the model's files as they are now. Only for a change the exported graph does not depend on (the
+    calibration temperature, which is applied to the logits outside the graph): the export stays
+    current instead of being redone."""
     marker = _marker(folder)
     if marker is None:
         return
-    atomic_write_text(folder / "config.json", (Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    atomic_write_text(
+        folder / "config.json", (Path(model_dir) / "config.json").read_text(encoding="utf-8")
+    )
     atomic_write_json(folder / MARKER, {**marker, "source": fingerprint(model_dir)})
 
 
@@ -148,18 +175,31 @@ def _write(model_dir: str, tmp: Path, source: dict, int8: bool) -> None:
     model.config.save_pretrained(tmp)
     names = [n for n in INPUTS if n in tokenizer.model_input_names or n == "attention_mask"]
     # Two rows, one padded: tracing sees a real mask, so no shortcut for all-ones masks is baked in.
-    dummy = tokenizer(["a short text", "a somewhat longer text to pad the first row"], padding=True,
-                      return_tensors="pt")
+    dummy = tokenizer(
+        ["a short text", "a somewhat longer text to pad the first row"],
+        padding=True,
+        return_tensors="pt",
+    )
     args = tuple(dummy[n] if n in dummy else torch.zeros_like(dummy["input_ids"]) for n in names)
     raw = tmp / "raw.onnx"
     per_token = has_tagger_head(model.config)  # a tagger's logits have a row per token
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if per_token
-                                                              else {0: "batch"}}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {
+        "logits": {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+    }
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        # The TorchScript exporter: dynamic batch and sequence axes, and a graph ONNX Runtime's fusions match.
-        torch.onnx.export(_Logits(model, names), args, str(raw), input_names=names, output_names=["logits"],
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        # The TorchScript exporter: dynamic batch and sequence axes, and a graph ONNX Runtime's
+        # fusions match.
+        torch.onnx.export(
+            _Logits(model, names),
+            args,
+            str(raw),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     _optimize(raw, tmp / FP32_FILE, model.config)
     raw.unlink()
     if int8:
@@ -169,22 +209,35 @@ def _write(model_dir: str, tmp: Path, source: dict, int8: bool) -> None:
 
 def _load_eager(model_dir: str):
     head = "tokens" if has_tagger_head(load_config(model_dir)) else "sequence"
-    load_classifier(model_dir, head=head)  # same checks and messages as the torch path (has a head, loads)
-    model = HEADS[head][0].from_pretrained(model_dir, local_files_only=True, attn_implementation="eager").eval()
+    load_classifier(
+        model_dir, head=head
+    )  # same checks and messages as the torch path (has a head, loads)
+    model = (
+        HEADS[head][0]
+        .from_pretrained(model_dir, local_files_only=True, attn_implementation="eager")
+        .eval()
+    )
     if head == "sequence":  # a tagger reads every position of the last layer
         cls_only_last_layer(model)
     return model
 
 
 class _FirstQueryLayer(torch.nn.Module):
-    """A BERT-style layer that computes only the first position's output: queries from token 0, keys and
-    values from all tokens. The [CLS]-pooled heads of BERT, RoBERTa, ELECTRA... read nothing else of it."""
+    """A BERT-style layer that computes only the first position's output: queries from token 0, keys
+    and values from all tokens. The [CLS]-pooled heads of BERT, RoBERTa, ELECTRA... read nothing
+    else of it."""
 
     def __init__(self, layer: torch.nn.Module):
         super().__init__()
         self.layer = layer
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ):
         sa = self.layer.attention.self
         heads, size = sa.num_attention_heads, sa.attention_head_size
         b, n, _ = hidden_states.shape
@@ -195,18 +248,32 @@ class _FirstQueryLayer(torch.nn.Module):
         scores = torch.matmul(q, k.transpose(2, 3)) * sa.scaling
         if attention_mask is not None:
             scores = scores + attention_mask[:, :, :1, :]
-        context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, 1, heads * size)
+        context = (
+            torch.matmul(torch.softmax(scores, dim=-1), v)
+            .transpose(1, 2)
+            .reshape(b, 1, heads * size)
+        )
         return self.layer.feed_forward_chunk(self.layer.attention.output(context, first))
 
 
 def cls_only_last_layer(model: torch.nn.Module, atol: float = 1e-4) -> bool:
-    """Swap the last encoder layer of a first-token-pooled classifier for ``_FirstQueryLayer``, in place,
-    when the logits stay the same (checked on two padded texts); False (model unchanged) otherwise."""
+    """Swap the last encoder layer of a first-token-pooled classifier for ``_FirstQueryLayer``, in
+    place, when the logits stay the same (checked on two padded texts); False (model unchanged)
+    otherwise."""
     base = getattr(model, "base_model", None)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     last = layers[-1] if layers else None
-    parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output")
-    if last is None or not all(_has(last, p) for p in parts) or not hasattr(last, "feed_forward_chunk"):
+    parts = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output",
+    )
+    if (
+        last is None
+        or not all(_has(last, p) for p in parts)
+        or not hasattr(last, "feed_forward_chunk")
+    ):
         return False  # not a BERT-style layer (DistilBERT, ...): exported whole
     if getattr(model.config, "is_decoder", False) or getattr(last, "add_cross_attention", False):
         return False
@@ -219,7 +286,9 @@ def cls_only_last_layer(model: torch.nn.Module, atol: float = 1e-4) -> bool:
         layers[-1] = _FirstQueryLayer(last)
         try:
             after = model(input_ids=ids, attention_mask=mask).logits
-            same = after.shape == before.shape and torch.allclose(after, before, atol=atol, rtol=1e-4)
+            same = after.shape == before.shape and torch.allclose(
+                after, before, atol=atol, rtol=1e-4
+            )
         except Exception:  # an architecture whose head or layer does not fit the assumption
             same = False
     if not same:
@@ -248,7 +317,8 @@ class _Logits(torch.nn.Module):
 
 
 def _optimize(raw: Path, out: Path, config) -> None:
-    """Fuse attention, embedding and layer norms with ONNX Runtime's transformer optimizer (graph only)."""
+    """Fuse attention, embedding and layer norms with ONNX Runtime's transformer optimizer (graph
+    only)."""
     import onnx
 
     if config.model_type not in FUSABLE:
@@ -260,21 +330,30 @@ def _optimize(raw: Path, out: Path, config) -> None:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
     options = FusionOptions("bert")
-    # Residual add + LayerNormalization stay two ops: the fused SkipLayerNormalization CPU kernel took 330 us
-    # on (300, 384) with 2 threads, Add + LayerNormalization 84 us (12 of them per MiniLM pass: ~14% of it).
+    # Residual add + LayerNormalization stay two ops: the fused SkipLayerNormalization CPU kernel
+    # took 330 us on (300, 384) with 2 threads, Add + LayerNormalization 84 us (12 of them per
+    # MiniLM pass: ~14% of it).
     options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # opt_level 0: our fusions only; the session applies ONNX Runtime's own graph optimisations at load.
-        optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
-                       optimization_options=options).save_model_to_file(str(out))
+        # opt_level 0: our fusions only; the session applies ONNX Runtime's own graph optimisations
+        # at load.
+        optimize_model(
+            str(raw),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=0,
+            optimization_options=options,
+        ).save_model_to_file(str(out))
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of every MatMul/Attention weight (VNNI on x86 CPUs that have it), with one
-    scale per output channel. Fine-tuned BERTs have FFN output matrices whose largest channel is 18-43x the
-    median one (MiniLM on IMDb, layers 0-3): one scale per matrix flipped 4.7% of labels on 1,000 reviews,
-    one per channel 1.7%, at the speed of the per-matrix scheme with those matrices left in fp32."""
+    """Dynamic int8 quantisation of every MatMul/Attention weight (VNNI on x86 CPUs that have it),
+    with one scale per output channel. Fine-tuned BERTs have FFN output matrices whose largest
+    channel is 18-43x the median one (MiniLM on IMDb, layers 0-3): one scale per matrix flipped 4.7%
+    of labels on 1,000 reviews, one per channel 1.7%, at the speed of the per-matrix scheme with
+    those matrices left in fp32."""
     import logging
 
     import onnx
@@ -284,7 +363,12 @@ def quantize_int8(src: Path, dst: Path) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # "please run pre-processing" advice on every call
     try:
         # DefaultTensorType: shape inference cannot type the outputs of fused (com.microsoft) ops.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         logging.getLogger().setLevel(quiet)

@@ -1,9 +1,9 @@
 """Hidden states of any encoder or decoder as fixed-size features (the feature-based approach).
 
-``Embedder.load("minilm").embed(texts)`` returns one row per text, in input order: the chosen layers'
-hidden states pooled over the tokens (cls, mean, max, or the last real token for decoders), concatenated
-or averaged across layers, optionally L2-normalised. It runs through `inference.batched.batched_outputs`, the same
-length-sorted, dynamically padded loop as `predict`.
+``Embedder.load("minilm").embed(texts)`` returns one row per text, in input order: the chosen
+layers' hidden states pooled over the tokens (cls, mean, max, or the last real token for decoders),
+concatenated or averaged across layers, optionally L2-normalised. It runs through
+`inference.batched.batched_outputs`, the same length-sorted, dynamically padded loop as `predict`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ POOLINGS = ("auto", "cls", "mean", "max", "last")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """(batch, tokens, dim) hidden states -> (batch, dim), over the real (mask == 1) tokens of right-padded rows."""
+    """(batch, tokens, dim) hidden states -> (batch, dim), over the real (mask == 1) tokens of
+    right-padded rows."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
     if how == "mean":
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -43,14 +44,17 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
         return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
     if how == "cls":
         return hidden[:, 0]
-    if how == "last":  # the last real token: the only one a causal model has let read the whole text
+    if (
+        how == "last"
+    ):  # the last real token: the only one a causal model has let read the whole text
         last = mask.long().sum(1).clamp(min=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     raise UserError(f"unknown pooling '{how}' (choose from {', '.join(POOLINGS[1:])})")
 
 
 def parse_layers(spec: str | int, num_layers: int) -> list[int]:
-    """'-1', '-4:', '2,4,6' or '3:5' -> indices into hidden_states (0 = embeddings, num_layers = last)."""
+    """'-1', '-4:', '2,4,6' or '3:5' -> indices into hidden_states (0 = embeddings, num_layers =
+    last)."""
     n = num_layers + 1
     text = str(spec).strip()
 
@@ -58,10 +62,14 @@ def parse_layers(spec: str | int, num_layers: int) -> list[int]:
         try:
             i = int(s)
         except ValueError:
-            raise UserError(f"--layers '{spec}' is not a layer number, a list like 2,4,6 or a range like -4:") from None
+            raise UserError(
+                f"--layers '{spec}' is not a layer number, a list like 2,4,6 or a range like -4:"
+            ) from None
         if not -n <= i < n:
-            raise UserError(f"--layers '{spec}': layer {i} does not exist; this model has layers 0..{num_layers} "
-                            f"(0: the embeddings) or -1..-{n}")
+            raise UserError(
+                f"--layers '{spec}': layer {i} does not exist; this model has layers"
+                f" 0..{num_layers} (0: the embeddings) or -1..-{n}"
+            )
         return i % n
 
     if ":" in text:
@@ -78,7 +86,8 @@ def parse_layers(spec: str | int, num_layers: int) -> list[int]:
 
 @dataclass
 class Embedder:
-    """An encoder or decoder body with its tokenizer, turning texts into pooled hidden-state features."""
+    """An encoder or decoder body with its tokenizer, turning texts into pooled hidden-state
+    features."""
 
     name: str
     path: str
@@ -94,9 +103,18 @@ class Embedder:
     decoder: bool
 
     @classmethod
-    def load(cls, name: str, pooling: str = "auto", layers: str = "-1", layer_mode: str = "concat",
-             normalize: bool | None = False, max_length: int | None = None, cpu: bool = False,
-             precision: str = "auto", attention_dropout: float | None = None) -> Embedder:
+    def load(
+        cls,
+        name: str,
+        pooling: str = "auto",
+        layers: str = "-1",
+        layer_mode: str = "concat",
+        normalize: bool | None = False,
+        max_length: int | None = None,
+        cpu: bool = False,
+        precision: str = "auto",
+        attention_dropout: float | None = None,
+    ) -> Embedder:
         from transformers import AutoModel
 
         if pooling not in POOLINGS:
@@ -105,19 +123,23 @@ class Embedder:
             raise UserError(f"unknown --layer-mode '{layer_mode}' (concat or mean)")
         path = resolve(name)
         config = load_config(path)
-        # For training (fewshot's SetFit): attention dropout sends CPU attention to a 7x slower kernel.
+        # For training (fewshot's SetFit): attention dropout sends CPU attention to a 7x slower
+        # kernel.
         set_dropout(config, (attention_dropout, None))
         try:
             model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}") from None
+            raise UserError(
+                f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}"
+            ) from None
         tokenizer = load_tokenizer(path)
         decoder = is_causal(config)
-        # Right padding everywhere: pooling reads the mask, and "last" is then the last real token of each row.
+        # Right padding everywhere: pooling reads the mask, and "last" is then the last real token
+        # of each row.
         tokenizer.padding_side = "right"
         ensure_pad_token(tokenizer)
-        # A sentence-transformers model embeds with its own length, pooling and normalisation unless told otherwise
-        # (normalize None), so embed matches SentenceTransformer(...).encode.
+        # A sentence-transformers model embeds with its own length, pooling and normalisation unless
+        # told otherwise (normalize None), so embed matches SentenceTransformer(...).encode.
         own = sentence_settings(path)
         if pooling == "auto":
             pooling = "last" if decoder else (own.pooling or "mean")
@@ -126,15 +148,31 @@ class Embedder:
         if max_length is None and own.max_seq_length:
             max_length = min(own.max_seq_length, max_length_of(tokenizer, config, None))
         if pooling == "cls" and decoder:
-            raise UserError(f"pooling 'cls' takes the first token, which a causal model like '{name}' computes "
-                            "without reading the rest of the text; use last or mean")
-        num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 0
+            raise UserError(
+                f"pooling 'cls' takes the first token, which a causal model like '{name}' computes "
+                "without reading the rest of the text; use last or mean"
+            )
+        num_layers = (
+            getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 0
+        )
         device = pick_device(cpu)
         if precision == "auto":
             precision = auto_precision(device)
         model.to(device).eval()
-        return cls(name, path, model, tokenizer, pooling, parse_layers(layers, num_layers), layer_mode, normalize,
-                   max_length_of(tokenizer, config, max_length), device, precision, decoder)
+        return cls(
+            name,
+            path,
+            model,
+            tokenizer,
+            pooling,
+            parse_layers(layers, num_layers),
+            layer_mode,
+            normalize,
+            max_length_of(tokenizer, config, max_length),
+            device,
+            precision,
+            decoder,
+        )
 
     @property
     def dim(self) -> int:
@@ -142,9 +180,16 @@ class Embedder:
         return hidden * (len(self.layers) if self.layer_mode == "concat" else 1)
 
     def encode(self, texts: list[str]) -> Encoded:
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
-                             return_attention_mask=False)
-        ids = [x if x else [self.tokenizer.pad_token_id] for x in enc["input_ids"]]  # "" still gets a row
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+        ids = [
+            x if x else [self.tokenizer.pad_token_id] for x in enc["input_ids"]
+        ]  # "" still gets a row
         features = {"input_ids": ids}
         if "token_type_ids" in enc:
             features["token_type_ids"] = enc["token_type_ids"]
@@ -155,13 +200,22 @@ class Embedder:
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         only_last = self.layers == [self.model.config.get_text_config().num_hidden_layers]
-        amp = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
-               else contextlib.nullcontext())
+        amp = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
         with amp:
             out = self.model(**batch, output_hidden_states=not only_last)
-        states = [out.last_hidden_state] if only_last else [out.hidden_states[i] for i in self.layers]
+        states = (
+            [out.last_hidden_state] if only_last else [out.hidden_states[i] for i in self.layers]
+        )
         pooled = [pool(h.float(), batch["attention_mask"], self.pooling) for h in states]
-        x = torch.cat(pooled, dim=-1) if self.layer_mode == "concat" else torch.stack(pooled).mean(0)
+        x = (
+            torch.cat(pooled, dim=-1)
+            if self.layer_mode == "concat"
+            else torch.stack(pooled).mean(0)
+        )
         if self.normalize:
             x = torch.nn.functional.normalize(x, dim=-1)
         return x
@@ -170,12 +224,20 @@ class Embedder:
         """(len(texts), dim) float32 features, in input order."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        return batched_outputs(self.forward, self.encode(texts), batch_size, self.collate, self.device,
-                               progress=progress, desc="embed")
+        return batched_outputs(
+            self.forward,
+            self.encode(texts),
+            batch_size,
+            self.collate,
+            self.device,
+            progress=progress,
+            desc="embed",
+        )
 
 
 def is_feature_file(path: str | Path) -> bool:
-    """A .parquet file written by `embed` (it has an 'embedding' column), as opposed to a table of texts."""
+    """A .parquet file written by `embed` (it has an 'embedding' column), as opposed to a table of
+    texts."""
     p = Path(path)
     if p.suffix != ".parquet" or not p.is_file():
         return False
@@ -187,18 +249,24 @@ def is_feature_file(path: str | Path) -> bool:
         return False
 
 
-def read_feature_file(path: str | Path, label_column: str | None) -> tuple[np.ndarray, list | None, str | None]:
+def read_feature_file(
+    path: str | Path, label_column: str | None
+) -> tuple[np.ndarray, list | None, str | None]:
     """(features, raw label values or None, label column) of a .parquet written by `embed`."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(path)
-    x = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                   dtype=np.float32)
+    x = np.asarray(
+        t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+        dtype=np.float32,
+    )
     x = x.reshape(t.num_rows, -1) if t.num_rows else x.reshape(0, 0)
     names = {c.lower(): c for c in t.column_names if c not in ("id", "embedding")}
     if label_column is not None:
         if label_column not in t.column_names:
-            raise UserError(f"{path} has no column '{label_column}' (columns: {', '.join(t.column_names)})")
+            raise UserError(
+                f"{path} has no column '{label_column}' (columns: {', '.join(t.column_names)})"
+            )
         col = label_column
     else:
         col = next((names[c] for c in LABEL_COLUMNS if c in names), None)

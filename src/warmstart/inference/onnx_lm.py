@@ -1,16 +1,17 @@
 """Causal-LM generation on ONNX Runtime GenAI, for `generate --backend onnx` (and `auto` on a CPU).
 
-A `generate` process spends most of its life importing torch and transformers (about 4 s of 7 here) before
-its first token; ONNX Runtime GenAI's generation loop (KV cache, greedy and sampling search) needs neither.
-The model is exported once by GenAI's own model builder (fp32 weights, CPU; about 15 s for SmolLM2-135M) into
-warmstart's cache, keyed by the model folder's path and files; later processes load that folder directly and
-import nothing heavier than onnxruntime_genai. The export also checks, once, that GenAI's tokenizer encodes and
-decodes a few probe texts exactly as transformers does; where it does not, the route is not used.
+A `generate` process spends most of its life importing torch and transformers (about 4 s of 7 here)
+before its first token; ONNX Runtime GenAI's generation loop (KV cache, greedy and sampling search)
+needs neither. The model is exported once by GenAI's own model builder (fp32 weights, CPU; about 15
+s for SmolLM2-135M) into warmstart's cache, keyed by the model folder's path and files; later
+processes load that folder directly and import nothing heavier than onnxruntime_genai. The export
+also checks, once, that GenAI's tokenizer encodes and decodes a few probe texts exactly as
+transformers does; where it does not, the route is not used.
 
-What it does not do (auto then uses transformers; --backend onnx refuses with the reason): beam search, typical
-sampling, no-repeat n-grams, bf16 weights, a model GenAI's builder does not know, and stop strings while
-streaming. Greedy output is the fp32 model's, token for token (tested against transformers).
-"""
+What it does not do (auto then uses transformers; --backend onnx refuses with the reason): beam
+search, typical sampling, no-repeat n-grams, bf16 weights, a model GenAI's builder does not know,
+and stop strings while streaming. Greedy output is the fp32 model's, token for token (tested against
+transformers)."""
 
 from __future__ import annotations
 
@@ -26,19 +27,44 @@ from typing import TextIO
 
 from warmstart.config import GenerateConfig, given_flags
 from warmstart.errors import UserError
-from warmstart.inference.generation_options import Generation, completion_text, finish, strategy, token_budget
+from warmstart.inference.generation_options import (
+    Generation,
+    completion_text,
+    finish,
+    strategy,
+    token_budget,
+)
 from warmstart.runs import atomic_dir, cache_dir
 
 # model_type values GenAI's builder exports (its builders/ folder); others go through transformers.
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "olmo", "granite", "smollm3")
-EXPORT_FORMAT = 2  # bumped when the export itself changes, to export again (2: the tokenization check)
+ARCHITECTURES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "olmo",
+    "granite",
+    "smollm3",
+)
+EXPORT_FORMAT = (
+    2  # bumped when the export itself changes, to export again (2: the tokenization check)
+)
 SAME_TEXT = "warmstart-same-tokenization.json"
-PROBES = ("Humanity today is a ", "Translate to Spanish: In the beginning God created the heavens.",
-          "copy: abc =", "  two  spaces, numbers 1234 and accents: café, naïve\nnew line", "x")
+PROBES = (
+    "Humanity today is a ",
+    "Translate to Spanish: In the beginning God created the heavens.",
+    "copy: abc =",
+    "  two  spaces, numbers 1234 and accents: café, naïve\nnew line",
+    "x",
+)
 
 
 def gpu_present() -> bool:
-    """An NVIDIA device node: the machine has a GPU for transformers to use (checked without importing torch)."""
+    """An NVIDIA device node: the machine has a GPU for transformers to use (checked without
+    importing torch)."""
     return Path("/dev/nvidiactl").exists()
 
 
@@ -54,8 +80,9 @@ def read_json(path: Path) -> dict:
 
 
 def model_folder(name: str) -> Path | None:
-    """The local folder of --model when it can be read without transformers (the bundled smollm2, or a folder
-    with config.json); None otherwise (a hub id in the cache, say: transformers resolves those)."""
+    """The local folder of --model when it can be read without transformers (the bundled smollm2, or
+    a folder with config.json); None otherwise (a hub id in the cache, say: transformers resolves
+    those)."""
     if name.strip().lower() == "smollm2":
         from warmstart.models.bundled import smollm2
 
@@ -84,14 +111,20 @@ def why_not(cfg: GenerateConfig, stream: bool) -> str | None:
         return f"'{cfg.model}' is not a local folder"
     config = read_json(folder / "config.json")
     if config.get("model_type") not in ARCHITECTURES or config.get("is_encoder_decoder"):
-        return f"GenAI's builder does not export a {config.get('model_type', 'model of unknown type')}"
+        return (
+            f"GenAI's builder does not export a {config.get('model_type', 'model of unknown type')}"
+        )
     return None
 
 
 def export(folder: Path, quiet: bool = False) -> Path:
     """The GenAI export of the causal LM in ``folder`` (fp32, CPU), made once and cached."""
-    files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
-    key = hashlib.sha256(json.dumps([str(folder.resolve()), files, EXPORT_FORMAT]).encode()).hexdigest()[:16]
+    files = sorted(
+        (p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file()
+    )
+    key = hashlib.sha256(
+        json.dumps([str(folder.resolve()), files, EXPORT_FORMAT]).encode()
+    ).hexdigest()[:16]
     target = cache_dir() / "genai" / f"{folder.name}-{key}"
     if (target / "genai_config.json").is_file():
         return target
@@ -99,16 +132,37 @@ def export(folder: Path, quiet: bool = False) -> Path:
 
     builder = Path(onnxruntime_genai.__file__).parent / "models" / "builder.py"
     if not quiet:
-        print(f"exporting {folder} for ONNX Runtime GenAI into {target} (once)", file=sys.stderr, flush=True)
+        print(
+            f"exporting {folder} for ONNX Runtime GenAI into {target} (once)",
+            file=sys.stderr,
+            flush=True,
+        )
     started = time.perf_counter()
 
     def write(tmp: Path) -> None:
-        cmd = [sys.executable, str(builder), "-i", str(folder), "-o", str(tmp), "-p", "fp32", "-e", "cpu",
-               "-c", str(tmp / ".build-cache")]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        cmd = [
+            sys.executable,
+            str(builder),
+            "-i",
+            str(folder),
+            "-o",
+            str(tmp),
+            "-p",
+            "fp32",
+            "-e",
+            "cpu",
+            "-c",
+            str(tmp / ".build-cache"),
+        ]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+        )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise UserError(f"exporting {folder} for ONNX Runtime GenAI failed: {last} (--backend torch avoids it)")
+            raise UserError(
+                f"exporting {folder} for ONNX Runtime GenAI failed: {last} (--backend torch"
+                " avoids it)"
+            )
         for leftover in (tmp / ".build-cache").glob("**/*"):
             if leftover.is_file():
                 leftover.unlink()
@@ -121,8 +175,9 @@ def export(folder: Path, quiet: bool = False) -> Path:
 
 
 def same_tokenization(folder: Path, export_dir: Path) -> bool:
-    """Whether GenAI's tokenizer reads and writes texts as transformers does for this model (checked once, at
-    export; a tokenizer it parses differently would change prompts and outputs, so the route is not used)."""
+    """Whether GenAI's tokenizer reads and writes texts as transformers does for this model (checked
+    once, at export; a tokenizer it parses differently would change prompts and outputs, so the
+    route is not used)."""
     import onnxruntime_genai as og
     from transformers import AutoTokenizer
 
@@ -133,13 +188,16 @@ def same_tokenization(folder: Path, export_dir: Path) -> bool:
         return False
     for text in PROBES:
         ids = reference(text)["input_ids"]
-        if list(ours.encode(text)) != ids or ours.decode(ids) != reference.decode(ids, skip_special_tokens=True):
+        if list(ours.encode(text)) != ids or ours.decode(ids) != reference.decode(
+            ids, skip_special_tokens=True
+        ):
             return False
     return True
 
 
 class Unreadable(Exception):
-    """GenAI could not load the exported model or its tokenizer (e.g. a tokenizer.json it cannot parse)."""
+    """GenAI could not load the exported model or its tokenizer (e.g. a tokenizer.json it cannot
+    parse)."""
 
 
 class OnnxLM:
@@ -154,10 +212,14 @@ class OnnxLM:
             self.model = og.Model(str(exported))
             self.tokenizer = og.Tokenizer(self.model)
         except RuntimeError as e:
-            raise Unreadable(f"ONNX Runtime GenAI cannot load {folder}: {str(e).strip().splitlines()[0]}") from None
+            raise Unreadable(
+                f"ONNX Runtime GenAI cannot load {folder}: {str(e).strip().splitlines()[0]}"
+            ) from None
         if read_json(exported / SAME_TEXT) is not True:
-            raise Unreadable(f"ONNX Runtime GenAI's tokenizer reads the texts of {folder} differently from "
-                             "transformers")
+            raise Unreadable(
+                f"ONNX Runtime GenAI's tokenizer reads the texts of {folder} differently from "
+                "transformers"
+            )
         config = read_json(folder / "config.json")
         self.config = config
         self.max_positions = config.get("max_position_embeddings")
@@ -165,12 +227,15 @@ class OnnxLM:
         eos = self.defaults.get("eos_token_id", config.get("eos_token_id"))
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         template = folder / "chat_template.jinja"
-        self.template = template.read_text(encoding="utf-8") if template.is_file() else \
-            read_json(folder / "tokenizer_config.json").get("chat_template")
+        self.template = (
+            template.read_text(encoding="utf-8")
+            if template.is_file()
+            else read_json(folder / "tokenizer_config.json").get("chat_template")
+        )
 
     def prompt_ids(self, prompt: str, chat: bool, system: str | None) -> list[int]:
-        """As models.causal.CausalLM.prompt_ids: a model from `finetune --task causal-lm` is prompted in the format
-        it was trained with (its saved template, chat and system message)."""
+        """As models.causal.CausalLM.prompt_ids: a model from `finetune --task causal-lm` is
+        prompted in the format it was trained with (its saved template, chat and system message)."""
         template = self.config.get("instruction_template")
         prompt = template.replace("{source}", prompt) if template else prompt
         chat = chat or bool(self.config.get("instruction_chat"))
@@ -178,20 +243,34 @@ class OnnxLM:
         if not chat:
             return list(self.tokenizer.encode(prompt))
         if not self.template:
-            raise UserError(f"model '{self.folder}' has no chat template, so --chat cannot be used with it")
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        text = self.tokenizer.apply_chat_template(json.dumps(messages), template_str=self.template,
-                                                  add_generation_prompt=True)
-        # The template writes the special tokens itself; encoding adds none for Llama-style tokenizers.
+            raise UserError(
+                f"model '{self.folder}' has no chat template, so --chat cannot be used with it"
+            )
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        text = self.tokenizer.apply_chat_template(
+            json.dumps(messages), template_str=self.template, add_generation_prompt=True
+        )
+        # The template writes the special tokens itself; encoding adds none for Llama-style
+        # tokenizers.
         return list(self.tokenizer.encode(text))
 
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def complete(self, prompt: str, ids: list[int], budget: int, cfg: GenerateConfig, stops: list[str],
-                 stream_to: TextIO | None = None) -> Generation:
-        """The completions of one prompt: ``num_return_sequences`` rows of one batch, each at most ``budget``
-        new tokens, cut at a stop string (the loop ends when every row has one) or ended by the model."""
+    def complete(
+        self,
+        prompt: str,
+        ids: list[int],
+        budget: int,
+        cfg: GenerateConfig,
+        stops: list[str],
+        stream_to: TextIO | None = None,
+    ) -> Generation:
+        """The completions of one prompt: ``num_return_sequences`` rows of one batch, each at most
+        ``budget`` new tokens, cut at a stop string (the loop ends when every row has one) or ended
+        by the model."""
         og = self.og
         n = cfg.num_return_sequences
         sample = strategy(cfg, bool(self.defaults.get("do_sample"))) == "sample"
@@ -219,10 +298,14 @@ class OnnxLM:
             if stream is not None:
                 stream_to.write(stream.decode(new[0][-1]))
                 stream_to.flush()
-            if stops and all(any(s in completion_text(self.text, ids, row) for s in stops) for row in new):
+            if stops and all(
+                any(s in completion_text(self.text, ids, row) for s in stops) for row in new
+            ):
                 break
         done = [finish(self.text, ids, row, budget, stops, self.eos) for row in new]
-        return Generation(prompt, [d[0] for d in done], len(ids), [d[1] for d in done], [d[2] for d in done])
+        return Generation(
+            prompt, [d[0] for d in done], len(ids), [d[1] for d in done], [d[2] for d in done]
+        )
 
 
 def load(cfg: GenerateConfig) -> OnnxLM:
@@ -232,11 +315,19 @@ def load(cfg: GenerateConfig) -> OnnxLM:
     return OnnxLM(folder)
 
 
-def generate(lm: OnnxLM, cfg: GenerateConfig, prompts: list[str], stops: list[str], stream_to: TextIO | None,
-             header) -> list[Generation]:
+def generate(
+    lm: OnnxLM,
+    cfg: GenerateConfig,
+    prompts: list[str],
+    stops: list[str],
+    stream_to: TextIO | None,
+    header,
+) -> list[Generation]:
     """Every prompt's Generation, one prompt at a time (its sequences are one batch)."""
     ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
-    budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
+    budgets = [
+        token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)
+    ]
     out = []
     for i, (prompt, x, budget) in enumerate(zip(prompts, ids, budgets)):
         if stream_to is not None:

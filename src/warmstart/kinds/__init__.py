@@ -1,7 +1,7 @@
-"""Task kinds: what `finetune` trains and what `evaluate`/`predict` read back. A kind brings its data reading,
-labels, model head, encoding and collator, metrics and test evaluation; the engines, run folder, resume,
-CLI and backends are shared. One module per kind, each with the same class shape (``base.TaskKind``),
-registered in ``KINDS``.
+"""Task kinds: what `finetune` trains and what `evaluate`/`predict` read back. A kind brings its
+data reading, labels, model head, encoding and collator, metrics and test evaluation; the engines,
+run folder, resume, CLI and backends are shared. One module per kind, each with the same class shape
+(``base.TaskKind``), registered in ``KINDS``.
 
     sequence   sequence classification: one label per text (or text pair)
     problems   the same for multi-label (a set of labels per text) and regression (numbers)
@@ -20,11 +20,14 @@ from warmstart.kinds.seq2seq import Seq2Seq
 from warmstart.kinds.sequence import SequenceClassification
 from warmstart.kinds.tokens import TokenClassification
 
-# --task -> the kind for a config (sequence: single-label, multi-label or regression, from the labels).
-KINDS: dict[str, Callable[[FinetuneConfig], TaskKind]] = {SequenceClassification.name: sequence_kind,
-                                                          TokenClassification.name: TokenClassification,
-                                                          Seq2Seq.name: Seq2Seq,
-                                                          CausalLMTuning.name: CausalLMTuning}
+# --task -> the kind for a config (sequence: single-label, multi-label or regression, from the
+# labels).
+KINDS: dict[str, Callable[[FinetuneConfig], TaskKind]] = {
+    SequenceClassification.name: sequence_kind,
+    TokenClassification.name: TokenClassification,
+    Seq2Seq.name: Seq2Seq,
+    CausalLMTuning.name: CausalLMTuning,
+}
 DEFAULT = SequenceClassification.name
 
 __all__ = ["DEFAULT", "KINDS", "TaskKind"]

@@ -26,7 +26,9 @@ class TaskKind(Protocol):
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         """The pre-trained model at ``path`` with this kind's head, ready to train."""
 
-    def encode(self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None) -> Encoded:
+    def encode(
+        self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None
+    ) -> Encoded:
         """One part, tokenised once (unpadded), with its targets."""
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:

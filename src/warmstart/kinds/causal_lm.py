@@ -1,11 +1,12 @@
-"""Causal-LM instruction tuning: a decoder-only model learns to write each pair's target after a prompt made of
-its source (a --template, optionally inside the chat template).
+"""Causal-LM instruction tuning: a decoder-only model learns to write each pair's target after a
+prompt made of its source (a --template, optionally inside the chat template).
 
-A row is the prompt's tokens, then the target's and EOS; the labels are -100 on the prompt (and on padding), so
-the loss is on the completion alone. The prompt is tokenised exactly as `generate` and `serve` tokenise a user's
-prompt for the saved model (models.causal.instruction_ids, with the template and chat saved in its config), so
-what was trained is what is asked. Each epoch the valid sources are completed greedily with an explicit token
-budget and scored as text (metrics.text_metrics)."""
+A row is the prompt's tokens, then the target's and EOS; the labels are -100 on the prompt (and on
+padding), so the loss is on the completion alone. The prompt is tokenised exactly as `generate` and
+`serve` tokenise a user's prompt for the saved model (models.causal.instruction_ids, with the
+template and chat saved in its config), so what was trained is what is asked. Each epoch the valid
+sources are completed greedily with an explicit token budget and scored as text
+(metrics.text_metrics)."""
 
 from __future__ import annotations
 
@@ -25,25 +26,58 @@ from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
 from warmstart.inference.decoding import complete_texts
 from warmstart.metrics import TEXT_METRICS, text_metrics
-from warmstart.models import dropout_of, ensure_pad_token, is_causal, load_config, load_tokenizer, resolve, set_dropout
+from warmstart.models import (
+    dropout_of,
+    ensure_pad_token,
+    is_causal,
+    load_config,
+    load_tokenizer,
+    resolve,
+    set_dropout,
+)
 from warmstart.models.causal import CausalLM, instruction_ids
 from warmstart.runs import Run, atomic_write_text
 from warmstart.training.common import Job, smoothed_loss
 
 # Options of other kinds, refused here with one line rather than ignored.
-OTHER_KINDS = ("text_column", "text_pair_column", "label_column", "label_names", "problem", "label_separator",
-               "class_weights", "sampler", "long_text", "stride", "chunk_aggregation", "tag_column", "base_tags",
-               "label_all_subtokens", "head_lr", "from_scratch", "tokenizer", "size", "vocab_size")
+OTHER_KINDS = (
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "label_names",
+    "problem",
+    "label_separator",
+    "class_weights",
+    "sampler",
+    "long_text",
+    "stride",
+    "chunk_aggregation",
+    "tag_column",
+    "base_tags",
+    "label_all_subtokens",
+    "head_lr",
+    "from_scratch",
+    "tokenizer",
+    "size",
+    "vocab_size",
+)
 
 
-def pad_rows(rows: list[dict], pad_id: int, packed: bool, multiple: int | None = 8) -> dict[str, torch.Tensor]:
-    """Right-padded tensors (to a ``multiple``): input ids with ``pad_id``, labels with -100. A packed batch has
-    position ids restarting per example and no attention mask: transformers then reads the examples' bounds from
-    the positions and keeps attention inside each example (masking_utils.find_packed_sequence_indices)."""
+def pad_rows(
+    rows: list[dict], pad_id: int, packed: bool, multiple: int | None = 8
+) -> dict[str, torch.Tensor]:
+    """Right-padded tensors (to a ``multiple``): input ids with ``pad_id``, labels with -100. A
+    packed batch has position ids restarting per example and no attention mask: transformers then
+    reads the examples' bounds from the positions and keeps attention inside each example
+    (masking_utils.find_packed_sequence_indices)."""
     width = -(-max(len(r["input_ids"]) for r in rows) // (multiple or 1)) * (multiple or 1)
-    out = {"input_ids": torch.full((len(rows), width), pad_id), "labels": torch.full((len(rows), width), IGNORE)}
+    out = {
+        "input_ids": torch.full((len(rows), width), pad_id),
+        "labels": torch.full((len(rows), width), IGNORE),
+    }
     if packed:
-        # Padding continues as one more "example" of its own (positions from 0): no real token attends to it.
+        # Padding continues as one more "example" of its own (positions from 0): no real token
+        # attends to it.
         out["position_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
     else:
         out["attention_mask"] = torch.zeros((len(rows), width), dtype=torch.long)
@@ -59,8 +93,11 @@ def pad_rows(rows: list[dict], pad_id: int, packed: bool, multiple: int | None =
     return out
 
 
-def pack(input_ids: list[list[int]], labels: list[list[int]], length: int) -> dict[str, list[list[int]]]:
-    """Examples in order, as many as fit, into rows of at most ``length`` tokens, with their own positions."""
+def pack(
+    input_ids: list[list[int]], labels: list[list[int]], length: int
+) -> dict[str, list[list[int]]]:
+    """Examples in order, as many as fit, into rows of at most ``length`` tokens, with their own
+    positions."""
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
     for ids, lab in zip(input_ids, labels):
         if not rows["input_ids"] or len(rows["input_ids"][-1]) + len(ids) > length:
@@ -76,30 +113,45 @@ class CausalLMTuning:
     name = "causal-lm"
 
     def __init__(self, cfg: FinetuneConfig):
-        refuse_inapplicable(cfg, OTHER_KINDS, "--task causal-lm (it reads --source-column and --target-column)")
+        refuse_inapplicable(
+            cfg, OTHER_KINDS, "--task causal-lm (it reads --source-column and --target-column)"
+        )
         # An encoder cannot continue a prompt: said before the data is read or a run folder written.
         config = load_config(resolve(cfg.model))
         if not is_causal(config):
             arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-            raise UserError(f"model '{cfg.model}' is a {arch}, not a causal language model; --task causal-lm needs "
-                            "a decoder-only model (smollm2, GPT-2, Llama, Qwen...); for an encoder-decoder use "
-                            "--task seq2seq")
+            raise UserError(
+                f"model '{cfg.model}' is a {arch}, not a causal language model; --task causal-lm"
+                " needs a decoder-only model (smollm2, GPT-2, Llama, Qwen...); for an"
+                " encoder-decoder use --task seq2seq"
+            )
         if cfg.system is not None and not cfg.chat:
             raise UserError("--system is the system message of the chat template: it needs --chat")
-        self.template = cfg.template if cfg.template is not None else ("{source}" if cfg.chat else "{source}\n")
+        self.template = (
+            cfg.template if cfg.template is not None else ("{source}" if cfg.chat else "{source}\n")
+        )
         if "{source}" not in self.template:
-            raise UserError(f"--template '{cfg.template}' has no {{source}}: it must say where the source text goes")
+            raise UserError(
+                f"--template '{cfg.template}' has no {{source}}: it must say where the source text"
+                " goes"
+            )
         self.names = [n.strip() for n in cfg.metrics.split(",") if n.strip()]
         unknown = [n for n in self.names if n not in TEXT_METRICS]
         if unknown or not self.names:
-            raise UserError(f"--metrics: unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from "
-                            f"{', '.join(TEXT_METRICS)}")
+            raise UserError(
+                f"--metrics: unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from "
+                f"{', '.join(TEXT_METRICS)}"
+            )
         best = cfg.metric_for_best or ("chrf" if "chrf" in self.names else self.names[0])
         if best not in ("loss", *self.names):
-            raise UserError(f"--metric-for-best {best} is not among --metrics ({', '.join(self.names)}) or loss")
+            raise UserError(
+                f"--metric-for-best {best} is not among --metrics ({', '.join(self.names)}) or loss"
+            )
         cfg.metric_for_best = best
-        self.parts: dict[str, Pairs] = load_splits(cfg, read=lambda path, limit: read_pairs(
-            path, cfg.source_column, cfg.target_column, limit))
+        self.parts: dict[str, Pairs] = load_splits(
+            cfg,
+            read=lambda path, limit: read_pairs(path, cfg.source_column, cfg.target_column, limit),
+        )
         # LoRA trains far fewer weights and takes a larger step (the peft recipes' 1e-4..1e-3).
         cfg.lr = cfg.lr if cfg.lr is not None else (2e-4 if cfg.lora_r else 5e-5)
         cfg.epochs = 3.0 if cfg.epochs is None else cfg.epochs
@@ -114,46 +166,65 @@ class CausalLMTuning:
 
     def describe(self) -> str:
         how = f"template {self.template!r}" + (" in the chat template" if self.cfg.chat else "")
-        cut = f"; cut at --max-length: {', '.join(f'{r} {n}' for r, n in self.cut.items() if n)}" \
-            if any(self.cut.values()) else ""
+        cut = (
+            f"; cut at --max-length: {', '.join(f'{r} {n}' for r, n in self.cut.items() if n)}"
+            if any(self.cut.values())
+            else ""
+        )
         if any(self.too_long.values()):
-            cut += ("; prompts of --max-length or more, left out of the loss: "
-                    + ", ".join(f"{r} {n}" for r, n in self.too_long.items() if n))
+            cut += "; prompts of --max-length or more, left out of the loss: " + ", ".join(
+                f"{r} {n}" for r, n in self.too_long.items() if n
+            )
         packed = f"; packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
-        return (f"causal-LM instruction tuning ({how}); loss on the completion only; generating up to "
-                f"{self.max_new_tokens} new tokens to score {', '.join(self.names)}{packed}{cut}")
+        return (
+            f"causal-LM instruction tuning ({how}); loss on the completion only; generating up to "
+            f"{self.max_new_tokens} new tokens to score {', '.join(self.names)}{packed}{cut}"
+        )
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         config = load_config(path)
         set_dropout(config, dropout_of(cfg))
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, local_files_only=True, dtype=torch.float32
+        )
         # Generation in evaluation reads prompts left-padded; training pads on the right (pad_rows).
         self.gen_tokenizer = load_tokenizer(path)
         self.gen_tokenizer.padding_side = "left"
         ensure_pad_token(self.gen_tokenizer)
-        # Training keeps no key/value cache (generate asks for one itself); without one, transformers also reads a
-        # packed row's examples from its positions.
+        # Training keeps no key/value cache (generate asks for one itself); without one,
+        # transformers also reads a packed row's examples from its positions.
         model.config.use_cache = False
-        self.model = model  # LoRA injects its layers into this same module, so it generates with them
+        self.model = (
+            model  # LoRA injects its layers into this same module, so it generates with them
+        )
         return model
 
-    def encode(self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None) -> Encoded:
+    def encode(
+        self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None
+    ) -> Encoded:
         ensure_pad_token(tokenizer)
         if tokenizer.eos_token_id is None:
-            raise UserError("the model's tokenizer has no end-of-sequence token, so a completion cannot be ended")
+            raise UserError(
+                "the model's tokenizer has no end-of-sequence token, so a completion cannot be"
+                " ended"
+            )
         part = self.parts[role]
         chat = bool(cfg and cfg.chat)
         system = cfg.system if cfg else None
         prompts = [instruction_ids(tokenizer, s, self.template, chat, system) for s in part.sources]
-        completions = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                       for t in part.targets]
+        completions = [
+            tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            for t in part.targets
+        ]
         # Generation keeps the prompt's end (where the completion starts), within the window.
-        self.prompts[role] = [p[-(max_length - 1):] for p in prompts]
+        self.prompts[role] = [p[-(max_length - 1) :] for p in prompts]
         ids, labels, cut, first_long = [], [], 0, None
         for i, (p, c) in enumerate(zip(prompts, completions)):
-            if len(p) >= max_length:  # no completion token would fit: left out of the loss (and said)
+            if (
+                len(p) >= max_length
+            ):  # no completion token would fit: left out of the loss (and said)
                 first_long = i if first_long is None else first_long
                 continue
             cut += len(p) + len(c) > max_length
@@ -161,11 +232,14 @@ class CausalLMTuning:
             labels.append(([IGNORE] * len(p) + c)[:max_length])
         self.cut[role], self.too_long[role] = cut, len(prompts) - len(ids)
         if not ids and first_long is not None:
-            raise UserError(f"{part.where(first_long)}: the prompt is {len(prompts[first_long])} tokens, not shorter "
-                            f"than --max-length {max_length}, and so is every {role} prompt; raise --max-length")
+            raise UserError(
+                f"{part.where(first_long)}: the prompt is {len(prompts[first_long])} tokens, not"
+                f" shorter than --max-length {max_length}, and so is every {role} prompt; raise"
+                " --max-length"
+            )
         if role == "train" and self.max_new_tokens is None:
-            # Room for the longest training completion and half as much again: a longer valid target is cut,
-            # never at generate's default of 20 tokens.
+            # Room for the longest training completion and half as much again: a longer valid target
+            # is cut, never at generate's default of 20 tokens.
             self.max_new_tokens = math.ceil(1.5 * max(len(c) for c in completions))
         if role == "train" and cfg is not None and cfg.packing:
             rows = pack(ids, labels, max_length)
@@ -173,24 +247,32 @@ class CausalLMTuning:
             return Encoded(rows)
         return Encoded({"input_ids": ids, "labels": labels})
 
-    def generate(self, model: torch.nn.Module, role: str, n: int | None, batch_size: int, progress: bool
-                 ) -> list[str]:
+    def generate(
+        self, model: torch.nn.Module, role: str, n: int | None, batch_size: int, progress: bool
+    ) -> list[str]:
         lm = CausalLM("valid", "", model, self.gen_tokenizer, None)
         ids = self.prompts[role][:n] if n else self.prompts[role]
         was_training = model.training
         model.eval()
-        texts = complete_texts(lm, ids, self.max_new_tokens, batch_size, self.cfg.num_beams, progress)
+        texts = complete_texts(
+            lm, ids, self.max_new_tokens, batch_size, self.cfg.num_beams, progress
+        )
         model.train(was_training)
         return texts
 
     def score(self, role: str, predictions: list[str], folder: Path | None, name: str) -> dict:
         part = self.parts[role]
-        refs = part.targets[:len(predictions)]
+        refs = part.targets[: len(predictions)]
         metrics = text_metrics(predictions, refs, self.names)
         if folder is not None and distributed.is_main():
-            atomic_write_text(folder / name, "".join(json.dumps({"source": s, "reference": r, "prediction": p},
-                                                                ensure_ascii=False) + "\n"
-                                                     for s, r, p in zip(part.sources, refs, predictions)))
+            atomic_write_text(
+                folder / name,
+                "".join(
+                    json.dumps({"source": s, "reference": r, "prediction": p}, ensure_ascii=False)
+                    + "\n"
+                    for s, r, p in zip(part.sources, refs, predictions)
+                ),
+            )
         return metrics
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
@@ -212,8 +294,13 @@ class CausalLMTuning:
             model.eval()
             with torch.inference_mode(), autocast():
                 loss = completion_loss(model, valid, collate, cfg.eval_batch_size, device)
-                texts = self.generate(model, "valid", cfg.eval_samples, cfg.eval_batch_size,
-                                      cfg.progress and distributed.is_main())
+                texts = self.generate(
+                    model,
+                    "valid",
+                    cfg.eval_samples,
+                    cfg.eval_batch_size,
+                    cfg.progress and distributed.is_main(),
+                )
             return {"loss": loss, **self.score("valid", texts, run_dir, "valid_predictions.jsonl")}
 
         def accuracy(out, batch) -> tuple[int, int]:
@@ -222,64 +309,98 @@ class CausalLMTuning:
             return int((hit & mask).sum()), int(mask.sum())
 
         def save(model, folder: Path, weights: dict | None = None) -> None:
-            # The instruction format goes with the model: generate and serve prompt it as it was trained.
+            # The instruction format goes with the model: generate and serve prompt it as it was
+            # trained.
             model.config.instruction_template = self.template
             model.config.instruction_chat = bool(cfg.chat)
             model.config.instruction_system = cfg.system
             model.config.train_max_length = cfg.max_length
             gc = model.generation_config
             gc.max_new_tokens, gc.pad_token_id = self.max_new_tokens, tokenizer.pad_token_id
-            training_cache, model.config.use_cache = model.config.use_cache, True  # saved as the model came
+            training_cache, model.config.use_cache = (
+                model.config.use_cache,
+                True,
+            )  # saved as the model came
             model.save_pretrained(folder, state_dict=weights)
             model.config.use_cache = training_cache
             tokenizer.save_pretrained(folder)
 
-        return Job(train=data["train"], lengths=data["train"].lengths, collate=collate_train, save=save,
-                   evaluate=evaluate if valid is not None else None, accuracy=accuracy, valid=valid,
-                   trainer_metrics=lambda: GeneratedMetrics(self, cfg, run_dir), metric_names=tuple(self.names),
-                   batch_loss=lambda out, batch: out.loss.item(), tokenizer=tokenizer,
-                   loss=smoothed_loss(cfg.label_smoothing, shift=True),
-                   unit="packed rows" if packed else "pairs")
+        return Job(
+            train=data["train"],
+            lengths=data["train"].lengths,
+            collate=collate_train,
+            save=save,
+            evaluate=evaluate if valid is not None else None,
+            accuracy=accuracy,
+            valid=valid,
+            trainer_metrics=lambda: GeneratedMetrics(self, cfg, run_dir),
+            metric_names=tuple(self.names),
+            batch_loss=lambda out, batch: out.loss.item(),
+            tokenizer=tokenizer,
+            loss=smoothed_loss(cfg.label_smoothing, shift=True),
+            unit="packed rows" if packed else "pairs",
+        )
 
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
-        # Reloaded the way `generate` loads it, prompts included (its saved template and chat): the saved model
-        # is what is scored.
+        # Reloaded the way `generate` loads it, prompts included (its saved template and chat): the
+        # saved model is what is scored.
         lm = CausalLM.load(str(model_dir), cfg.cpu, precision="fp32")
         part = self.parts["test"]
         t = time.time()
         ids = [lm.prompt_ids(s) for s in part.sources]
-        texts = complete_texts(lm, ids, self.max_new_tokens, cfg.eval_batch_size, cfg.num_beams,
-                               cfg.progress and run.main)
-        metrics = {**self.score("test", texts, run.dir, "predictions.jsonl"), "n": len(texts),
-                   "max_new_tokens": self.max_new_tokens}
-        run.say("test set: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in self.names) + f" on {len(texts)} pairs")
+        texts = complete_texts(
+            lm,
+            ids,
+            self.max_new_tokens,
+            cfg.eval_batch_size,
+            cfg.num_beams,
+            cfg.progress and run.main,
+        )
+        metrics = {
+            **self.score("test", texts, run.dir, "predictions.jsonl"),
+            "n": len(texts),
+            "max_new_tokens": self.max_new_tokens,
+        }
+        run.say(
+            "test set: "
+            + "  ".join(f"{k} {metrics[k]:.4f}" for k in self.names)
+            + f" on {len(texts)} pairs"
+        )
         return {"test": metrics, "test_seconds": round(time.time() - t, 2)}
 
     def summary(self, metrics: dict) -> str:
         m = metrics["test"]
-        return "test " + ", ".join(f"{k.replace('_', ' ')} {m[k]:.4f}" for k in self.names) + f" on {m['n']} pairs"
+        return (
+            "test "
+            + ", ".join(f"{k.replace('_', ' ')} {m[k]:.4f}" for k in self.names)
+            + f" on {m['n']} pairs"
+        )
 
 
-def completion_loss(model: torch.nn.Module, data: Encoded, collate, batch_size: int, device) -> float:
-    """Mean cross-entropy per completion token over ``data`` (every completion token weighs the same)."""
+def completion_loss(
+    model: torch.nn.Module, data: Encoded, collate, batch_size: int, device
+) -> float:
+    """Mean cross-entropy per completion token over ``data`` (every completion token weighs the
+    same)."""
     total, tokens = 0.0, 0
     order = np.argsort(data.lengths, kind="stable")
     for k in range(0, len(order), batch_size):
-        batch = collate([data[int(i)] for i in order[k:k + batch_size]])
+        batch = collate([data[int(i)] for i in order[k : k + batch_size]])
         batch = {key: v.to(device) for key, v in batch.items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits[:, :-1].float()
         target = labels[:, 1:]
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE,
-                                                   reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="sum"
+        ).item()
         tokens += int((target != IGNORE).sum())
     return total / max(tokens, 1)
 
 
 class GeneratedMetrics:
-    """The Trainer engine's `compute_metrics` (batch_eval_metrics): the Trainer computes the valid loss; at the end
-    of its pass the valid sources are completed and scored, by the model being trained (the kind's own, which
-    LoRA adapts in place)."""
+    """The Trainer engine's `compute_metrics` (batch_eval_metrics): the Trainer computes the valid
+    loss; at the end of its pass the valid sources are completed and scored, by the model being
+    trained (the kind's own, which LoRA adapts in place)."""
 
     def __init__(self, kind: CausalLMTuning, cfg: FinetuneConfig, run_dir: Path):
         self.kind, self.cfg, self.run_dir = kind, cfg, run_dir
@@ -288,6 +409,7 @@ class GeneratedMetrics:
         if not compute_result:
             return None
         with torch.inference_mode():
-            texts = self.kind.generate(self.kind.model, "valid", self.cfg.eval_samples, self.cfg.eval_batch_size,
-                                       False)
+            texts = self.kind.generate(
+                self.kind.model, "valid", self.cfg.eval_samples, self.cfg.eval_batch_size, False
+            )
         return self.kind.score("valid", texts, self.run_dir, "valid_predictions.jsonl")

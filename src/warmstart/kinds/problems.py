@@ -1,8 +1,9 @@
-"""Sequence classification beyond one class per text: multi-label (a set of classes per text: sigmoid outputs,
-binary cross-entropy, a threshold per label tuned on the valid split) and regression (numbers: mean squared
-error). Each is `SequenceClassification` with other targets, head, loss and metrics; the engines, run folder,
-resume and encoding are the same. The head is transformers' own for ``config.problem_type``, so a saved model
-computes the same outputs and loss in plain transformers."""
+"""Sequence classification beyond one class per text: multi-label (a set of classes per text:
+sigmoid outputs, binary cross-entropy, a threshold per label tuned on the valid split) and
+regression (numbers: mean squared error). Each is `SequenceClassification` with other targets, head,
+loss and metrics; the engines, run folder, resume and encoding are the same. The head is
+transformers' own for ``config.problem_type``, so a saved model computes the same outputs and loss
+in plain transformers."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from warmstart.runs import Run
 
 
 class StreamingLogits:
-    """The Trainer's `compute_metrics` with `batch_eval_metrics=True` for these problems: keeps the logits (a few
-    numbers a row) and scores them with the kind's own valid metrics at the end."""
+    """The Trainer's `compute_metrics` with `batch_eval_metrics=True` for these problems: keeps the
+    logits (a few numbers a row) and scores them with the kind's own valid metrics at the end."""
 
     def __init__(self, kind: SequenceClassification):
         self.kind = kind
@@ -51,25 +52,37 @@ def refuse_class_options(cfg: FinetuneConfig, problem: str) -> None:
     names = ("label_names", *names) if problem == "regression" else names
     given = given_flags(cfg, names)
     if given:
-        raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {problem}")
+        raise UserError(
+            f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {problem}"
+        )
 
 
 class ProblemKind(SequenceClassification):
-    """What multi-label and regression share: raw outputs of the saved model scored by their own metrics."""
+    """What multi-label and regression share: raw outputs of the saved model scored by their own
+    metrics."""
 
     def raw_outputs(self, cfg: FinetuneConfig, model_dir: Path, role: str) -> np.ndarray:
         """Logits of the saved model on a part, through the path `evaluate` uses (fp32 PyTorch)."""
         clf = Classifier.load(str(model_dir), cfg.max_length, cfg.cpu)
         part = self.parts[role]
-        return distributed.gather_rows(len(part), lambda idx: clf.logits(
-            part.take(idx), cfg.eval_batch_size, progress=cfg.progress and distributed.is_main()))
+        return distributed.gather_rows(
+            len(part),
+            lambda idx: clf.logits(
+                part.take(idx), cfg.eval_batch_size, progress=cfg.progress and distributed.is_main()
+            ),
+        )
 
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
         t = time.time()
         logits = self.raw_outputs(cfg, model_dir, "test")
         thresholds = getattr(load_config(str(model_dir)), "thresholds", None)
-        metrics = self.test_metrics(logits, self.y["test"], None if thresholds is None else np.asarray(thresholds))
-        run.say("test set: " + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
+        metrics = self.test_metrics(
+            logits, self.y["test"], None if thresholds is None else np.asarray(thresholds)
+        )
+        run.say(
+            "test set: "
+            + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+        )
         return {"test": metrics, "test_seconds": round(time.time() - t, 2)}
 
 
@@ -83,8 +96,10 @@ class MultiLabelClassification(ProblemKind):
         sets = {role: label_sets(part, cfg.label_separator) for role, part in self.parts.items()}
         self.labels = LabelSet.from_sets(sets["train"], self.parts["train"].source)
         if cfg.label_names:
-            raise UserError("--label-names names the integer classes of single-label data; multi-label labels "
-                            "are named by their values")
+            raise UserError(
+                "--label-names names the integer classes of single-label data; multi-label labels "
+                "are named by their values"
+            )
         self.y = {role: self.labels.encode(sets[role], part) for role, part in self.parts.items()}
         self.skewed, self.weights = False, None
 
@@ -97,30 +112,39 @@ class MultiLabelClassification(ProblemKind):
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         model = load_classifier(path, self.labels.names, self.labels.names, dropout_of(cfg))
-        model.config.problem_type = HF_PROBLEM[self.problem]  # BCE-with-logits in the model's own forward
+        model.config.problem_type = HF_PROBLEM[
+            self.problem
+        ]  # BCE-with-logits in the model's own forward
         model.config.label_separator = self.separator  # evaluate reads labelled files the same way
         return model
 
-    def valid_metrics(self, logits: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
+    def valid_metrics(
+        self, logits: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None
+    ) -> dict:
         """The loss and the headline metrics (numbers only: they are logged each epoch)."""
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits).float(),
-                                                                    torch.from_numpy(y).float()).item()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits).float(), torch.from_numpy(y).float()
+        ).item()
         m = self.test_metrics(logits, y, thresholds)
         return {"loss": loss, **{k: m[k] for k in self.metrics}}
 
     def train_counts(self, out, batch) -> tuple[int, int]:
-        right = ((out.logits.detach() > 0) == (batch["labels"] > 0.5)).all(-1)  # every label of the row right
+        right = ((out.logits.detach() > 0) == (batch["labels"] > 0.5)).all(
+            -1
+        )  # every label of the row right
         return int(right.sum()), len(right)
 
     def batch_loss(self, out, batch) -> float:
-        return torch.nn.functional.binary_cross_entropy_with_logits(out.logits.detach().float(),
-                                                                    batch["labels"].float()).item()
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            out.logits.detach().float(), batch["labels"].float()
+        ).item()
 
     def trainer_metrics(self) -> StreamingLogits:
         return StreamingLogits(self)
 
     def finish(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
-        """Per-label thresholds with the best F1 on the valid split, saved in the model's config.json."""
+        """Per-label thresholds with the best F1 on the valid split, saved in the model's
+        config.json."""
         if "valid" not in self.parts:
             return {}
         logits = self.raw_outputs(cfg, model_dir, "valid")
@@ -129,19 +153,29 @@ class MultiLabelClassification(ProblemKind):
         tuned = self.valid_metrics(logits, self.y["valid"], thresholds)["f1_micro"]
         if run.main:
             update_model_config(model_dir, thresholds=[float(t) for t in thresholds])
-        run.say(f"thresholds tuned on the valid split: micro F1 {at_half:.4f} at 0.5 → {tuned:.4f} "
-                f"({', '.join(f'{n} {t:.2f}' for n, t in zip(self.labels.names, thresholds))})")
-        return {"thresholds": dict(zip(self.labels.names, thresholds.tolist())),
-                "valid_f1_micro_at_0.5": at_half, "valid_f1_micro_tuned": tuned}
+        run.say(
+            f"thresholds tuned on the valid split: micro F1 {at_half:.4f} at 0.5 → {tuned:.4f} "
+            f"({', '.join(f'{n} {t:.2f}' for n, t in zip(self.labels.names, thresholds))})"
+        )
+        return {
+            "thresholds": dict(zip(self.labels.names, thresholds.tolist())),
+            "valid_f1_micro_at_0.5": at_half,
+            "valid_f1_micro_tuned": tuned,
+        }
 
-    def test_metrics(self, logits: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None) -> dict:
-        return multilabel_metrics(y, sigmoid(logits) >= (0.5 if thresholds is None else thresholds),
-                                  self.labels.names)
+    def test_metrics(
+        self, logits: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None
+    ) -> dict:
+        return multilabel_metrics(
+            y, sigmoid(logits) >= (0.5 if thresholds is None else thresholds), self.labels.names
+        )
 
     def summary(self, metrics: dict) -> str:
         m = metrics["test"]
-        return (f"test micro F1 {m['f1_micro']:.4f}, macro F1 {m['f1_macro']:.4f}, subset accuracy "
-                f"{m['subset_accuracy']:.4f} on {m['n']} texts")
+        return (
+            f"test micro F1 {m['f1_micro']:.4f}, macro F1 {m['f1_macro']:.4f}, subset accuracy "
+            f"{m['subset_accuracy']:.4f} on {m['n']} texts"
+        )
 
 
 class Regression(ProblemKind):
@@ -160,8 +194,10 @@ class Regression(ProblemKind):
 
     def describe(self) -> str:
         y = self.y["train"]
-        return "regression on " + ", ".join(f"{n} (mean {y[:, k].mean():.3g}, sd {y[:, k].std():.3g})"
-                                            for k, n in enumerate(self.names))
+        return "regression on " + ", ".join(
+            f"{n} (mean {y[:, k].mean():.3g}, sd {y[:, k].std():.3g})"
+            for k, n in enumerate(self.names)
+        )
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         model = load_classifier(path, self.names, self.names, dropout_of(cfg))
@@ -178,33 +214,43 @@ class Regression(ProblemKind):
     train_counts = None  # no accuracy for numbers: the engines log the loss alone
 
     def batch_loss(self, out, batch) -> float:
-        return torch.nn.functional.mse_loss(out.logits.detach().float().view(len(batch["labels"]), -1),
-                                            batch["labels"].float().view(len(batch["labels"]), -1)).item()
+        return torch.nn.functional.mse_loss(
+            out.logits.detach().float().view(len(batch["labels"]), -1),
+            batch["labels"].float().view(len(batch["labels"]), -1),
+        ).item()
 
     def trainer_metrics(self) -> StreamingLogits:
         return StreamingLogits(self)
 
-    def test_metrics(self, logits: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None) -> dict:
+    def test_metrics(
+        self, logits: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None
+    ) -> dict:
         return regression_metrics(y, logits, self.names)
 
     def summary(self, metrics: dict) -> str:
         m = metrics["test"]
-        return (f"test RMSE {m['rmse']:.4f}, MAE {m['mae']:.4f}, Pearson {m['pearson']:.4f}, Spearman "
-                f"{m['spearman']:.4f} on {m['n']} texts")
+        return (
+            f"test RMSE {m['rmse']:.4f}, MAE {m['mae']:.4f}, Pearson {m['pearson']:.4f}, Spearman "
+            f"{m['spearman']:.4f} on {m['n']} texts"
+        )
 
 
 def start_at_the_mean(model: torch.nn.Module, mean: np.ndarray) -> None:
-    """A new regression head answers the training mean from the first step: its output bias is set to it (a fresh
-    head's bias is 0, so targets around 50 would spend the first epochs just finding their level). The model is
-    unchanged otherwise, and plain transformers computes the same outputs."""
-    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(mean)]
+    """A new regression head answers the training mean from the first step: its output bias is set
+    to it (a fresh head's bias is 0, so targets around 50 would spend the first epochs just finding
+    their level). The model is unchanged otherwise, and plain transformers computes the same
+    outputs."""
+    heads = [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(mean)
+    ]
     if heads and heads[-1].bias is not None:
         with torch.no_grad():
             heads[-1].bias.copy_(torch.as_tensor(mean, dtype=heads[-1].bias.dtype))
 
 
 def update_model_config(model_dir: Path, **values) -> None:
-    """Add ``values`` to a saved model's config.json, atomically (the model folder stays loadable throughout)."""
+    """Add ``values`` to a saved model's config.json, atomically (the model folder stays loadable
+    throughout)."""
     from warmstart.runs import atomic_write_json
 
     path = Path(model_dir) / "config.json"
@@ -214,18 +260,27 @@ def update_model_config(model_dir: Path, **values) -> None:
 
 
 def sequence_kind(cfg: FinetuneConfig) -> SequenceClassification:
-    """`--task sequence`: the problem type given, or detected from the training labels (and said so)."""
+    """`--task sequence`: the problem type given, or detected from the training labels (and said
+    so)."""
     check_options(cfg)
     if cfg.problem not in ("auto", "multi-label"):
         given = given_flags(cfg, ("label_separator",))
         if given:
             raise UserError(f"{given[0]} is for multi-label labels, not --problem {cfg.problem}")
     parts = load_splits(cfg)
-    problem, why = (cfg.problem, "as given") if cfg.problem != "auto" else \
-        detect_problem(parts["train"], cfg.label_separator)
+    problem, why = (
+        (cfg.problem, "as given")
+        if cfg.problem != "auto"
+        else detect_problem(parts["train"], cfg.label_separator)
+    )
     detected = cfg.problem == "auto"
     cfg.problem = problem  # config.yaml records what was trained
-    kind = {"single-label": SequenceClassification, "multi-label": MultiLabelClassification,
-            "regression": Regression}[problem](cfg, parts)
-    kind.problem_note = f"{problem} ({why}; --problem to choose)" if detected else problem  # the run's first line
+    kind = {
+        "single-label": SequenceClassification,
+        "multi-label": MultiLabelClassification,
+        "regression": Regression,
+    }[problem](cfg, parts)
+    kind.problem_note = (
+        f"{problem} ({why}; --problem to choose)" if detected else problem
+    )  # the run's first line
     return kind

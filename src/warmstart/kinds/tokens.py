@@ -1,8 +1,9 @@
-"""Token classification: a tag per word (named entities, part of speech), a classification head on every token.
+"""Token classification: a tag per word (named entities, part of speech), a classification head on
+every token.
 
-Words are aligned to sub-tokens with the fast tokenizer's word ids and long sentences are cut into overlapping
-windows (data.wordpieces); the loss reads each word's first sub-token and metrics are counted on words, never
-on sub-words (metrics.tagging_metrics)."""
+Words are aligned to sub-tokens with the fast tokenizer's word ids and long sentences are cut into
+overlapping windows (data.wordpieces); the loss reads each word's first sub-token and metrics are
+counted on words, never on sub-words (metrics.tagging_metrics)."""
 
 from __future__ import annotations
 
@@ -37,19 +38,25 @@ from warmstart.training.common import Job, smoothed_loss, token_accuracy, token_
 
 
 def tag_collator(tokenizer, multiple: int | None = 8) -> DataCollatorForTokenClassification:
-    # Labels padded with -100 like the loss expects; multiples of 8 as for sequences (data.batching.pad_multiple).
-    return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=multiple, return_tensors="pt")
+    # Labels padded with -100 like the loss expects; multiples of 8 as for sequences
+    # (data.batching.pad_multiple).
+    return DataCollatorForTokenClassification(
+        tokenizer, pad_to_multiple_of=multiple, return_tensors="pt"
+    )
 
 
 def metric_names(scheme: str) -> tuple[str, ...]:
-    return ("accuracy", "f1_macro") if scheme == "plain" else ("f1", "precision", "recall", "accuracy")
+    return (
+        ("accuracy", "f1_macro") if scheme == "plain" else ("f1", "precision", "recall", "accuracy")
+    )
 
 
 class WordMetrics:
-    """The Trainer's `compute_metrics` with `batch_eval_metrics=True`: keeps the predicted id of each labelled
-    position (a word's first sub-token in the window answering for it). The Trainer engine scores the valid
-    windows in dataset order (training.trainer), and each window's own words follow the previous window's
-    (data.windows.owners), so the ids in arrival order are the words of the valid sentences in order."""
+    """The Trainer's `compute_metrics` with `batch_eval_metrics=True`: keeps the predicted id of
+    each labelled position (a word's first sub-token in the window answering for it). The Trainer
+    engine scores the valid windows in dataset order (training.trainer), and each window's own words
+    follow the previous window's (data.windows.owners), so the ids in arrival order are the words of
+    the valid sentences in order."""
 
     def __init__(self, kind: TokenClassification):
         self.kind = kind
@@ -70,79 +77,130 @@ class TokenClassification:
     name = "tokens"
 
     def __init__(self, cfg: FinetuneConfig):
-        given = given_flags(cfg, ("text_column", "text_pair_column", "label_column", "problem", "label_separator",
-                                  "class_weights", "sampler"))
+        given = given_flags(
+            cfg,
+            (
+                "text_column",
+                "text_pair_column",
+                "label_column",
+                "problem",
+                "label_separator",
+                "class_weights",
+                "sampler",
+            ),
+        )
         if given:
-            raise UserError(f"{', '.join(given)} are for --task sequence; a tagger reads a tokens column and "
-                            "--tag-column")
+            raise UserError(
+                f"{', '.join(given)} are for --task sequence; a tagger reads a tokens column and "
+                "--tag-column"
+            )
         given = given_flags(cfg, ("long_text", "chunk_aggregation"))
         if given:
-            raise UserError(f"{', '.join(given)} are for --task sequence; a tagger always reads a long sentence in "
-                            "windows (--stride)")
-        self.parts: dict[str, Sentences] = load_splits(cfg, read=lambda path, limit: read_sentences(
-            path, cfg.tag_column, limit=limit, base_tags=cfg.base_tags))
+            raise UserError(
+                f"{', '.join(given)} are for --task sequence; a tagger always reads a long sentence"
+                " in windows (--stride)"
+            )
+        self.parts: dict[str, Sentences] = load_splits(
+            cfg,
+            read=lambda path, limit: read_sentences(
+                path, cfg.tag_column, limit=limit, base_tags=cfg.base_tags
+            ),
+        )
         for part in self.parts.values():
             check_sentences(part)
         if cfg.label_names:
             self.name_tags(cfg.label_names.split(","))
-        # The tag set is every tag of every part (a rare type may only occur in the test part of a small split),
-        # completed per entity type (B- and I-, plus E- and S- for IOBES), so the head can say all of them.
+        # The tag set is every tag of every part (a rare type may only occur in the test part of a
+        # small split), completed per entity type (B- and I-, plus E- and S- for IOBES), so the head
+        # can say all of them.
         seen = {t for part in self.parts.values() for s in part.tags for t in s}
         self.scheme = scheme_of(sorted(seen))
         prefixes = {"IOB2": "BI", "IOBES": "BIES"}.get(self.scheme, "")
-        self.tags = self.order(sorted(seen | {f"{p}-{x}" for x in entity_types(sorted(seen)) for p in prefixes}))
+        self.tags = self.order(
+            sorted(seen | {f"{p}-{x}" for x in entity_types(sorted(seen)) for p in prefixes})
+        )
         if len(self.tags) < 2:
-            raise UserError(f"{self.parts['train'].where(0)}: every word has the tag '{self.tags[0]}'; tagging "
-                            "needs at least two tags")
+            raise UserError(
+                f"{self.parts['train'].where(0)}: every word has the tag '{self.tags[0]}'; tagging "
+                "needs at least two tags"
+            )
         self.ids = {t: i for i, t in enumerate(self.tags)}
         self.unseen = sorted(set(self.tags) - {t for s in self.parts["train"].tags for t in s})
-        self.orphans = {role: orphan_inside_tags(p.tags) for role, p in self.parts.items()
-                        if self.scheme != "plain"}
+        self.orphans = {
+            role: orphan_inside_tags(p.tags)
+            for role, p in self.parts.items()
+            if self.scheme != "plain"
+        }
         self.windows: dict[str, WordWindows] = {}
         best = cfg.metric_for_best or ("accuracy" if self.scheme == "plain" else "f1")
         if best not in ("loss", *metric_names(self.scheme)):
-            raise UserError(f"--metric-for-best {best} is not measured for {self.scheme} tags; choose one of "
-                            f"loss, {', '.join(metric_names(self.scheme))}")
+            raise UserError(
+                f"--metric-for-best {best} is not measured for {self.scheme} tags; choose one of "
+                f"loss, {', '.join(metric_names(self.scheme))}"
+            )
         cfg.metric_for_best = best
-        # Defaults measured on WNUT-16 with MiniLM (1,600 tweets, batch 16): the HF recipe's lr 5e-5 for 3 epochs
-        # reached entity F1 0.19; a 20x faster head (3e-3) with 1.5e-4 for the body, 4 epochs, 0.505 (0.485-0.517
-        # over nearby settings). A --lr given alone sets the whole model's rate, as in other tools: the head's
-        # own default goes with the body's.
+        # Defaults measured on WNUT-16 with MiniLM (1,600 tweets, batch 16): the HF recipe's lr 5e-5
+        # for 3 epochs reached entity F1 0.19; a 20x faster head (3e-3) with 1.5e-4 for the body, 4
+        # epochs, 0.505 (0.485-0.517 over nearby settings). A --lr given alone sets the whole
+        # model's rate, as in other tools: the head's own default goes with the body's.
         if cfg.lr is None:
             cfg.lr = 1.5e-4
             cfg.head_lr = 3e-3 if cfg.head_lr is None else cfg.head_lr
         cfg.epochs = 4.0 if cfg.epochs is None else cfg.epochs
 
     def name_tags(self, names: list[str]) -> None:
-        """Integer tags 0..K-1 (a Hugging Face dataset's ``ner_tags``) replaced by ``names`` in order."""
+        """Integer tags 0..K-1 (a Hugging Face dataset's ``ner_tags``) replaced by ``names`` in
+        order."""
         names = [n.strip() for n in names]
         for part in self.parts.values():
             for i, tags in enumerate(part.tags):
                 for j, t in enumerate(tags):
                     if not (t.isdigit() and int(t) < len(names)):
-                        raise UserError(f"{part.where_word(i, j)}: --label-names names integer tags 0..{len(names) - 1}"
-                                        f", but this tag is '{t}'")
+                        raise UserError(
+                            f"{part.where_word(i, j)}: --label-names names integer tags"
+                            f" 0..{len(names) - 1}, but this tag is '{t}'"
+                        )
                 part.tags[i] = [names[int(t)] for t in tags]
 
     @staticmethod
     def order(tags: list[str]) -> list[str]:
         """O first, then entity tags grouped by type (B- before I-), as in CoNLL label lists."""
         rank = {"B": 0, "I": 1, "E": 2, "S": 3}
-        return sorted(tags, key=lambda t: (t != "O", t[2:] if t[1:2] == "-" else t, rank.get(t[:1], 9)
-                                           if t[1:2] == "-" else 9))
+        return sorted(
+            tags,
+            key=lambda t: (
+                t != "O",
+                t[2:] if t[1:2] == "-" else t,
+                rank.get(t[:1], 9) if t[1:2] == "-" else 9,
+            ),
+        )
 
     def describe(self) -> str:
-        what = (f"{self.scheme} entity tags over {len(entity_types(self.tags))} types" if self.scheme != "plain"
-                else "plain tags")
+        what = (
+            f"{self.scheme} entity tags over {len(entity_types(self.tags))} types"
+            if self.scheme != "plain"
+            else "plain tags"
+        )
         orphans = sum(self.orphans.values()) if self.scheme != "plain" else 0
-        note = (f"; {orphans} I- tags follow no B-/I- of their type (kept; counted as entity starts, as conlleval "
-                "does)" if orphans else "")
+        note = (
+            f"; {orphans} I- tags follow no B-/I- of their type (kept; counted as entity starts, as"
+            " conlleval does)"
+            if orphans
+            else ""
+        )
         unseen = f"; not in the training part: {', '.join(self.unseen)}" if self.unseen else ""
         if all(t.isdigit() for t in self.tags):
-            unseen += "; the tags are integers: name them in order with --label-names (e.g. O,B-PER,I-PER,...)"
+            unseen += (
+                "; the tags are integers: name them in order with --label-names (e.g."
+                " O,B-PER,I-PER,...)"
+            )
         # Known once the parts are encoded: how many sentences were longer than --max-length.
-        windowed = (f"; sentences cut into windows: {', '.join(f'{r} {w.windowed}' for r, w in self.windows.items())}"
-                    if self.windows else "")
+        windowed = (
+            "; sentences cut into windows:"
+            f" {', '.join(f'{r} {w.windowed}' for r, w in self.windows.items())}"
+            if self.windows
+            else ""
+        )
         return f"token classification, {len(self.tags)} {what}{note}{unseen}{windowed}"
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
@@ -150,17 +208,31 @@ class TokenClassification:
         model.config.tag_scheme = self.scheme  # evaluate/predict/serve read entities the same way
         return model
 
-    def encode(self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None) -> Encoded:
+    def encode(
+        self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig | None = None
+    ) -> Encoded:
         part = self.parts[role]
-        inside = {self.ids[t]: self.ids.get("I-" + t[2:], self.ids[t]) for t in self.tags if t.startswith("B-")}
-        ww = encode_words(tokenizer, part.tokens, max_length, cfg.stride if cfg else None,
-                          [[self.ids[t] for t in s] for s in part.tags],
-                          all_subtokens=bool(cfg and cfg.label_all_subtokens and role == "train"), inside=inside)
+        inside = {
+            self.ids[t]: self.ids.get("I-" + t[2:], self.ids[t])
+            for t in self.tags
+            if t.startswith("B-")
+        }
+        ww = encode_words(
+            tokenizer,
+            part.tokens,
+            max_length,
+            cfg.stride if cfg else None,
+            [[self.ids[t] for t in s] for s in part.tags],
+            all_subtokens=bool(cfg and cfg.label_all_subtokens and role == "train"),
+            inside=inside,
+        )
         self.windows[role] = ww
         return ww.data
 
     def score(self, part: Sentences, pred_ids: list[np.ndarray]) -> dict:
-        return tagging_metrics(part.tags, [[self.tags[i] for i in s] for s in pred_ids], self.scheme)
+        return tagging_metrics(
+            part.tags, [[self.tags[i] for i in s] for s in pred_ids], self.scheme
+        )
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
         collate = tag_collator(tokenizer, pad_multiple(cfg.cpu))
@@ -168,30 +240,56 @@ class TokenClassification:
 
         def evaluate(model, device, autocast) -> dict:
             ww = self.windows["valid"]
-            rows = distributed.gather_rows(len(valid), lambda idx: predict_logits(
-                model, valid.take(idx), cfg.eval_batch_size, collate, device, autocast,
-                progress=cfg.progress and distributed.is_main(), desc="valid", ragged=True))
+            rows = distributed.gather_rows(
+                len(valid),
+                lambda idx: predict_logits(
+                    model,
+                    valid.take(idx),
+                    cfg.eval_batch_size,
+                    collate,
+                    device,
+                    autocast,
+                    progress=cfg.progress and distributed.is_main(),
+                    desc="valid",
+                    ragged=True,
+                ),
+            )
             words = ww.word_scores(rows)
             m = self.score(self.parts["valid"], [w.argmax(-1) for w in words])
-            return {"loss": word_loss(words, self.parts["valid"].tags, self.ids),
-                    **{k: m[k] for k in metric_names(self.scheme)}}
+            return {
+                "loss": word_loss(words, self.parts["valid"].tags, self.ids),
+                **{k: m[k] for k in metric_names(self.scheme)},
+            }
 
         def save(model, folder: Path, weights: dict | None = None) -> None:
             model.save_pretrained(folder, state_dict=weights)
             tokenizer.save_pretrained(folder)
 
-        return Job(train=data["train"], lengths=data["train"].lengths, collate=collate, save=save,
-                   evaluate=evaluate if valid is not None else None, accuracy=token_accuracy, valid=valid,
-                   trainer_metrics=lambda: WordMetrics(self), metric_names=metric_names(self.scheme),
-                   batch_loss=token_loss, tokenizer=tokenizer,
-                   loss=smoothed_loss(cfg.label_smoothing), unit="sentence windows")
+        return Job(
+            train=data["train"],
+            lengths=data["train"].lengths,
+            collate=collate,
+            save=save,
+            evaluate=evaluate if valid is not None else None,
+            accuracy=token_accuracy,
+            valid=valid,
+            trainer_metrics=lambda: WordMetrics(self),
+            metric_names=metric_names(self.scheme),
+            batch_loss=token_loss,
+            tokenizer=tokenizer,
+            loss=smoothed_loss(cfg.label_smoothing),
+            unit="sentence windows",
+        )
 
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
-        # Reload from disk through the same path `evaluate` uses: proves the saved model is complete.
+        # Reload from disk through the same path `evaluate` uses: proves the saved model is
+        # complete.
         tagger = Tagger.load(str(model_dir), cfg.max_length, cfg.cpu, stride=cfg.stride)
         part = self.parts["test"]
         t = time.time()
-        words = tagger.word_probabilities(part.tokens, cfg.eval_batch_size, progress=cfg.progress and run.main)
+        words = tagger.word_probabilities(
+            part.tokens, cfg.eval_batch_size, progress=cfg.progress and run.main
+        )
         metrics = self.score(part, [w.argmax(-1) for w in words])
         metrics["windowed_sentences"] = tagger.last_windowed
         metrics["windowed_sentences_train"] = self.windows["train"].windowed

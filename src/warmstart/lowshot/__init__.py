@@ -1,1 +1,2 @@
-"""Zero- and few-shot classification: prompt scoring, NLI/similarity zero-shot, SetFit-style and in-context few-shot."""
+"""Zero- and few-shot classification: prompt scoring, NLI/similarity zero-shot, SetFit-style and
+in-context few-shot."""

@@ -1,4 +1,5 @@
-"""Zero-shot classification, three ways behind one interface: ``load_method(...).scores(texts, labels)``.
+"""Zero-shot classification, three ways behind one interface: ``load_method(...).scores(texts,
+labels)``.
 
 - nli: an NLI model judges whether the text entails "This text is {label}." Every (text, label) pair goes
   into one length-sorted pass (HF's pipeline runs one pass per label).
@@ -29,17 +30,24 @@ DEFAULT_TEMPLATES = {
     "prompt": "{text}\nQuestion: Is the text above {labels}?\nAnswer:",
 }
 DEFAULT_CHAT_TEMPLATE = "{text}\n\nIs the text above {labels}?"
-# all-MiniLM-L6-v2 was trained with cosine similarities scaled by 20 (temperature 0.05); the same scale
-# turns its similarities into sensible probabilities.
+# all-MiniLM-L6-v2 was trained with cosine similarities scaled by 20 (temperature 0.05); the same
+# scale turns its similarities into sensible probabilities.
 SIMILARITY_SCALE = 20.0
 
 
 class ZeroShotMethod:
     method = ""
 
-    def scores(self, texts: list[str], labels: list[str], multi_label: bool = False,
-               batch_size: int = 16, progress: bool = False) -> np.ndarray:
-        """(len(texts), len(labels)) probabilities: rows sum to 1, or each is independent with multi_label."""
+    def scores(
+        self,
+        texts: list[str],
+        labels: list[str],
+        multi_label: bool = False,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """(len(texts), len(labels)) probabilities: rows sum to 1, or each is independent with
+        multi_label."""
         raise NotImplementedError
 
 
@@ -51,8 +59,10 @@ def parse_descriptions(items: list[str], labels: list[str]) -> dict[str, list[st
         if not sep or not label.strip() or not text.strip():
             raise UserError(f"--descriptions '{item}' must look like LABEL=description")
         if label.strip() not in labels:
-            raise UserError(f"--descriptions '{item}': '{label.strip()}' is not one of the labels "
-                            f"({', '.join(labels)})")
+            raise UserError(
+                f"--descriptions '{item}': '{label.strip()}' is not one of the labels "
+                f"({', '.join(labels)})"
+            )
         out.setdefault(label.strip(), []).append(text.strip())
     return out
 
@@ -76,8 +86,10 @@ class NLIMethod(ZeroShotMethod):
         self.entail = next((i for k, i in label2id.items() if k.startswith("entail")), None)
         self.contra = next((i for k, i in label2id.items() if k.startswith("contradict")), None)
         if self.entail is None:
-            raise UserError(f"model '{name}' is not an NLI model: its config.label2id ({', '.join(label2id)}) has no "
-                            "entailment label")
+            raise UserError(
+                f"model '{name}' is not an NLI model: its config.label2id ({', '.join(label2id)})"
+                " has no entailment label"
+            )
         self.tokenizer = load_tokenizer(path)
         self.device = pick_device(cpu)
         self.model.to(self.device).eval()
@@ -90,13 +102,26 @@ class NLIMethod(ZeroShotMethod):
         labels = check_labels(labels)
         n, k = len(texts), len(labels)
         # Every (text, hypothesis) pair in one sorted pass: pairs of similar length share a batch.
-        pairs = Examples(source="texts", texts=[t for t in texts for _ in labels],
-                         pairs=[self.template.format(label=lab) for _ in texts for lab in labels],
-                         labels=None, rows=list(range(n * k)))
+        pairs = Examples(
+            source="texts",
+            texts=[t for t in texts for _ in labels],
+            pairs=[self.template.format(label=lab) for _ in texts for lab in labels],
+            labels=None,
+            rows=list(range(n * k)),
+        )
         data = encode(self.tokenizer, pairs, self.max_length)
-        logits = batched_outputs(lambda b: self.model(**b).logits, data, batch_size, collator(self.tokenizer),
-                                 self.device, progress, desc="nli").reshape(n, k, -1)
-        if multi_label:  # each label on its own: entailment against contradiction (or all other classes)
+        logits = batched_outputs(
+            lambda b: self.model(**b).logits,
+            data,
+            batch_size,
+            collator(self.tokenizer),
+            self.device,
+            progress,
+            desc="nli",
+        ).reshape(n, k, -1)
+        if (
+            multi_label
+        ):  # each label on its own: entailment against contradiction (or all other classes)
             if self.contra is not None:
                 two = logits[:, :, [self.contra, self.entail]]
                 return softmax(two.reshape(n * k, 2))[:, 1].reshape(n, k)
@@ -107,8 +132,14 @@ class NLIMethod(ZeroShotMethod):
 class SimilarityMethod(ZeroShotMethod):
     method = "similarity"
 
-    def __init__(self, name: str, template: str | None, cpu: bool, max_length: int | None,
-                 descriptions: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        name: str,
+        template: str | None,
+        cpu: bool,
+        max_length: int | None,
+        descriptions: dict[str, list[str]] | None = None,
+    ):
         self.embedder = Embedder.load(name, normalize=True, max_length=max_length, cpu=cpu)
         self.template = template or DEFAULT_TEMPLATES["similarity"]
         if "{label}" not in self.template:
@@ -116,7 +147,8 @@ class SimilarityMethod(ZeroShotMethod):
         self.descriptions = descriptions or {}
 
     def label_vectors(self, labels: list[str], batch_size: int = 16) -> np.ndarray:
-        """One unit vector per label: the mean of its descriptions' embeddings (several make an ensemble)."""
+        """One unit vector per label: the mean of its descriptions' embeddings (several make an
+        ensemble)."""
         rows = []
         for lab in labels:
             texts = self.descriptions.get(lab) or [self.template.format(label=lab)]
@@ -128,9 +160,14 @@ class SimilarityMethod(ZeroShotMethod):
         labels = check_labels(labels)
         unknown = sorted(set(self.descriptions) - set(labels))
         if unknown:
-            raise UserError(f"descriptions are given for {', '.join(unknown)}, which is not among the labels "
-                            f"({', '.join(labels)})")
-        sim = self.embedder.embed(texts, batch_size, progress) @ self.label_vectors(labels, batch_size).T
+            raise UserError(
+                f"descriptions are given for {', '.join(unknown)}, which is not among the labels "
+                f"({', '.join(labels)})"
+            )
+        sim = (
+            self.embedder.embed(texts, batch_size, progress)
+            @ self.label_vectors(labels, batch_size).T
+        )
         if multi_label:
             return 1.0 / (1.0 + np.exp(-SIMILARITY_SCALE * sim))
         return softmax(SIMILARITY_SCALE * sim)
@@ -139,8 +176,17 @@ class SimilarityMethod(ZeroShotMethod):
 class PromptMethod(ZeroShotMethod):
     method = "prompt"
 
-    def __init__(self, name: str, template: str | None, cpu: bool, max_length: int | None, calibrate: bool = True,
-                 chat: bool = False, answer_prefix: str = "The answer is", truncate: str = "head"):
+    def __init__(
+        self,
+        name: str,
+        template: str | None,
+        cpu: bool,
+        max_length: int | None,
+        calibrate: bool = True,
+        chat: bool = False,
+        answer_prefix: str = "The answer is",
+        truncate: str = "head",
+    ):
         self.lm = CausalLM.load(name, cpu, precision="fp32")  # scores, not text: kept exact
         self.scorer = PromptScorer(self.lm, max_length or 256, truncate)
         self.template = template or (DEFAULT_CHAT_TEMPLATE if chat else DEFAULT_TEMPLATES["prompt"])
@@ -154,37 +200,57 @@ class PromptMethod(ZeroShotMethod):
         sep = "" if self.template.endswith((" ", "\n")) else " "
         return [sep + lab for lab in labels]
 
-    def label_probabilities(self, texts: list[str], labels: list[str], prefix: list[int] | None = None,
-                            batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    def label_probabilities(
+        self,
+        texts: list[str],
+        labels: list[str],
+        prefix: list[int] | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> np.ndarray:
         fields = {"labels": " or ".join(labels)}
         lab_ids = self.scorer.label_ids(self.verbalise(labels))
         queries = [self.scorer.prompt_ids(self.template, t, **fields) for t in texts]
         probs = softmax(self.scorer.score(queries, lab_ids, prefix, batch_size, progress))
         if self.calibrate:
             cf = [self.scorer.prompt_ids(self.template, t, **fields) for t in CONTENT_FREE]
-            p_cf = softmax(self.scorer.score(cf, lab_ids, prefix, batch_size)).mean(axis=0, keepdims=True)
+            p_cf = softmax(self.scorer.score(cf, lab_ids, prefix, batch_size)).mean(
+                axis=0, keepdims=True
+            )
             probs = calibrate(probs, p_cf)
         return probs
 
     def scores(self, texts, labels, multi_label=False, batch_size=16, progress=False):
         labels = check_labels(labels)
         if multi_label:
-            raise UserError("--multi-label needs --method nli or similarity: prompt scoring picks one label")
+            raise UserError(
+                "--multi-label needs --method nli or similarity: prompt scoring picks one label"
+            )
         return self.label_probabilities(texts, labels, None, batch_size, progress)
 
 
-
-def load_method(method: str, model: str | None = None, *, template: str | None = None, cpu: bool = False,
-                max_length: int | None = None, descriptions: dict[str, list[str]] | None = None,
-                calibrate: bool = True, chat: bool = False, answer_prefix: str = "The answer is",
-                truncate: str = "head") -> ZeroShotMethod:
+def load_method(
+    method: str,
+    model: str | None = None,
+    *,
+    template: str | None = None,
+    cpu: bool = False,
+    max_length: int | None = None,
+    descriptions: dict[str, list[str]] | None = None,
+    calibrate: bool = True,
+    chat: bool = False,
+    answer_prefix: str = "The answer is",
+    truncate: str = "head",
+) -> ZeroShotMethod:
     """The zero-shot method with its model loaded (``model`` None: the method's bundled default)."""
     if method not in DEFAULT_MODELS:
         raise UserError(f"unknown zero-shot method '{method}' (nli, similarity or prompt)")
     name = model or DEFAULT_MODELS[method]
     if name is None:
-        raise UserError("--method nli needs --model: a local NLI model (e.g. a folder with a fine-tuned MNLI "
-                        "checkpoint such as facebook/bart-large-mnli); none is bundled")
+        raise UserError(
+            "--method nli needs --model: a local NLI model (e.g. a folder with a fine-tuned MNLI "
+            "checkpoint such as facebook/bart-large-mnli); none is bundled"
+        )
     if method == "nli":
         return NLIMethod(name, template, cpu, max_length)
     if method == "similarity":

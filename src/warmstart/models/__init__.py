@@ -1,5 +1,5 @@
-"""Finding and loading models offline: one registry (aliases, resolve, kind, tokenizer, pad token), the bundled
-models, device and precision, classifiers, causal LMs and from-scratch presets.
+"""Finding and loading models offline: one registry (aliases, resolve, kind, tokenizer, pad token),
+the bundled models, device and precision, classifiers, causal LMs and from-scratch presets.
 
     registry    resolve a --model value, tell its kind, load its tokenizer
     bundled     the aliases minilm and smollm2 (GGUF converted once into the cache)
@@ -11,12 +11,31 @@ models, device and precision, classifiers, causal LMs and from-scratch presets.
 
 import importlib
 
-# Loaded on first use (PEP 562): `warmstart.models.bundled` or the ONNX generation route can then be imported
-# without transformers' model classes and torch behind them (seconds of a short `generate` process).
-_WHERE = {"load_classifier": "classifier", "auto_precision": "device", "pick_device": "device",
-          **{name: "registry" for name in ("ALIASES", "KINDS", "Dropout", "dropout_of", "ensure_pad_token", "is_causal",
-                                            "kind", "load_config", "load_tokenizer", "max_length_of", "resolve",
-                                            "set_dropout")}}
+# Loaded on first use (PEP 562): `warmstart.models.bundled` or the ONNX generation route can then be
+# imported without transformers' model classes and torch behind them (seconds of a short `generate`
+# process).
+_WHERE = {
+    "load_classifier": "classifier",
+    "auto_precision": "device",
+    "pick_device": "device",
+    **{
+        name: "registry"
+        for name in (
+            "ALIASES",
+            "KINDS",
+            "Dropout",
+            "dropout_of",
+            "ensure_pad_token",
+            "is_causal",
+            "kind",
+            "load_config",
+            "load_tokenizer",
+            "max_length_of",
+            "resolve",
+            "set_dropout",
+        )
+    },
+}
 
 __all__ = sorted(_WHERE)
 

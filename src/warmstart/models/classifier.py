@@ -1,48 +1,75 @@
-"""Loading a classifier (of sequences or of tokens): the saved head and its labels, or a new head for the labels
-of a training set."""
+"""Loading a classifier (of sequences or of tokens): the saved head and its labels, or a new head
+for the labels of a training set."""
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from warmstart.errors import UserError
 from warmstart.models.registry import Dropout, has_classifier_head, has_tagger_head, set_dropout
 
-HEADS = {"sequence": (AutoModelForSequenceClassification, has_classifier_head, "classification"),
-         "tokens": (AutoModelForTokenClassification, has_tagger_head, "token classification")}
+HEADS = {
+    "sequence": (AutoModelForSequenceClassification, has_classifier_head, "classification"),
+    "tokens": (AutoModelForTokenClassification, has_tagger_head, "token classification"),
+}
 
 
-def load_classifier(path: str, label_names: list[str] | None = None, label_values: list[str] | None = None,
-                    dropout: Dropout = (None, None), head: str = "sequence"):
-    """Load a classifier of sequences (``head="sequence"``) or of tokens (``"tokens"``). With ``label_names`` a
-    head for that many labels is added (or replaced when the checkpoint's head has another size); without,
-    the saved head and its labels are used."""
+def load_classifier(
+    path: str,
+    label_names: list[str] | None = None,
+    label_values: list[str] | None = None,
+    dropout: Dropout = (None, None),
+    head: str = "sequence",
+):
+    """Load a classifier of sequences (``head="sequence"``) or of tokens (``"tokens"``). With
+    ``label_names`` a head for that many labels is added (or replaced when the checkpoint's head has
+    another size); without, the saved head and its labels are used."""
     try:
         return _load(path, label_names, label_values, dropout, head)
     except OSError as e:
-        raise UserError(f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}") from None
+        raise UserError(
+            f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}"
+        ) from None
 
 
-def _load(path: str, label_names: list[str] | None, label_values: list[str] | None,
-          dropout: Dropout, head: str):
+def _load(
+    path: str,
+    label_names: list[str] | None,
+    label_values: list[str] | None,
+    dropout: Dropout,
+    head: str,
+):
     auto, has_head, what = HEADS[head]
     if label_names is None:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         if not has_head(config):
-            raise UserError(f"model '{path}' has no {what} head; fine-tune it first with `warmstart finetune`"
-                            + (" --task tokens" if head == "tokens" else ""))
+            raise UserError(
+                f"model '{path}' has no {what} head; fine-tune it first with `warmstart finetune`"
+                + (" --task tokens" if head == "tokens" else "")
+            )
         return auto.from_pretrained(path, local_files_only=True)
     id2label = dict(enumerate(label_names))
     config = AutoConfig.from_pretrained(
-        path, local_files_only=True, num_labels=len(label_names), id2label=id2label,
+        path,
+        local_files_only=True,
+        num_labels=len(label_names),
+        id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
     set_dropout(config, dropout)
     # Kept in config.json so `evaluate` maps the raw values of a data file (e.g. 0/1) onto ids.
     config.label_values = label_values or list(label_names)
     try:
-        return auto.from_pretrained(path, config=config, local_files_only=True, ignore_mismatched_sizes=True)
+        return auto.from_pretrained(
+            path, config=config, local_files_only=True, ignore_mismatched_sizes=True
+        )
     except ValueError as e:
         reason = str(e).strip().splitlines()[0]
-        raise UserError(f"model '{path}' cannot be used for {'sequence ' if head == 'sequence' else ''}{what}: "
-                        f"{reason}") from None
+        raise UserError(
+            f"model '{path}' cannot be used for {'sequence ' if head == 'sequence' else ''}{what}: "
+            f"{reason}"
+        ) from None

@@ -1,9 +1,8 @@
-"""The one model registry: what a --model value names (alias, local folder, run folder, Hugging Face cache),
-what kind of model it is, and its tokenizer, read without the network.
+"""The one model registry: what a --model value names (alias, local folder, run folder, Hugging Face
+cache), what kind of model it is, and its tokenizer, read without the network.
 
-Every command and the server resolve models here, so an alias means the same thing everywhere and a model
-that cannot be found offline fails with the same sentence.
-"""
+Every command and the server resolve models here, so an alias means the same thing everywhere and a
+model that cannot be found offline fails with the same sentence."""
 
 from __future__ import annotations
 
@@ -19,7 +18,8 @@ from warmstart.models.bundled import ALIASES
 
 # The "LOAD REPORT" table for a freshly added classification head is noise for our users.
 hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars on every load and save
+# "Loading weights" / "Writing model shards" bars on every load and save
+hf_logging.disable_progress_bar()
 
 KINDS = ("classifier", "nli", "encoder", "causal-lm")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -31,18 +31,26 @@ def resolve(name: str, want: str | None = None) -> str:
     ``want="causal-lm"`` refuses an alias of another kind up front (``minilm`` for `generate`)."""
     if not name or not name.strip():
         raise UserError("no model given")
-    if name.strip().lower() in ALIASES:  # aliases are names, not paths: SmolLM2 or " minilm" mean the same
+    if (
+        name.strip().lower() in ALIASES
+    ):  # aliases are names, not paths: SmolLM2 or " minilm" mean the same
         name = name.strip().lower()
         kind, folder = ALIASES[name]
         if want == "causal-lm" and kind != "causal-lm":
-            raise UserError(f"'{name}' is an encoder, not a causal language model; use smollm2, gpt2 or a "
-                            "causal-LM folder")
+            raise UserError(
+                f"'{name}' is an encoder, not a causal language model; use smollm2, gpt2 or a "
+                "causal-LM folder"
+            )
         return str(folder())
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "model").is_dir():  # a warmstart run folder
+        if (
+            not (path / "config.json").is_file() and (path / "model").is_dir()
+        ):  # a warmstart run folder
             path = path / "model"
-        if lora.is_adapter_folder(path):  # saved with --lora-save adapter: merged onto its base once, cached
+        if lora.is_adapter_folder(
+            path
+        ):  # saved with --lora-save adapter: merged onto its base once, cached
             return str(lora.merged_copy(path))
         if not (path / "config.json").is_file():
             raise UserError(f"folder '{name}' has no config.json, so it is not a saved model")
@@ -57,7 +65,8 @@ def resolve(name: str, want: str | None = None) -> str:
     close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.6)
     raise UserError(
         f"model '{name}' is not available offline: it is not an alias ({', '.join(ALIASES)}"
-        + (f"; did you mean '{close[0]}'?" if close else "") + "), a local folder, "
+        + (f"; did you mean '{close[0]}'?" if close else "")
+        + "), a local folder, "
         f"or in the Hugging Face cache; download it where there is internet (`hf download {name}`) "
         "and copy the cache, or pass the folder where it is saved"
     )
@@ -68,32 +77,40 @@ def load_config(path: str):
     try:
         return AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}") from None
+        raise UserError(
+            f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}"
+        ) from None
 
 
 def is_causal(config: object) -> bool:
     """A decoder-only language model (GPT-2, Llama, Qwen...): reads left to right, generates."""
     archs = getattr(config, "architectures", None) or []
-    return bool(getattr(config, "is_decoder", False)) or any(a.endswith(CAUSAL_SUFFIXES) for a in archs)
+    return bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith(CAUSAL_SUFFIXES) for a in archs
+    )
 
 
 def has_classifier_head(config: object) -> bool:
     archs = getattr(config, "architectures", None) or []
-    return any("ForSequenceClassification" in a for a in archs) and bool(getattr(config, "id2label", None))
+    return any("ForSequenceClassification" in a for a in archs) and bool(
+        getattr(config, "id2label", None)
+    )
 
 
 def has_tagger_head(config: object) -> bool:
     archs = getattr(config, "architectures", None) or []
-    return any("ForTokenClassification" in a for a in archs) and bool(getattr(config, "id2label", None))
+    return any("ForTokenClassification" in a for a in archs) and bool(
+        getattr(config, "id2label", None)
+    )
 
 
 def kind(config: object) -> str:
-    """classifier, nli (a classifier whose labels include entailment), tagger (a token classifier), text-to-text
-    (an encoder-decoder: BART, T5, Marian...), causal-lm or encoder."""
+    """classifier, nli (a classifier whose labels include entailment), tagger (a token classifier),
+    text-to-text (an encoder-decoder: BART, T5, Marian...), causal-lm or encoder."""
     if has_tagger_head(config):
         return "tagger"
     if has_classifier_head(config):
-        labels = [str(x).lower() for x in (getattr(config, "label2id", None) or {})]
+        labels = [str(x).lower() for x in getattr(config, "label2id", None) or {}]
         return "nli" if any(x.startswith("entail") for x in labels) else "classifier"
     if getattr(config, "is_encoder_decoder", False):
         return "text-to-text"
@@ -104,27 +121,42 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a tokenizer from '{path}': {str(e).strip().splitlines()[0]}") from None
+        raise UserError(
+            f"cannot load a tokenizer from '{path}': {str(e).strip().splitlines()[0]}"
+        ) from None
     if not tok.is_fast:
-        raise UserError(f"model '{path}' has no fast tokenizer (tokenizer.json); warmstart needs one")
+        raise UserError(
+            f"model '{path}' has no fast tokenizer (tokenizer.json); warmstart needs one"
+        )
     return tok
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
-    """GPT-2 and many other decoders have no pad token; padded positions are masked, so any token will do:
-    eos by convention, else id 0. Set silently."""
+    """GPT-2 and many other decoders have no pad token; padded positions are masked, so any token
+    will do: eos by convention, else id 0. Set silently."""
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None \
+        tokenizer.pad_token = (
+            tokenizer.eos_token
+            if tokenizer.eos_token is not None
             else tokenizer.convert_ids_to_tokens(0)
+        )
 
 
 def max_length_of(tokenizer: PreTrainedTokenizerBase, config: object, requested: int | None) -> int:
-    """The truncation length: the user's, else the smaller of the tokenizer's and the position table's."""
+    """The truncation length: the user's, else the smaller of the tokenizer's and the position
+    table's."""
     trained = getattr(config, "train_max_length", None)
-    # A model fine-tuned by warmstart saves its training length as the tokenizer's model_max_length (so plain
-    # transformers truncates where warmstart does); longer is still allowed up to the position table.
-    limits = [n for n in (None if trained else tokenizer.model_max_length,
-                          getattr(config, "max_position_embeddings", None)) if isinstance(n, int) and 0 < n < 100_000]
+    # A model fine-tuned by warmstart saves its training length as the tokenizer's model_max_length
+    # (so plain transformers truncates where warmstart does); longer is still allowed up to the
+    # position table.
+    limits = [
+        n
+        for n in (
+            None if trained else tokenizer.model_max_length,
+            getattr(config, "max_position_embeddings", None),
+        )
+        if isinstance(n, int) and 0 < n < 100_000
+    ]
     limit = min(limits) if limits else 512
     if requested is None:
         # A model fine-tuned by warmstart is evaluated at the length it was trained with.
@@ -132,14 +164,26 @@ def max_length_of(tokenizer: PreTrainedTokenizerBase, config: object, requested:
     if requested < 8:
         raise UserError(f"--max-length {requested} is too small")
     if requested > limit:
-        raise UserError(f"--max-length {requested} is more than this model's limit of {limit} tokens")
+        raise UserError(
+            f"--max-length {requested} is more than this model's limit of {limit} tokens"
+        )
     return requested
 
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
-# Dropout on hidden states (embeddings and residual branches): BERT, BART/Marian, GPT-2, T5, GPT-NeoX/Falcon.
-HIDDEN_DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "resid_pdrop", "embd_pdrop", "dropout_rate", "hidden_dropout")
-Dropout = tuple[float | None, float | None]  # (attention probabilities, hidden states); None keeps the model's
+# Dropout on hidden states (embeddings and residual branches): BERT, BART/Marian, GPT-2, T5,
+# GPT-NeoX/Falcon.
+HIDDEN_DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "dropout_rate",
+    "hidden_dropout",
+)
+Dropout = tuple[
+    float | None, float | None
+]  # (attention probabilities, hidden states); None keeps the model's
 
 
 def dropout_of(cfg: object) -> Dropout:
@@ -148,15 +192,25 @@ def dropout_of(cfg: object) -> Dropout:
 
 
 def set_dropout(config: object, dropout: Dropout = (None, None)) -> None:
-    """Set attention-probability and hidden-state dropout under whichever names this architecture uses (None:
-    keep), in an EncoderDecoderModel's two halves too. Call it before the model is built: layers copy the rate."""
-    parts = [c for c in [config] + [getattr(config, k, None) for k in ("encoder", "decoder")]
-             if isinstance(c, PretrainedConfig)]
+    """Set attention-probability and hidden-state dropout under whichever names this architecture
+    uses (None: keep), in an EncoderDecoderModel's two halves too. Call it before the model is
+    built: layers copy the rate."""
+    parts = [
+        c
+        for c in [config] + [getattr(config, k, None) for k in ("encoder", "decoder")]
+        if isinstance(c, PretrainedConfig)
+    ]
     for keys, value in zip((ATTENTION_DROPOUT_KEYS, HIDDEN_DROPOUT_KEYS), dropout):
-        found = [(part, key) for part in parts for key in keys if value is not None and hasattr(part, key)]
+        found = [
+            (part, key)
+            for part in parts
+            for key in keys
+            if value is not None and hasattr(part, key)
+        ]
         for part, key in found:
             setattr(part, key, value)
         if keys is HIDDEN_DROPOUT_KEYS and value is not None and not found:
-            raise UserError(f"--dropout: a {type(config).__name__} has no dropout on its hidden states to set "
-                            "(LoRA's own is --lora-dropout)")
-
+            raise UserError(
+                f"--dropout: a {type(config).__name__} has no dropout on its hidden states to set "
+                "(LoRA's own is --lora-dropout)"
+            )

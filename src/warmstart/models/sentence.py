@@ -1,7 +1,7 @@
 """What a sentence-transformers model folder says about how it embeds: its maximum sequence length
-(sentence_bert_config.json), its pooling (1_Pooling/config.json) and whether it L2-normalises (a Normalize module
-in modules.json). Read so that `embed` gives what `SentenceTransformer(...).encode` gives, without depending on
-sentence-transformers."""
+(sentence_bert_config.json), its pooling (1_Pooling/config.json) and whether it L2-normalises (a
+Normalize module in modules.json). Read so that `embed` gives what `SentenceTransformer(...).encode`
+gives, without depending on sentence-transformers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-POOLING_KEYS = (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
-                ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "last"))
+POOLING_KEYS = (
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_lasttoken", "last"),
+)
 
 
 @dataclass(frozen=True)
@@ -41,5 +45,8 @@ def sentence_settings(folder: str) -> SentenceSettings:
             break
     modules = _json(root / "modules.json")
     normalize = isinstance(modules, list) and any(
-        isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in modules)
-    return SentenceSettings(length if isinstance(length, int) and length > 0 else None, pooling, normalize)
+        isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in modules
+    )
+    return SentenceSettings(
+        length if isinstance(length, int) and length > 0 else None, pooling, normalize
+    )

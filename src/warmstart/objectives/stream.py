@@ -1,17 +1,18 @@
-"""Corpora larger than memory: tokenise a stream of documents into a token file on disk, once, and train on
-memory-mapped blocks of it.
+"""Corpora larger than memory: tokenise a stream of documents into a token file on disk, once, and
+train on memory-mapped blocks of it.
 
-The in-memory path (``objectives.tokenize`` + ``pack``) keeps every token as a Python int (~36 bytes each)
-and the packed blocks as int64; here documents arrive one chunk at a time, their ids (each document
-followed by the separator) are appended to an int32 file, and the blocks are views into that file mapped
-with ``np.memmap``: resident memory stays at one chunk of documents plus the pages the OS chooses to keep,
-whatever the corpus size. The blocks are exactly those of the in-memory path (same ids, same packing).
+The in-memory path (``objectives.tokenize`` + ``pack``) keeps every token as a Python int (~36 bytes
+each) and the packed blocks as int64; here documents arrive one chunk at a time, their ids (each
+document followed by the separator) are appended to an int32 file, and the blocks are views into
+that file mapped with ``np.memmap``: resident memory stays at one chunk of documents plus the pages
+the OS chooses to keep, whatever the corpus size. The blocks are exactly those of the in-memory path
+(same ids, same packing).
 
-The token file is a cache: its name is a hash of everything that decides its contents (the corpus files'
-paths, sizes and modification times, which documents are held out, the tokenizer's full JSON, the
-separator), so a later run with the same corpus, tokenizer and settings maps it at once instead of
-tokenising again, and any change gives a new file. Block size is not part of it: blocks are cut on load.
-"""
+The token file is a cache: its name is a hash of everything that decides its contents (the corpus
+files' paths, sizes and modification times, which documents are held out, the tokenizer's full JSON,
+the separator), so a later run with the same corpus, tokenizer and settings maps it at once instead
+of tokenising again, and any change gives a new file. Block size is not part of it: blocks are cut
+on load."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from warmstart import runs
 from warmstart.errors import UserError
 from warmstart.objectives.common import backend
 
-CHUNK_CHARS = 1_000_000  # documents tokenised together: ~1 MB of text, a few tens of MB of encodings
+CHUNK_CHARS = (
+    1_000_000  # documents tokenised together: ~1 MB of text, a few tens of MB of encodings
+)
 
 
 def cache_dir() -> Path:
@@ -52,8 +55,11 @@ class TokenFile:
         self.path = path
         meta = json.loads(path.with_suffix(".json").read_text())
         self.documents, self.tokens = meta["documents"], meta["tokens"]
-        self.ids = (np.memmap(path, dtype=np.int32, mode="r", shape=(self.tokens,)) if self.tokens
-                    else np.zeros(0, dtype=np.int32))
+        self.ids = (
+            np.memmap(path, dtype=np.int32, mode="r", shape=(self.tokens,))
+            if self.tokens
+            else np.zeros(0, dtype=np.int32)
+        )
 
 
 def token_file(key: str) -> Path:
@@ -65,10 +71,12 @@ def cached(key: str) -> TokenFile | None:
     return TokenFile(path) if path.is_file() and path.with_suffix(".json").is_file() else None
 
 
-def write_tokens(tokenizer: PreTrainedTokenizerBase, docs: Iterable[str], sep: int, key: str,
-                 progress=None) -> TokenFile:
-    """Tokenise ``docs`` (no special tokens, no truncation), each followed by ``sep``, into the cache file
-    of ``key`` (written under a temporary name and renamed, so a killed run leaves no half file)."""
+def write_tokens(
+    tokenizer: PreTrainedTokenizerBase, docs: Iterable[str], sep: int, key: str, progress=None
+) -> TokenFile:
+    """Tokenise ``docs`` (no special tokens, no truncation), each followed by ``sep``, into the
+    cache file of ``key`` (written under a temporary name and renamed, so a killed run leaves no
+    half file)."""
     tok = backend(tokenizer)
     path = token_file(key)
     n_docs = n_tokens = 0
@@ -102,22 +110,35 @@ def write_tokens(tokenizer: PreTrainedTokenizerBase, docs: Iterable[str], sep: i
         f.flush()
         os.fsync(f.fileno())
     # Last: marks the cache entry complete.
-    runs.atomic_write_json(path.with_suffix(".json"), {"documents": n_docs, "tokens": n_tokens, "sep": sep})
+    runs.atomic_write_json(
+        path.with_suffix(".json"), {"documents": n_docs, "tokens": n_tokens, "sep": sep}
+    )
     return TokenFile(path)
 
 
 class StreamBlocks(torch.utils.data.Dataset):
-    """Blocks of ``body`` consecutive tokens of a token file, optionally wrapped as ``[CLS] … [SEP]``; items
-    as :class:`warmstart.objectives.Blocks` gives them (``input_ids``, ``attention_mask``, ``labels``)."""
+    """Blocks of ``body`` consecutive tokens of a token file, optionally wrapped as ``[CLS] …
+    [SEP]``; items as :class:`warmstart.objectives.Blocks` gives them (``input_ids``,
+    ``attention_mask``, ``labels``)."""
 
-    def __init__(self, ids: np.ndarray, block_size: int, wrap: tuple[int, int] | None = None, labels: bool = False,
-                 source: str = "the corpus"):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        block_size: int,
+        wrap: tuple[int, int] | None = None,
+        labels: bool = False,
+        source: str = "the corpus",
+    ):
         body = block_size - 2 if wrap else block_size
         if body < 1:
-            raise UserError(f"the block size must be at least {3 if wrap else 1} (got {block_size})")
+            raise UserError(
+                f"the block size must be at least {3 if wrap else 1} (got {block_size})"
+            )
         if len(ids) < body:
-            raise UserError(f"{source} has {len(ids)} tokens (separators included), fewer than one block of "
-                            f"{body}; give more text or a smaller block size")
+            raise UserError(
+                f"{source} has {len(ids)} tokens (separators included), fewer than one block of "
+                f"{body}; give more text or a smaller block size"
+            )
         self.ids, self.body, self.wrap, self.labels = ids, body, wrap, labels
         self.block_size = block_size
         self.n = len(ids) // body
@@ -126,7 +147,7 @@ class StreamBlocks(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, list]:
-        ids = self.ids[i * self.body:(i + 1) * self.body].tolist()
+        ids = self.ids[i * self.body : (i + 1) * self.body].tolist()
         if self.wrap:
             ids = [self.wrap[0], *ids, self.wrap[1]]
         item = {"input_ids": ids, "attention_mask": [1] * len(ids)}

@@ -1,12 +1,13 @@
-"""Dynamic batching: concurrent requests gathered into one forward pass, results routed back in order.
+"""Dynamic batching: concurrent requests gathered into one forward pass, results routed back in
+order.
 
-Each request submits its texts (and a key: requests only share a pass when their keys are equal, e.g. the
-same zero-shot labels). One asyncio task gathers queued requests until ``max_batch_size`` texts are waiting
-or the oldest has waited ``max_wait_ms``, then runs the batch function in one worker thread, so the event
-loop stays free to accept and answer other requests while the model computes. While a pass runs, new
-requests queue up; the next pass takes them at once (their wait is already over), so under load batches
-fill by themselves and the wait only costs anything when the server is idle.
-"""
+Each request submits its texts (and a key: requests only share a pass when their keys are equal,
+e.g. the same zero-shot labels). One asyncio task gathers queued requests until ``max_batch_size``
+texts are waiting or the oldest has waited ``max_wait_ms``, then runs the batch function in one
+worker thread, so the event loop stays free to accept and answer other requests while the model
+computes. While a pass runs, new requests queue up; the next pass takes them at once (their wait is
+already over), so under load batches fill by themselves and the wait only costs anything when the
+server is idle."""
 
 from __future__ import annotations
 
@@ -33,23 +34,34 @@ class _Item:
 class Batcher:
     """Runs ``fn(texts, key) -> rows`` (one row per text, in order) over gathered requests.
 
-    ``enabled=False`` runs each request alone: the one-request-at-a-time baseline. A request whose caller stopped
-    waiting (cancelled: the client went away, or its deadline passed) is dropped if its pass has not started.
-    """
+    ``enabled=False`` runs each request alone: the one-request-at-a-time baseline. A request whose
+    caller stopped waiting (cancelled: the client went away, or its deadline passed) is dropped if
+    its pass has not started."""
 
-    def __init__(self, fn: BatchFn, executor: Executor, max_batch_size: int = 32, max_wait_ms: float = 10.0,
-                 enabled: bool = True, on_pass: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        fn: BatchFn,
+        executor: Executor,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 10.0,
+        enabled: bool = True,
+        on_pass: Callable[[int], None] | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.fn, self.executor = fn, executor
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.enabled = enabled
         self.passes = 0  # forward passes run (for tests and /info: how well requests were gathered)
-        self.on_pass = on_pass  # called with each pass's number of texts (the /metrics batch size histogram)
+        self.on_pass = (
+            on_pass  # called with each pass's number of texts (the /metrics batch size histogram)
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
-        self._held: deque[_Item] = deque()  # taken from the queue but with another key: first in the next pass
+        self._held: deque[_Item] = (
+            deque()
+        )  # taken from the queue but with another key: first in the next pass
 
     async def submit(self, texts: Sequence[str], key: Hashable = None) -> np.ndarray:
         """The rows for ``texts``, computed together with whatever other requests are waiting."""
@@ -60,8 +72,8 @@ class Batcher:
         return await item.future
 
     def _start(self) -> None:
-        # Started on first use in the running loop (not at construction): test clients may run each request
-        # in a fresh event loop, and a queue belongs to one loop.
+        # Started on first use in the running loop (not at construction): test clients may run each
+        # request in a fresh event loop, and a queue belongs to one loop.
         loop = asyncio.get_running_loop()
         if self._loop is loop and self._task is not None and not self._task.done():
             return
@@ -69,7 +81,8 @@ class Batcher:
         self._task = loop.create_task(self._work(), name="warmstart-batcher")
 
     async def close(self) -> None:
-        """Stop the worker (requests still queued get an error); called at server shutdown after draining."""
+        """Stop the worker (requests still queued get an error); called at server shutdown after
+        draining."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
@@ -110,7 +123,9 @@ class Batcher:
                 break
             if item.key != first.key:  # another key (e.g. other zero-shot labels): a later pass
                 self._held.append(item)
-            elif size + len(item.texts) > self.max_batch_size:  # would overflow: it starts the next pass
+            elif (
+                size + len(item.texts) > self.max_batch_size
+            ):  # would overflow: it starts the next pass
                 self._held.append(item)
                 break
             else:
@@ -122,7 +137,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
-            live = [it for it in batch if not it.future.done()]  # a client that went away cancels its future
+            live = [
+                it for it in batch if not it.future.done()
+            ]  # a client that went away cancels its future
             if not live:
                 continue
             texts = [t for it in live for t in it.texts]
@@ -134,7 +151,8 @@ class Batcher:
                 if len(live) == 1:
                     _set_exception(live[0].future, e)
                 else:
-                    # One bad request must not fail its batch-mates: run each alone to find whose it was.
+                    # One bad request must not fail its batch-mates: run each alone to find whose it
+                    # was.
                     for it in live:
                         await self._run_alone(it)
                 continue
@@ -142,12 +160,14 @@ class Batcher:
                 self.passes += 1
             start = 0
             for it in live:
-                _set_result(it.future, rows[start:start + len(it.texts)])
+                _set_result(it.future, rows[start : start + len(it.texts)])
                 start += len(it.texts)
 
     async def _run_alone(self, it: _Item) -> None:
         try:
-            rows = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, it.texts, it.key)
+            rows = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.fn, it.texts, it.key
+            )
         except Exception as e:  # noqa: BLE001
             _set_exception(it.future, e)
         else:

@@ -1,6 +1,6 @@
-"""/generate: one prompt through the decoding pieces `warmstart generate` uses (inference.decoding: limits,
-decoding options, stop strings, finish reasons) with the model loaded once, and server-sent events for
-streaming."""
+"""/generate: one prompt through the decoding pieces `warmstart generate` uses (inference.decoding:
+limits, decoding options, stop strings, finish reasons) with the model loaded once, and server-sent
+events for streaming."""
 
 from __future__ import annotations
 
@@ -31,13 +31,28 @@ from warmstart.models.causal import CausalLM
 
 logger = logging.getLogger("warmstart.serving")
 
-OPTIONS = ("max_length", "max_new_tokens", "strategy", "temperature", "top_k", "top_p", "typical_p",
-           "repetition_penalty", "no_repeat_ngram_size", "num_beams", "num_return_sequences", "stop", "seed",
-           "chat", "system")
+OPTIONS = (
+    "max_length",
+    "max_new_tokens",
+    "strategy",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "num_beams",
+    "num_return_sequences",
+    "stop",
+    "seed",
+    "chat",
+    "system",
+)
 
 
 class RequestError(Exception):
-    """A request the model cannot honour: answered with ``status`` and a sentence naming ``field``."""
+    """A request the model cannot honour: answered with ``status`` and a sentence naming
+    ``field``."""
 
     def __init__(self, message: str, field: str | None = None, status: int = 422):
         super().__init__(message)
@@ -66,18 +81,27 @@ def field_of(message: str, default: str | None = None) -> str | None:
 
 
 def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) -> Prepared:
-    """Check one request's options the way `warmstart generate` checks its flags; tokenise the prompt."""
+    """Check one request's options the way `warmstart generate` checks its flags; tokenise the
+    prompt."""
     prompt = options["prompt"]
     values = {k: options[k] for k in OPTIONS if options.get(k) is not None}
     if values.get("max_new_tokens", 0) > max_new_tokens_limit:
-        raise RequestError(f"max_new_tokens must be at most {max_new_tokens_limit} on this server, "
-                           f"got {values['max_new_tokens']}", "max_new_tokens")
+        raise RequestError(
+            f"max_new_tokens must be at most {max_new_tokens_limit} on this server, "
+            f"got {values['max_new_tokens']}",
+            "max_new_tokens",
+        )
     try:
-        cfg = build(GenerateConfig, {**values, "prompts": [prompt], "model": lm.name, "stream": False},
-                    source="the request")
+        cfg = build(
+            GenerateConfig,
+            {**values, "prompts": [prompt], "model": lm.name, "stream": False},
+            source="the request",
+        )
         stops = check_options(cfg)
         if options.get("stream") and (cfg.num_return_sequences > 1 or strategy(cfg) == "beam"):
-            raise RequestError("stream needs one completion per prompt and no beam search", "stream")
+            raise RequestError(
+                "stream needs one completion per prompt and no beam search", "stream"
+            )
         ids = lm.prompt_ids(prompt, cfg.chat, cfg.system)
         budget = token_budget(cfg, len(ids), lm.max_positions, "the prompt")
     except UserError as e:
@@ -94,39 +118,56 @@ class PreparedText:
     num_beams: int
 
 
-def prepare_text(t2t: TextToText, options: dict[str, Any], max_new_tokens_limit: int) -> PreparedText:
-    """Check one request for an encoder-decoder: the options `warmstart generate` accepts for one (a limit on new
-    tokens, greedy or beam search); the others are refused by name rather than ignored."""
+def prepare_text(
+    t2t: TextToText, options: dict[str, Any], max_new_tokens_limit: int
+) -> PreparedText:
+    """Check one request for an encoder-decoder: the options `warmstart generate` accepts for one (a
+    limit on new tokens, greedy or beam search); the others are refused by name rather than
+    ignored."""
     refused = causal_only_options(options)
     if refused:
-        raise RequestError(f"model is a text-to-text model: it writes one output per prompt, greedy or with "
-                           f"num_beams; {', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for causal LMs",
-                           refused[0])
+        raise RequestError(
+            "model is a text-to-text model: it writes one output per prompt, greedy or with "
+            f"num_beams; {', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for"
+            " causal LMs",
+            refused[0],
+        )
     asked = options.get("max_new_tokens")
     if asked is not None and asked > max_new_tokens_limit:
-        raise RequestError(f"max_new_tokens must be at most {max_new_tokens_limit} on this server, got {asked}",
-                           "max_new_tokens")
+        raise RequestError(
+            f"max_new_tokens must be at most {max_new_tokens_limit} on this server, got {asked}",
+            "max_new_tokens",
+        )
     beams = beams_of(options)
     if options.get("strategy") == "greedy" and beams > 1:
-        raise RequestError("greedy decoding uses one beam: leave num_beams out or use strategy beam", "num_beams")
-    return PreparedText(options["prompt"], asked or min(t2t.max_new_tokens, max_new_tokens_limit), beams)
+        raise RequestError(
+            "greedy decoding uses one beam: leave num_beams out or use strategy beam", "num_beams"
+        )
+    return PreparedText(
+        options["prompt"], asked or min(t2t.max_new_tokens, max_new_tokens_limit), beams
+    )
 
 
 def run_text(t2t: TextToText, p: PreparedText) -> Generation:
     """The encoder-decoder's output for one prepared request (in the generation thread)."""
     w = t2t.write([p.prompt], p.max_new_tokens, p.num_beams, 1)[0]
-    return Generation(p.prompt, [w.text], len(t2t.tokenizer(p.prompt, truncation=True,
-                                                            max_length=t2t.max_length)["input_ids"]),
-                      [w.tokens], [w.finish_reason])
+    return Generation(
+        p.prompt,
+        [w.text],
+        len(t2t.tokenizer(p.prompt, truncation=True, max_length=t2t.max_length)["input_ids"]),
+        [w.tokens],
+        [w.finish_reason],
+    )
 
 
 class Abandoned(Exception):
-    """Raised in the generation thread once nobody waits for the result (deadline passed, client gone)."""
+    """Raised in the generation thread once nobody waits for the result (deadline passed, client
+    gone)."""
 
 
 class _CancelCheck:
-    """A streamer that streams nothing: transformers calls put() once per decoding step, which is where a
-    generation whose request was abandoned stops instead of running to its token budget."""
+    """A streamer that streams nothing: transformers calls put() once per decoding step, which is
+    where a generation whose request was abandoned stops instead of running to its token budget."""
 
     def __init__(self, cancelled: threading.Event) -> None:
         self.cancelled = cancelled
@@ -139,12 +180,18 @@ class _CancelCheck:
         pass
 
 
-def run(lm: CausalLM, p: Prepared, streamer: Streamer | None = None,
-        cancelled: threading.Event | None = None) -> Generation:
-    """Generate for one prepared request (in the generation thread: it blocks while the model runs); once
-    ``cancelled`` is set it stops at the next token with `Abandoned` (beam search, which takes no streamer in
-    transformers, runs to the end)."""
-    if cancelled is not None and cancelled.is_set():  # dropped while it waited for the generation thread
+def run(
+    lm: CausalLM,
+    p: Prepared,
+    streamer: Streamer | None = None,
+    cancelled: threading.Event | None = None,
+) -> Generation:
+    """Generate for one prepared request (in the generation thread: it blocks while the model runs);
+    once ``cancelled`` is set it stops at the next token with `Abandoned` (beam search, which takes
+    no streamer in transformers, runs to the end)."""
+    if (
+        cancelled is not None and cancelled.is_set()
+    ):  # dropped while it waited for the generation thread
         raise Abandoned
     if p.cfg.seed is not None:
         seed_all(p.cfg.seed)
@@ -155,8 +202,8 @@ def run(lm: CausalLM, p: Prepared, streamer: Streamer | None = None,
 
 
 class _QueueWriter:
-    """A text stream whose writes become queue items: what the decoding Streamer writes to. Once nobody reads
-    (``abandoned``), a write stops the generation."""
+    """A text stream whose writes become queue items: what the decoding Streamer writes to. Once
+    nobody reads (``abandoned``), a write stops the generation."""
 
     def __init__(self) -> None:
         self.items: queue.Queue = queue.Queue()
@@ -181,14 +228,18 @@ def sse(event: str, data: dict) -> str:
 
 
 def failure_event(message: str, request_id: str) -> str:
-    """The ``error`` event that ends a stream which failed or ran out of time after its headers were sent."""
+    """The ``error`` event that ends a stream which failed or ran out of time after its headers were
+    sent."""
     return sse("error", {"error": message, "request_id": request_id})
 
 
-def stream_events(lm: CausalLM, p: Prepared, executor: Executor, request_id: str = "-") -> Iterator[str]:
-    """Server-sent events: ``token`` with each new piece of text, then ``done`` with the whole result (or
-    ``error``). The decoding Streamer holds back text that may begin a stop string, so the pieces always
-    add up to the final completion. A sync iterator: Starlette runs it in its thread pool."""
+def stream_events(
+    lm: CausalLM, p: Prepared, executor: Executor, request_id: str = "-"
+) -> Iterator[str]:
+    """Server-sent events: ``token`` with each new piece of text, then ``done`` with the whole
+    result (or ``error``). The decoding Streamer holds back text that may begin a stop string, so
+    the pieces always add up to the final completion. A sync iterator: Starlette runs it in its
+    thread pool."""
     out = _QueueWriter()
     streamer = Streamer(lm.tokenizer, out, p.stops)
     future = executor.submit(run, lm, p, streamer)
@@ -200,10 +251,13 @@ def stream_events(lm: CausalLM, p: Prepared, executor: Executor, request_id: str
             result = future.result()
         except Exception as e:  # noqa: BLE001 - headers are sent already: the error goes in the stream
             logger.error("request %s (POST /generate, streamed) failed", request_id, exc_info=e)
-            yield failure_event(f"generation failed: the server log has the details under request id {request_id}",
-                                request_id)
+            yield failure_event(
+                f"generation failed: the server log has the details under request id {request_id}",
+                request_id,
+            )
         else:
             yield sse("done", asdict(result))
-    finally:  # closed early (client gone, deadline passed): free the generation thread for the next request
+    # closed early (client gone, deadline passed): free the generation thread for the next request
+    finally:
         future.cancel()
         out.abandoned = True

@@ -4,12 +4,13 @@
 - a tagger (a ...ForTokenClassification checkpoint from `finetune --task tokens`): /tag, /embed;
 - an NLI classifier (its labels include entailment): also /zeroshot (method nli);
 - a plain encoder (e.g. minilm): /embed, /zeroshot (method similarity);
-- a causal LM (smollm2, GPT-2 folders...): /generate, /embed (last-token pooling), /zeroshot (method prompt);
-- a text-to-text model (an encoder-decoder from `finetune --task seq2seq`): /generate (its output for the prompt).
+- a causal LM (smollm2, GPT-2 folders...): /generate, /embed (last-token pooling), /zeroshot (method
+  prompt);
+- a text-to-text model (an encoder-decoder from `finetune --task seq2seq`): /generate (its output
+  for the prompt).
 
-The part each endpoint needs is loaded on its first use (the embedder, a zero-shot method): a causal LM
-served only for /generate never holds a second copy of its weights.
-"""
+The part each endpoint needs is loaded on its first use (the embedder, a zero-shot method): a causal
+LM served only for /generate never holds a second copy of its weights."""
 
 from __future__ import annotations
 
@@ -39,14 +40,21 @@ ENDPOINTS = {
     "text-to-text": ("generate",),
 }
 ZEROSHOT_METHOD = {"nli": "nli", "encoder": "similarity", "causal-lm": "prompt"}
-DESCRIPTION = {"classifier": "a text classifier", "tagger": "a token tagger", "nli": "an NLI classifier",
-               "encoder": "a plain encoder", "causal-lm": "a causal language model",
-               "text-to-text": "a text-to-text model"}
-NEEDS = {"predict": "a fine-tuned classifier (warmstart finetune)",
-         "tag": "a tagger (warmstart finetune --task tokens)",
-         "generate": "a causal language model or a text-to-text model",
-         "zeroshot": "an NLI classifier, an encoder or a causal language model",
-         "embed": "an encoder, a classifier or a causal language model"}
+DESCRIPTION = {
+    "classifier": "a text classifier",
+    "tagger": "a token tagger",
+    "nli": "an NLI classifier",
+    "encoder": "a plain encoder",
+    "causal-lm": "a causal language model",
+    "text-to-text": "a text-to-text model",
+}
+NEEDS = {
+    "predict": "a fine-tuned classifier (warmstart finetune)",
+    "tag": "a tagger (warmstart finetune --task tokens)",
+    "generate": "a causal language model or a text-to-text model",
+    "zeroshot": "an NLI classifier, an encoder or a causal language model",
+    "embed": "an encoder, a classifier or a causal language model",
+}
 
 
 @dataclass
@@ -64,41 +72,73 @@ class ServedModel:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, name: str, max_length: int | None = None, cpu: bool = False, backend: str = "torch",
-             quantize: str = "none", long_text: str | None = None, stride: int | None = None,
-             chunk_aggregation: str | None = None) -> ServedModel:
-        """``backend`` and ``quantize`` choose how a classifier runs /predict (see `Classifier.load`), and
-        ``long_text``, ``stride`` and ``chunk_aggregation`` how it reads long texts (None: the model's own);
-        ``stride`` is also a tagger's."""
+    def load(
+        cls,
+        name: str,
+        max_length: int | None = None,
+        cpu: bool = False,
+        backend: str = "torch",
+        quantize: str = "none",
+        long_text: str | None = None,
+        stride: int | None = None,
+        chunk_aggregation: str | None = None,
+    ) -> ServedModel:
+        """``backend`` and ``quantize`` choose how a classifier runs /predict (see
+        `Classifier.load`), and ``long_text``, ``stride`` and ``chunk_aggregation`` how it reads
+        long texts (None: the model's own); ``stride`` is also a tagger's."""
         path = resolve(name)
         served = cls(name, path, model_kind(load_config(path)), max_length, cpu)
         served.refuse_long_text_options(long_text, stride, chunk_aggregation)
         if served.kind in ("classifier", "nli"):
-            served.classifier = Classifier.load(path, max_length=max_length, cpu=cpu, backend=backend,
-                                                quantize=quantize, long_text=long_text, stride=stride,
-                                                aggregation=chunk_aggregation)
+            served.classifier = Classifier.load(
+                path,
+                max_length=max_length,
+                cpu=cpu,
+                backend=backend,
+                quantize=quantize,
+                long_text=long_text,
+                stride=stride,
+                aggregation=chunk_aggregation,
+            )
         elif served.kind == "tagger":
-            served.tagger = Tagger.load(path, max_length=max_length, cpu=cpu, backend=backend, quantize=quantize,
-                                        stride=stride)
+            served.tagger = Tagger.load(
+                path,
+                max_length=max_length,
+                cpu=cpu,
+                backend=backend,
+                quantize=quantize,
+                stride=stride,
+            )
         elif served.kind == "causal-lm":
             served.causal_lm = CausalLM.load(served.source, cpu=cpu)
         elif served.kind == "text-to-text":
             served.text_to_text = TextToText.load(path, cpu, max_length=max_length)
         return served
 
-    def refuse_long_text_options(self, long_text: str | None, stride: int | None,
-                                 chunk_aggregation: str | None) -> None:
-        """Long-text options are a classifier's (--stride a tagger's too): given for another model, one error."""
-        given = [flag for flag, value in (("--long-text", long_text), ("--chunk-aggregation", chunk_aggregation),
-                                          ("--stride", None if self.kind == "tagger" else stride))
-                 if value is not None and self.kind not in ("classifier", "nli")]
+    def refuse_long_text_options(
+        self, long_text: str | None, stride: int | None, chunk_aggregation: str | None
+    ) -> None:
+        """Long-text options are a classifier's (--stride a tagger's too): given for another model,
+        one error."""
+        given = [
+            flag
+            for flag, value in (
+                ("--long-text", long_text),
+                ("--chunk-aggregation", chunk_aggregation),
+                ("--stride", None if self.kind == "tagger" else stride),
+            )
+            if value is not None and self.kind not in ("classifier", "nli")
+        ]
         if given:
-            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to model "
-                            f"'{self.name}', {DESCRIPTION[self.kind]}: they say how /predict reads long texts")
+            raise UserError(
+                f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to model "
+                f"'{self.name}', {DESCRIPTION[self.kind]}: they say how /predict reads long texts"
+            )
 
     @property
     def source(self) -> str:
-        """What the parts load from: the alias itself (the name users see in messages), else the folder."""
+        """What the parts load from: the alias itself (the name users see in messages), else the
+        folder."""
         return self.name if self.name in ALIASES else self.path
 
     @property
@@ -117,7 +157,9 @@ class ServedModel:
         plan = getattr(self.classifier or self.tagger, "plan", None)
         if plan is None:
             return "torch"
-        return plan.backend + (f" {plan.quantize}" if plan.quantize != "none" else f" {plan.precision}")
+        return plan.backend + (
+            f" {plan.quantize}" if plan.quantize != "none" else f" {plan.precision}"
+        )
 
     @property
     def token_limit(self) -> int | None:
@@ -132,8 +174,10 @@ class ServedModel:
 
     def unsupported(self, endpoint: str) -> str:
         """Why this model cannot serve ``endpoint``: one sentence."""
-        return (f"model '{self.name}' is {DESCRIPTION[self.kind]}, which serves "
-                f"{', '.join('/' + e for e in self.endpoints)}; /{endpoint} needs {NEEDS[endpoint]}")
+        return (
+            f"model '{self.name}' is {DESCRIPTION[self.kind]}, which serves "
+            f"{', '.join('/' + e for e in self.endpoints)}; /{endpoint} needs {NEEDS[endpoint]}"
+        )
 
     def records(self, outputs: np.ndarray) -> list[dict]:
         """/predict's answer per text, from ``predict``'s rows (see Classifier.records)."""
@@ -142,26 +186,39 @@ class ServedModel:
         return label_records(self.labels or [], outputs)
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """(n, labels) class probabilities; ``batch_size`` None: the classifier's own batching for its backend
-        (on a CPU, batches of a few hundred padded tokens: a gathered pass is split where that is faster)."""
-        ex = Examples(source="request", texts=list(texts), pairs=None, labels=None,
-                      rows=list(range(1, len(texts) + 1)))
+        """(n, labels) class probabilities; ``batch_size`` None: the classifier's own batching for
+        its backend (on a CPU, batches of a few hundred padded tokens: a gathered pass is split
+        where that is faster)."""
+        ex = Examples(
+            source="request",
+            texts=list(texts),
+            pairs=None,
+            labels=None,
+            rows=list(range(1, len(texts) + 1)),
+        )
         return self.classifier.probabilities(ex, batch_size)
 
     def tag(self, texts: list[str], aggregation: str = "average") -> list[dict]:
-        """Per text: its words with offsets, tags and scores, and its entities (see inference.tagger)."""
+        """Per text: its words with offsets, tags and scores, and its entities (see
+        inference.tagger)."""
         return [t.record() for t in self.tagger.tag(list(texts), aggregation=aggregation)]
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(n, dim) pooled hidden states (the embedder's default pooling for this kind of model)."""
         return self._part("embed", self._load_embedder).embed(list(texts), batch_size=batch_size)
 
-    def zeroshot(self, texts: list[str], labels: list[str], multi_label: bool = False,
-                 batch_size: int = 32) -> np.ndarray:
-        """(n, len(labels)) scores: probabilities over the labels, or each label's own with ``multi_label``."""
+    def zeroshot(
+        self, texts: list[str], labels: list[str], multi_label: bool = False, batch_size: int = 32
+    ) -> np.ndarray:
+        """(n, len(labels)) scores: probabilities over the labels, or each label's own with
+        ``multi_label``."""
         method = self._part("zeroshot", self._load_zeroshot)
-        return np.asarray(method.scores(list(texts), list(labels), multi_label=multi_label, batch_size=batch_size),
-                          dtype=np.float32)
+        return np.asarray(
+            method.scores(
+                list(texts), list(labels), multi_label=multi_label, batch_size=batch_size
+            ),
+            dtype=np.float32,
+        )
 
     def _part(self, key: str, loader) -> Any:
         # Loaded on first use; the lock keeps two first requests from loading it twice.
@@ -174,4 +231,6 @@ class ServedModel:
         return Embedder.load(self.source, max_length=self.max_length, cpu=self.cpu)
 
     def _load_zeroshot(self) -> Any:
-        return load_method(ZEROSHOT_METHOD[self.kind], self.source, cpu=self.cpu, max_length=self.max_length)
+        return load_method(
+            ZEROSHOT_METHOD[self.kind], self.source, cpu=self.cpu, max_length=self.max_length
+        )

@@ -10,9 +10,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from warmstart.config import GenerateConfig
 
-# Some character that is not white space (str.isspace), spelt out so that the JSON schema's regex engine and
-# Python's agree on what "blank" means.
-NOT_BLANK = "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+# Some character that is not white space (str.isspace), spelt out so that the JSON schema's regex
+# engine and Python's agree on what "blank" means.
+NOT_BLANK = (
+    "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
 
 
 def _not_blank(s: str) -> str:
@@ -21,46 +23,90 @@ def _not_blank(s: str) -> str:
     return s
 
 
-Text = Annotated[str, AfterValidator(_not_blank), WithJsonSchema({"type": "string", "pattern": NOT_BLANK})]
+Text = Annotated[
+    str, AfterValidator(_not_blank), WithJsonSchema({"type": "string", "pattern": NOT_BLANK})
+]
 Strict = ConfigDict(extra="forbid")  # a misspelt option is an error, not silently ignored
 
 
 class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong, in one sentence")
     field: str | None = Field(None, description="the request field it is about, e.g. texts[2]")
-    errors: list[dict] | None = Field(None, description="every problem found, for malformed requests")
-    request_id: str | None = Field(None, description="for a 500 or 504: the id the server log files it under "
-                                                     "(also the X-Request-ID header of every response)")
+    errors: list[dict] | None = Field(
+        None, description="every problem found, for malformed requests"
+    )
+    request_id: str | None = Field(
+        None,
+        description=(
+            "for a 500 or 504: the id the server log files it under "
+            "(also the X-Request-ID header of every response)"
+        ),
+    )
 
 
-ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
-    (400, "the model cannot do this (e.g. two labels tokenise the same way for a causal LM)"),
-    (404, "this model does not serve this endpoint"),
-    (413, "too many texts, too long a text, or too large a body"),
-    (422, "malformed request: the field is named"),
-    (401, "no API key, or a wrong one (servers started with --api-key): send Authorization: Bearer KEY"),
-    (500, "the model failed on this request (the server keeps running; the body has the request id)"),
-    (503, "busy: --max-queue requests are already waiting or running; retry after the Retry-After seconds"),
-    (504, "the request took longer than --request-timeout"),
-)}
+ERRORS = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "the model cannot do this (e.g. two labels tokenise the same way for a causal LM)"),
+        (404, "this model does not serve this endpoint"),
+        (413, "too many texts, too long a text, or too large a body"),
+        (422, "malformed request: the field is named"),
+        (
+            401,
+            (
+                "no API key, or a wrong one (servers started with --api-key): send Authorization:"
+                " Bearer KEY"
+            ),
+        ),
+        (
+            500,
+            (
+                "the model failed on this request (the server keeps running; the body has the"
+                " request id)"
+            ),
+        ),
+        (
+            503,
+            (
+                "busy: --max-queue requests are already waiting or running; retry after the"
+                " Retry-After seconds"
+            ),
+        ),
+        (504, "the request took longer than --request-timeout"),
+    )
+}
 
 
 class TextsRequest(BaseModel):
     model_config = Strict
-    texts: list[Text] = Field(min_length=1, description="texts to process, answered in the same order",
-                              examples=[["A wonderful, moving film.", "Two hours I will never get back."]])
+    texts: list[Text] = Field(
+        min_length=1,
+        description="texts to process, answered in the same order",
+        examples=[["A wonderful, moving film.", "Two hours I will never get back."]],
+    )
 
 
 class Prediction(BaseModel):
-    """Single-label: label, score, probabilities; multi-label: labels, scores; regression: value or values."""
+    """Single-label: label, score, probabilities; multi-label: labels, scores; regression: value or
+    values."""
 
     label: str | None = Field(None, description="the predicted class (single-label)")
-    score: float | None = Field(None, description="probability of the predicted label (single-label)")
-    probabilities: dict[str, float] | None = Field(None, description="every class's probability (single-label)")
-    labels: list[str] | None = Field(None, description="the labels at or above their thresholds (multi-label)")
-    scores: dict[str, float] | None = Field(None, description="every label's probability (multi-label)")
+    score: float | None = Field(
+        None, description="probability of the predicted label (single-label)"
+    )
+    probabilities: dict[str, float] | None = Field(
+        None, description="every class's probability (single-label)"
+    )
+    labels: list[str] | None = Field(
+        None, description="the labels at or above their thresholds (multi-label)"
+    )
+    scores: dict[str, float] | None = Field(
+        None, description="every label's probability (multi-label)"
+    )
     value: float | None = Field(None, description="the predicted number (regression, one target)")
-    values: dict[str, float] | None = Field(None, description="each target's predicted number (regression)")
+    values: dict[str, float] | None = Field(
+        None, description="each target's predicted number (regression)"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -70,13 +116,19 @@ class PredictResponse(BaseModel):
 
 class TagRequest(TextsRequest):
     aggregation: Literal["first", "average", "max"] = Field(
-        "average", description="an entity's score from its words' scores: the first word's, the mean, or the max")
+        "average",
+        description=(
+            "an entity's score from its words' scores: the first word's, the mean, or the max"
+        ),
+    )
 
 
 class TaggedWord(BaseModel):
     word: str
     start: int = Field(description="offset of the word's first character in the text")
-    end: int = Field(description="offset just after its last character: text[start:end] is the word")
+    end: int = Field(
+        description="offset just after its last character: text[start:end] is the word"
+    )
     tag: str
     score: float = Field(description="probability of the tag")
 
@@ -91,7 +143,9 @@ class Entity(BaseModel):
 
 class TaggedText(BaseModel):
     text: str
-    entities: list[Entity] = Field(description="entity spans read from the tags (none for part-of-speech tags)")
+    entities: list[Entity] = Field(
+        description="entity spans read from the tags (none for part-of-speech tags)"
+    )
     words: list[TaggedWord]
 
 
@@ -101,7 +155,9 @@ class TagResponse(BaseModel):
 
 
 class EmbedRequest(TextsRequest):
-    normalize: bool = Field(False, description="scale each vector to length 1 (cosine similarity = dot product)")
+    normalize: bool = Field(
+        False, description="scale each vector to length 1 (cosine similarity = dot product)"
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -111,16 +167,27 @@ class EmbedResponse(BaseModel):
 
 
 class ZeroshotRequest(TextsRequest):
-    labels: list[Text] = Field(min_length=1, max_length=100, description="candidate labels, each once",
-                               examples=[["positive", "negative"]], json_schema_extra={"uniqueItems": True})
-    multi_label: bool = Field(False, description="score each label on its own (else the scores sum to 1); "
-                                                 "always so with a single label")
+    labels: list[Text] = Field(
+        min_length=1,
+        max_length=100,
+        description="candidate labels, each once",
+        examples=[["positive", "negative"]],
+        json_schema_extra={"uniqueItems": True},
+    )
+    multi_label: bool = Field(
+        False,
+        description=(
+            "score each label on its own (else the scores sum to 1); always so with a single label"
+        ),
+    )
 
 
 class ZeroshotResult(BaseModel):
     label: str = Field(description="the best-scoring label")
     score: float
-    scores: dict[str, float] = Field(description="every label's score, in the request's label order")
+    scores: dict[str, float] = Field(
+        description="every label's score, in the request's label order"
+    )
 
 
 class ZeroshotResponse(BaseModel):
@@ -130,8 +197,9 @@ class ZeroshotResponse(BaseModel):
 
 
 def _like_generate(name: str):
-    """A sampling setting with the range `warmstart generate` gives it (declared once, in GenerateConfig): outside
-    it, e.g. a temperature or repetition penalty of 1e-300, the scores overflow and sampling fails."""
+    """A sampling setting with the range `warmstart generate` gives it (declared once, in
+    GenerateConfig): outside it, e.g. a temperature or repetition penalty of 1e-300, the scores
+    overflow and sampling fails."""
     bounds = next(f for f in fields(GenerateConfig) if f.name == name).metadata["bounds"]
     return Annotated[float, Field(**bounds, allow_inf_nan=False)]
 
@@ -143,8 +211,12 @@ Mass = _like_generate("top_p")
 
 class GenerateRequest(BaseModel):
     model_config = Strict
-    prompt: Text = Field(description="text to continue (a user message with chat)", examples=["Once upon a time"])
-    max_new_tokens: int | None = Field(None, ge=1, description="most tokens of the completion (capped by the server)")
+    prompt: Text = Field(
+        description="text to continue (a user message with chat)", examples=["Once upon a time"]
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="most tokens of the completion (capped by the server)"
+    )
     max_length: int | None = Field(None, ge=1, description="most tokens of prompt + completion")
     strategy: Literal["auto", "greedy", "sample", "beam"] = "auto"
     temperature: Temperature | None = None
@@ -155,11 +227,15 @@ class GenerateRequest(BaseModel):
     no_repeat_ngram_size: int | None = Field(None, ge=0)
     num_beams: int | None = Field(None, ge=1, le=16)
     num_return_sequences: int = Field(1, ge=1, le=16)
-    stop: list[str] = Field([], max_length=16, description="stop strings: a completion ends just before one")
+    stop: list[str] = Field(
+        [], max_length=16, description="stop strings: a completion ends just before one"
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="makes sampling reproducible")
     chat: bool = Field(False, description="send the prompt through the model's chat template")
     system: str | None = Field(None, description="system message (with chat)")
-    stream: bool = Field(False, description="answer with server-sent events: token pieces, then the result")
+    stream: bool = Field(
+        False, description="answer with server-sent events: token pieces, then the result"
+    )
 
 
 class GenerateResponse(BaseModel):

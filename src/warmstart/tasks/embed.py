@@ -1,10 +1,11 @@
-"""`warmstart embed`: hidden-state features of every text, written to .parquet, .npy or .safetensors.
+"""`warmstart embed`: hidden-state features of every text, written to .parquet, .npy or
+.safetensors.
 
-Texts are embedded a chunk at a time and each finished chunk is saved (atomically) in a parts folder next
-to the output, so an interrupted run picks up after the last finished chunk. The final file is assembled
-from the parts, written to a temporary name and renamed: it either exists whole or not at all. A run killed
-while it assembled (or before it removed the parts) is finished by running the same command again: from the
-parts, with no model loaded.
+Texts are embedded a chunk at a time and each finished chunk is saved (atomically) in a parts folder
+next to the output, so an interrupted run picks up after the last finished chunk. The final file is
+assembled from the parts, written to a temporary name and renamed: it either exists whole or not at
+all. A run killed while it assembled (or before it removed the parts) is finished by running the
+same command again: from the parts, with no model loaded.
 
     feats.parquet            columns: id, embedding (float32 list)[, label]
     feats.config.yaml        the resolved config: `warmstart embed --config feats.config.yaml` repeats it
@@ -56,8 +57,11 @@ def read_inputs(cfg: EmbedConfig) -> Table:
         raise UserError("no texts to embed: pass --data FILE")
     df = read_table(cfg.data, cfg.limit)
     ex = examples_from_table(df, cfg.data, cfg.text_column, labelled=False)
-    ids = df[find_column(df, cfg.data, cfg.id_column, (), "id", "--id-column")].tolist() if cfg.id_column \
+    ids = (
+        df[find_column(df, cfg.data, cfg.id_column, (), "id", "--id-column")].tolist()
+        if cfg.id_column
         else list(range(len(df)))
+    )
     labels, lcol = None, None
     if cfg.label_column:
         lcol = find_column(df, cfg.data, cfg.label_column, (), "label", "--label-column")
@@ -80,9 +84,16 @@ def _check_resumable(parts: Path, settings: dict, overwrite: bool) -> None:
         except (OSError, ValueError):
             old = None
         if old != settings:
-            differ = sorted(k for k in settings if (old or {}).get(k) != settings[k]) if old else ["(unreadable)"]
-            raise UserError(f"'{parts}' holds chunks of an interrupted run with other options ({', '.join(differ)}); "
-                            "rerun with those options to finish it, or pass --overwrite to start again")
+            differ = (
+                sorted(k for k in settings if (old or {}).get(k) != settings[k])
+                if old
+                else ["(unreadable)"]
+            )
+            raise UserError(
+                f"'{parts}' holds chunks of an interrupted run with other options"
+                f" ({', '.join(differ)}); rerun with those options to finish it, or pass"
+                " --overwrite to start again"
+            )
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, json.dumps(settings, sort_keys=True))
 
@@ -99,10 +110,17 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
         raise UserError("no output file: pass --out FILE (.parquet, .npy or .safetensors)")
     out = Path(cfg.out).expanduser().resolve()
     if out.suffix not in FORMATS:
-        raise UserError(f"--out '{cfg.out}': unknown format '{out.suffix}' (use {', '.join(FORMATS)})")
-    if out.suffix != ".parquet":  # a .npy is the matrix alone; .safetensors keeps integer ids, never labels
-        refuse_inapplicable(cfg, ("label_column",) if out.suffix == ".safetensors" else ("label_column", "id_column"),
-                            f"a {out.suffix} output (they are copied into .parquet outputs)")
+        raise UserError(
+            f"--out '{cfg.out}': unknown format '{out.suffix}' (use {', '.join(FORMATS)})"
+        )
+    if (
+        out.suffix != ".parquet"
+    ):  # a .npy is the matrix alone; .safetensors keeps integer ids, never labels
+        refuse_inapplicable(
+            cfg,
+            ("label_column",) if out.suffix == ".safetensors" else ("label_column", "id_column"),
+            f"a {out.suffix} output (they are copied into .parquet outputs)",
+        )
     parts = parts_dir(out)
     exists = f"'{out}' already exists; pass --overwrite to replace it"
     if out.exists() and not cfg.overwrite and not parts.is_dir():
@@ -111,14 +129,28 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in NOT_COMPARED}
     settings["rows"] = len(table.texts)
     n_chunks = -(-len(table.texts) // cfg.chunk_size)
-    # Every chunk written by a run killed while it assembled them (or just after, its output renamed but its
-    # chunks not yet removed): this rerun only assembles, with no model to load.
+    # Every chunk written by a run killed while it assembled them (or just after, its output renamed
+    # but its chunks not yet removed): this rerun only assembles, with no model to load.
     assemble_only = not cfg.overwrite and n_chunks > 0 and _all_chunks(parts, settings, n_chunks)
     if out.exists() and not cfg.overwrite and not assemble_only:
         raise UserError(exists)
-    embedder = None if assemble_only else Embedder.load(cfg.model, cfg.pooling, cfg.layers, cfg.layer_mode,
-                                                        cfg.normalize, cfg.max_length, cfg.cpu, cfg.precision)
-    if distributed.is_main():  # under accelerate launch: one process checks/prepares the parts folder
+    embedder = (
+        None
+        if assemble_only
+        else Embedder.load(
+            cfg.model,
+            cfg.pooling,
+            cfg.layers,
+            cfg.layer_mode,
+            cfg.normalize,
+            cfg.max_length,
+            cfg.cpu,
+            cfg.precision,
+        )
+    )
+    if (
+        distributed.is_main()
+    ):  # under accelerate launch: one process checks/prepares the parts folder
         _check_resumable(parts, settings, cfg.overwrite)
     distributed.barrier()
 
@@ -126,7 +158,9 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
     done_before = 0
     from tqdm.auto import tqdm
 
-    mine = distributed.shard(n_chunks)  # every chunk, or this process's share of them under accelerate launch
+    mine = distributed.shard(
+        n_chunks
+    )  # every chunk, or this process's share of them under accelerate launch
     quiet = not cfg.progress or not distributed.is_main()
     with tqdm(total=len(table.texts), desc="embed", unit="text", disable=quiet) as bar:
         for c in mine:
@@ -141,7 +175,11 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
             bar.update(hi - lo)
     seconds = time.perf_counter() - started
     distributed.barrier()  # all chunks written; the main process assembles them in input order
-    dim = embedder.dim if embedder is not None else np.load(parts / "chunk-00000.npy", mmap_mode="r").shape[1]
+    dim = (
+        embedder.dim
+        if embedder is not None
+        else np.load(parts / "chunk-00000.npy", mmap_mode="r").shape[1]
+    )
     if not distributed.is_main():
         return EmbedResult(out, len(table.texts), dim, round(seconds, 2), 0.0)
     _assemble(out, parts, n_chunks, table, dim)
@@ -149,8 +187,13 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
     atomic_write_text(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     shutil.rmtree(parts, ignore_errors=True)
     new = len(table.texts) - done_before
-    return EmbedResult(out, len(table.texts), dim, round(seconds, 2),
-                       round(new / seconds, 2) if new and seconds > 0 else 0.0)
+    return EmbedResult(
+        out,
+        len(table.texts),
+        dim,
+        round(seconds, 2),
+        round(new / seconds, 2) if new and seconds > 0 else 0.0,
+    )
 
 
 def _all_chunks(parts: Path, settings: dict, n_chunks: int) -> bool:
@@ -168,16 +211,19 @@ def _chunks(parts: Path, n_chunks: int):
 
 
 def _assemble(out: Path, parts: Path, n_chunks: int, table: Table, dim: int) -> None:
-    """Join the chunk files into ``out`` one chunk at a time (memory stays one chunk), then rename."""
+    """Join the chunk files into ``out`` one chunk at a time (memory stays one chunk), then
+    rename."""
     n = len(table.texts)
-    for stale in out.parent.glob(f".{out.name}.tmp*"):  # the unfinished file of an assembly that was killed
+    for stale in out.parent.glob(
+        f".{out.name}.tmp*"
+    ):  # the unfinished file of an assembly that was killed
         stale.unlink(missing_ok=True)
     with atomic_file(out) as tmp:
         if out.suffix == ".npy":
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
             start = 0
             for x in _chunks(parts, n_chunks):
-                mm[start:start + len(x)] = x
+                mm[start : start + len(x)] = x
                 start += len(x)
             mm.flush()
             del mm
@@ -186,8 +232,13 @@ def _assemble(out: Path, parts: Path, n_chunks: int, table: Table, dim: int) -> 
         else:
             from safetensors.numpy import save_file
 
-            tensors = {"embeddings": np.concatenate(list(_chunks(parts, n_chunks))) if n else
-                       np.empty((0, dim), np.float32)}
+            tensors = {
+                "embeddings": (
+                    np.concatenate(list(_chunks(parts, n_chunks)))
+                    if n
+                    else np.empty((0, dim), np.float32)
+                )
+            }
             if all(isinstance(i, (int, np.integer)) for i in table.ids):
                 tensors["ids"] = np.asarray(table.ids, dtype=np.int64)
             save_file(tensors, str(tmp), metadata={"format": "warmstart-embed", "dim": str(dim)})
@@ -202,8 +253,12 @@ def _write_parquet(tmp: Path, parts: Path, n_chunks: int, table: Table, dim: int
     try:
         for x in _chunks(parts, n_chunks):
             stop = start + len(x)
-            cols = {"id": pa.array(table.ids[start:stop]),
-                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), dim)}
+            cols = {
+                "id": pa.array(table.ids[start:stop]),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(x.reshape(-1), pa.float32()), dim
+                ),
+            }
             if table.labels is not None:
                 cols[table.label_column or "label"] = pa.array(table.labels[start:stop])
             batch = pa.table(cols)
@@ -212,12 +267,21 @@ def _write_parquet(tmp: Path, parts: Path, n_chunks: int, table: Table, dim: int
             writer.write_table(batch)
             start = stop
         if writer is None:  # no rows: still a valid, empty file
-            pq.write_table(pa.table({"id": pa.array([], pa.int64()),
-                                     "embedding": pa.array([], pa.list_(pa.float32(), dim))}), tmp)
+            pq.write_table(
+                pa.table(
+                    {
+                        "id": pa.array([], pa.int64()),
+                        "embedding": pa.array([], pa.list_(pa.float32(), dim)),
+                    }
+                ),
+                tmp,
+            )
     finally:
         if writer is not None:
             writer.close()
 
 
 def report(cfg: EmbedConfig, r: EmbedResult) -> str:
-    return f"{r.rows} texts -> {r.dim} features each, written to {r.out} ({r.texts_per_s} texts/s)\n"
+    return (
+        f"{r.rows} texts -> {r.dim} features each, written to {r.out} ({r.texts_per_s} texts/s)\n"
+    )

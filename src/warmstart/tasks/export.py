@@ -25,11 +25,17 @@ def export(config: ExportConfig | None = None, **kwargs) -> ExportResult:
         raise UserError("choose an export format: --onnx (the only one so far)")
     path = resolve(cfg.model)
     if is_export(path):
-        raise UserError(f"'{cfg.model}' is already an ONNX export; pass the model folder it was made from")
+        raise UserError(
+            f"'{cfg.model}' is already an ONNX export; pass the model folder it was made from"
+        )
     out, reused = ensure_export(path, cfg.out, int8=cfg.quantize == "int8", overwrite=cfg.overwrite)
     files = [p for p in (out / FP32_FILE, out / INT8_FILE) if p.is_file()]
     return ExportResult(out, files, reused)
 
 
 def report(cfg: ExportConfig, result: ExportResult) -> str:
-    return ("up to date: " if result.reused else "exported: ") + ", ".join(str(f) for f in result.files) + "\n"
+    return (
+        ("up to date: " if result.reused else "exported: ")
+        + ", ".join(str(f) for f in result.files)
+        + "\n"
+    )

@@ -42,12 +42,20 @@ class FewshotResult:
         return self.metrics["accuracy_mean"]
 
 
-# The options that only some methods read: any other method refuses them rather than silently ignoring them.
+# The options that only some methods read: any other method refuses them rather than silently
+# ignoring them.
 METHOD_OPTIONS = {
-    "select": ("incontext",), "example_max_length": ("incontext",),
-    "template": ("incontext", "prompt"), "calibrate": ("incontext", "prompt"), "chat": ("incontext", "prompt"),
-    "answer_prefix": ("incontext", "prompt"), "truncate": ("incontext", "prompt"), "descriptions": ("prompt",),
-    "pairs_per_example": ("setfit",), "epochs": ("setfit",), "lr": ("setfit",),
+    "select": ("incontext",),
+    "example_max_length": ("incontext",),
+    "template": ("incontext", "prompt"),
+    "calibrate": ("incontext", "prompt"),
+    "chat": ("incontext", "prompt"),
+    "answer_prefix": ("incontext", "prompt"),
+    "truncate": ("incontext", "prompt"),
+    "descriptions": ("prompt",),
+    "pairs_per_example": ("setfit",),
+    "epochs": ("setfit",),
+    "lr": ("setfit",),
 }
 
 
@@ -55,32 +63,56 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
     t0 = time.time()
     cfg = absolute_paths(make(FewshotConfig, config, kwargs), "data", "test", "model")
     if not cfg.data or not cfg.test:
-        raise UserError("few-shot needs --data (where the k examples per class come from) and --test")
-    refuse_inapplicable(cfg, tuple(n for n, methods in METHOD_OPTIONS.items() if cfg.method not in methods),
-                        f"--method {cfg.method}")
+        raise UserError(
+            "few-shot needs --data (where the k examples per class come from) and --test"
+        )
+    refuse_inapplicable(
+        cfg,
+        tuple(n for n, methods in METHOD_OPTIONS.items() if cfg.method not in methods),
+        f"--method {cfg.method}",
+    )
     pool = read_examples(cfg.data, cfg.text_column, label_column=cfg.label_column, limit=cfg.limit)
     test = read_examples(cfg.test, cfg.text_column, label_column=cfg.label_column, limit=cfg.limit)
     names = [n.strip() for n in cfg.labels.split(",")] if cfg.labels else None
     labels = LabelMap.from_examples(pool, names)
     y_pool, y_test = labels.encode(pool), labels.encode(test)
-    draws = [sample_k(y_pool, cfg.k, cfg.seed + r, labels.names) for r in range(cfg.repeats)]  # fail early
-    descriptions = parse_descriptions(cfg.descriptions, labels.names)  # a bad one fails before any output
+    draws = [
+        sample_k(y_pool, cfg.k, cfg.seed + r, labels.names) for r in range(cfg.repeats)
+    ]  # fail early
+    descriptions = parse_descriptions(
+        cfg.descriptions, labels.names
+    )  # a bad one fails before any output
     run = Run(cfg.out)
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
     model = cfg.model or DEFAULT_MODELS[cfg.method]
     method = prompt_scores = None
     if cfg.method == "prompt":
-        # Calibrated on content-free inputs first (--calibrate), so a head shrunk by regularisation still
-        # starts from unbiased scores.
-        method = load_method("prompt", model, template=cfg.template, cpu=cfg.cpu, max_length=cfg.max_length or 256,
-                             calibrate=cfg.calibrate, chat=cfg.chat, answer_prefix=cfg.answer_prefix,
-                             truncate=cfg.truncate)
+        # Calibrated on content-free inputs first (--calibrate), so a head shrunk by regularisation
+        # still starts from unbiased scores.
+        method = load_method(
+            "prompt",
+            model,
+            template=cfg.template,
+            cpu=cfg.cpu,
+            max_length=cfg.max_length or 256,
+            calibrate=cfg.calibrate,
+            chat=cfg.chat,
+            answer_prefix=cfg.answer_prefix,
+            truncate=cfg.truncate,
+        )
         prompt_scores = PromptScores(cfg, method, labels.names, test.texts, descriptions)
     if cfg.method == "incontext":
         template = cfg.template or (DEFAULT_CHAT_TEMPLATE if cfg.chat else DEFAULT_EXAMPLE_TEMPLATE)
-        method = load_method("prompt", model, template=template, cpu=cfg.cpu,
-                             max_length=cfg.max_length or 256, calibrate=cfg.calibrate, truncate=cfg.truncate)
+        method = load_method(
+            "prompt",
+            model,
+            template=template,
+            cpu=cfg.cpu,
+            max_length=cfg.max_length or 256,
+            calibrate=cfg.calibrate,
+            truncate=cfg.truncate,
+        )
     repeats = []
     for r, idx in enumerate(draws):
         texts, y = [pool.texts[i] for i in idx], y_pool[idx]
@@ -93,18 +125,34 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
             pred, extra = incontext_repeat(cfg, method, texts, y, test.texts, labels.names)
         seconds = time.perf_counter() - t
         m = classification_metrics(y_test, pred, labels.names)
-        m.update(seed=cfg.seed + r, example_rows=[pool.rows[i] for i in idx], seconds=round(seconds, 2),
-                 test_texts_per_s=round(len(test) / max(extra["predict_seconds"], 1e-9), 2), **extra)
+        m.update(
+            seed=cfg.seed + r,
+            example_rows=[pool.rows[i] for i in idx],
+            seconds=round(seconds, 2),
+            test_texts_per_s=round(len(test) / max(extra["predict_seconds"], 1e-9), 2),
+            **extra,
+        )
         repeats.append(m)
-        run.say(f"repeat {r + 1}/{cfg.repeats} (seed {cfg.seed + r}): accuracy {m['accuracy']:.4f}, "
-                f"macro F1 {m['f1_macro']:.4f} ({seconds:.0f}s)")
+        run.say(
+            f"repeat {r + 1}/{cfg.repeats} (seed {cfg.seed + r}): accuracy {m['accuracy']:.4f}, "
+            f"macro F1 {m['f1_macro']:.4f} ({seconds:.0f}s)"
+        )
     acc = np.array([m["accuracy"] for m in repeats])
     f1 = np.array([m["f1_macro"] for m in repeats])
-    metrics = {"method": cfg.method, "model": model, "k": cfg.k, "shots": cfg.k * len(labels.names),
-               "labels": labels.names, "test_rows": len(test), "repeats": repeats,
-               "accuracy_mean": round(float(acc.mean()), 6), "accuracy_std": round(float(acc.std()), 6),
-               "f1_macro_mean": round(float(f1.mean()), 6), "f1_macro_std": round(float(f1.std()), 6),
-               "total_seconds": round(time.time() - t0, 2)}
+    metrics = {
+        "method": cfg.method,
+        "model": model,
+        "k": cfg.k,
+        "shots": cfg.k * len(labels.names),
+        "labels": labels.names,
+        "test_rows": len(test),
+        "repeats": repeats,
+        "accuracy_mean": round(float(acc.mean()), 6),
+        "accuracy_std": round(float(acc.std()), 6),
+        "f1_macro_mean": round(float(f1.mean()), 6),
+        "f1_macro_std": round(float(f1.std()), 6),
+        "total_seconds": round(time.time() - t0, 2),
+    }
     if prompt_scores is not None:
         # The same prompt with no examples (content-free calibration only): what the k examples add.
         alone = [round(float((p.argmax(1) == y_test).mean()), 6) for p in prompt_scores.test]
@@ -112,12 +160,16 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
         if len(alone) > 1:
             metrics["similarity_zero_shot_accuracy"] = alone[1]
     run.write_metrics(metrics)
-    run.say(f"{cfg.method}, {cfg.k} per class: accuracy {acc.mean():.4f} ± {acc.std():.4f} over {cfg.repeats} "
-            f"draw(s) of examples; macro F1 {f1.mean():.4f}; run folder {run.dir}")
+    run.say(
+        f"{cfg.method}, {cfg.k} per class: accuracy {acc.mean():.4f} ± {acc.std():.4f} over"
+        f" {cfg.repeats} draw(s) of examples; macro F1 {f1.mean():.4f}; run folder {run.dir}"
+    )
     return FewshotResult(run.dir, metrics)
 
 
 def report(cfg: FewshotConfig, r: FewshotResult) -> str:
     m = r.metrics
-    return (f"{m['method']}, {m['k']} per class: accuracy {m['accuracy_mean']:.4f} ± {m['accuracy_std']:.4f} "
-            f"over {len(m['repeats'])} draw(s); run folder {r.run_dir}\n")
+    return (
+        f"{m['method']}, {m['k']} per class: accuracy {m['accuracy_mean']:.4f} ±"
+        f" {m['accuracy_std']:.4f} over {len(m['repeats'])} draw(s); run folder {r.run_dir}\n"
+    )

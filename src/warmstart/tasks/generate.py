@@ -1,8 +1,10 @@
-"""`warmstart generate`: continue prompts with a causal LM (greedy, sampling or beam search); with a text-to-text
-model (`finetune --task seq2seq`: BART, T5, Marian...), write its output for each text (greedy or beam search).
+"""`warmstart generate`: continue prompts with a causal LM (greedy, sampling or beam search); with a
+text-to-text model (`finetune --task seq2seq`: BART, T5, Marian...), write its output for each text
+(greedy or beam search).
 
-How --max-length and --max-new-tokens limit each prompt's completion, and what counts as the prompt's tokens,
-is written once in inference/decoding.py (the server's /generate follows the same rules)."""
+How --max-length and --max-new-tokens limit each prompt's completion, and what counts as the
+prompt's tokens, is written once in inference/decoding.py (the server's /generate follows the same
+rules)."""
 
 from __future__ import annotations
 
@@ -19,13 +21,17 @@ from warmstart.inference import onnx_lm
 from warmstart.inference.generation_options import Generation, check_options, strategy, token_budget
 from warmstart.runs import atomic_write_text
 
-# transformers and torch are imported where a route needs them: the ONNX route does without (seconds a process).
+# transformers and torch are imported where a route needs them: the ONNX route does without (seconds
+# a process).
 
 __all__ = ["Generation", "format_generations", "generate", "report", "streamable"]
 
 
-def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None = None, **kwargs) -> list[Generation]:
-    """Complete every prompt; with ``stream_to`` (and a streamable config) text is written there as it comes."""
+def generate(
+    config: GenerateConfig | None = None, *, stream_to: TextIO | None = None, **kwargs
+) -> list[Generation]:
+    """Complete every prompt; with ``stream_to`` (and a streamable config) text is written there as
+    it comes."""
     cfg = make(GenerateConfig, config, kwargs)
     stops = check_options(cfg)
     prompts = read_prompts(cfg.prompts, cfg.input)
@@ -33,17 +39,21 @@ def generate(config: GenerateConfig | None = None, *, stream_to: TextIO | None =
     lm_onnx = onnx_route(cfg, streaming)
     if lm_onnx is None and text_to_text(cfg):
         return rewrite(cfg, prompts, stream_to if streamable(cfg) else None)
-    done = onnx_lm.generate(lm_onnx, cfg, prompts, stops, stream_to if streaming else None, _header) \
-        if lm_onnx is not None else with_transformers(cfg, prompts, stops, stream_to if streaming else None)
+    done = (
+        onnx_lm.generate(lm_onnx, cfg, prompts, stops, stream_to if streaming else None, _header)
+        if lm_onnx is not None
+        else with_transformers(cfg, prompts, stops, stream_to if streaming else None)
+    )
     if cfg.out:
         atomic_write_text(Path(cfg.out), format_generations(done, cfg.format, cfg.chat))
     return done
 
 
-def with_transformers(cfg: GenerateConfig, prompts: list[str], stops: list[str],
-                      stream_to: TextIO | None) -> list[Generation]:
-    """Every prompt completed by transformers' generate, in batches of similar length (one at a time, in order,
-    when streaming to ``stream_to``)."""
+def with_transformers(
+    cfg: GenerateConfig, prompts: list[str], stops: list[str], stream_to: TextIO | None
+) -> list[Generation]:
+    """Every prompt completed by transformers' generate, in batches of similar length (one at a
+    time, in order, when streaming to ``stream_to``)."""
     from tqdm.auto import tqdm
 
     from warmstart.inference.decoding import Streamer, complete, generation_config, seed_all
@@ -52,17 +62,21 @@ def with_transformers(cfg: GenerateConfig, prompts: list[str], stops: list[str],
     streaming = stream_to is not None
     lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
     ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
-    budgets = [token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)]
+    budgets = [
+        token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)
+    ]
     if cfg.seed is not None:
         seed_all(cfg.seed)
     if streaming:  # one prompt at a time, in order, so that the text appears as it is produced
         batches = [[i] for i in range(len(ids))]
     else:  # similar lengths together: less padding
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+        batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
     gen_config = generation_config(cfg, lm.model.generation_config, stops)
     results: list[Generation | None] = [None] * len(ids)
-    for batch in tqdm(batches, desc="generate", unit="batch", disable=not cfg.progress or streaming, leave=False):
+    for batch in tqdm(
+        batches, desc="generate", unit="batch", disable=not cfg.progress or streaming, leave=False
+    ):
         streamer = None
         if stream_to is not None:
             i = batch[0]
@@ -70,8 +84,15 @@ def with_transformers(cfg: GenerateConfig, prompts: list[str], stops: list[str],
             if not cfg.chat:
                 stream_to.write(prompts[i])
             streamer = Streamer(lm.tokenizer, stream_to, stops)
-        gens = complete(lm, [prompts[i] for i in batch], [ids[i] for i in batch], [budgets[i] for i in batch],
-                        gen_config, stops, streamer)
+        gens = complete(
+            lm,
+            [prompts[i] for i in batch],
+            [ids[i] for i in batch],
+            [budgets[i] for i in batch],
+            gen_config,
+            stops,
+            streamer,
+        )
         for i, g in zip(batch, gens):
             results[i] = g
         if streamer is not None:
@@ -80,8 +101,8 @@ def with_transformers(cfg: GenerateConfig, prompts: list[str], stops: list[str],
 
 
 def onnx_route(cfg: GenerateConfig, streaming: bool) -> onnx_lm.OnnxLM | None:
-    """The model through ONNX Runtime GenAI when this request goes that way (--backend; auto: where it can, on a
-    machine without a GPU), else None: transformers answers."""
+    """The model through ONNX Runtime GenAI when this request goes that way (--backend; auto: where
+    it can, on a machine without a GPU), else None: transformers answers."""
     if cfg.backend == "torch" or (cfg.backend == "auto" and onnx_lm.gpu_present() and not cfg.cpu):
         return None
     reason = onnx_lm.why_not(cfg, streaming)
@@ -98,13 +119,17 @@ def onnx_route(cfg: GenerateConfig, streaming: bool) -> onnx_lm.OnnxLM | None:
 
 
 def text_to_text(cfg: GenerateConfig) -> bool:
-    """Whether --model is an encoder-decoder (its output is a new text, not a continuation of the prompt)."""
+    """Whether --model is an encoder-decoder (its output is a new text, not a continuation of the
+    prompt)."""
     from warmstart.models.bundled import ALIASES
 
     if cfg.model.strip().lower() in ALIASES:
         return False  # the aliases are an encoder and a causal LM
     folder = onnx_lm.model_folder(cfg.model)
-    if folder is not None and onnx_lm.read_json(folder / "config.json").get("model_type") in onnx_lm.ARCHITECTURES:
+    if (
+        folder is not None
+        and onnx_lm.read_json(folder / "config.json").get("model_type") in onnx_lm.ARCHITECTURES
+    ):
         return False  # decoder-only families, told from config.json without loading transformers
     from warmstart.models.registry import load_config, resolve
     from warmstart.models.seq2seq import is_encoder_decoder
@@ -118,16 +143,26 @@ def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> 
     from warmstart.inference.seq2seq import CAUSAL_ONLY, TextToText, beams_of, causal_only_options
 
     # --stream is left out: it only says how the outputs reach a terminal.
-    options = {**{k: getattr(cfg, k) for k in CAUSAL_ONLY}, "chat": cfg.chat, "stop": cfg.stop,
-               "num_return_sequences": cfg.num_return_sequences, "strategy": strategy(cfg), "num_beams": cfg.num_beams}
+    options = {
+        **{k: getattr(cfg, k) for k in CAUSAL_ONLY},
+        "chat": cfg.chat,
+        "stop": cfg.stop,
+        "num_return_sequences": cfg.num_return_sequences,
+        "strategy": strategy(cfg),
+        "num_beams": cfg.num_beams,
+    }
     refused = [f"--{k.replace('_', '-')}" for k in causal_only_options(options)]
     if refused:
-        raise UserError(f"a text-to-text model writes one output per text, greedy or with --num-beams; "
-                        f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for causal LMs")
+        raise UserError(
+            "a text-to-text model writes one output per text, greedy or with --num-beams; "
+            f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for causal LMs"
+        )
     t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision)
     written = t2t.write(texts, cfg.max_new_tokens, beams_of(options), cfg.batch_size, cfg.progress)
-    gens = [Generation(t, [w.text], len(t2t.tokenizer(t)["input_ids"]), [w.tokens], [w.finish_reason])
-            for t, w in zip(texts, written)]
+    gens = [
+        Generation(t, [w.text], len(t2t.tokenizer(t)["input_ids"]), [w.tokens], [w.finish_reason])
+        for t, w in zip(texts, written)
+    ]
     if stream_to is not None:  # the CLI prints nothing more for a streamable config on a terminal
         stream_to.write(format_generations(gens, cfg.format, chat=True))
     if cfg.out:
@@ -136,24 +171,35 @@ def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> 
 
 
 def streamable(cfg: GenerateConfig) -> bool:
-    """Whether text can be shown as it is produced: one sequence per prompt, plain text to the terminal."""
-    return (cfg.stream and cfg.format == "text" and not cfg.out and cfg.num_return_sequences == 1
-            and strategy(cfg) != "beam")
+    """Whether text can be shown as it is produced: one sequence per prompt, plain text to the
+    terminal."""
+    return (
+        cfg.stream
+        and cfg.format == "text"
+        and not cfg.out
+        and cfg.num_return_sequences == 1
+        and strategy(cfg) != "beam"
+    )
 
 
 def _header(i: int, j: int, n_prompts: int, n_seqs: int) -> str:
-    parts = ([f"prompt {i + 1}"] if n_prompts > 1 else []) + ([f"completion {j + 1}"] if n_seqs > 1 else [])
+    parts = ([f"prompt {i + 1}"] if n_prompts > 1 else []) + (
+        [f"completion {j + 1}"] if n_seqs > 1 else []
+    )
     return f"{'' if i == 0 and j == 0 else chr(10)}--- {', '.join(parts)} ---\n" if parts else ""
 
 
 def format_generations(gens: list[Generation], fmt: str, chat: bool = False) -> str:
-    """JSON Lines (one object per prompt), or the texts: prompt + completion (the reply alone with chat)."""
+    """JSON Lines (one object per prompt), or the texts: prompt + completion (the reply alone with
+    chat)."""
     if fmt == "jsonl":
         return "".join(json.dumps(asdict(g), ensure_ascii=False) + "\n" for g in gens)
     parts = []
     for i, g in enumerate(gens):
         for j, c in enumerate(g.completions):
-            parts.append(_header(i, j, len(gens), len(g.completions)) + (c if chat else g.prompt + c) + "\n")
+            parts.append(
+                _header(i, j, len(gens), len(g.completions)) + (c if chat else g.prompt + c) + "\n"
+            )
     return "".join(parts)
 
 

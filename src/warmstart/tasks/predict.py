@@ -1,6 +1,6 @@
-"""`warmstart predict`: label and class probabilities per text, in the input's order; for a tagger (a model from
-`finetune --task tokens`), each word's tag and the entity spans, with offsets into the text; for a text-to-text
-model (`finetune --task seq2seq`), the text it writes for each."""
+"""`warmstart predict`: label and class probabilities per text, in the input's order; for a tagger
+(a model from `finetune --task tokens`), each word's tag and the entity spans, with offsets into the
+text; for a text-to-text model (`finetune --task seq2seq`), the text it writes for each."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from warmstart.runs import atomic_write_text
 
 @dataclass
 class Prediction:
-    """One text's prediction: label, score and every class's probability (single-label); the labels at or above
-    their thresholds and every label's score (multi-label); or the value(s) (regression)."""
+    """One text's prediction: label, score and every class's probability (single-label); the labels
+    at or above their thresholds and every label's score (multi-label); or the value(s)
+    (regression)."""
 
     text: str
     label: str | None = None
@@ -48,19 +49,37 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
     model_config = load_config(resolve(cfg.model))
     if is_encoder_decoder(model_config) or instruction_tuned(model_config):
         return write(cfg)
-    refuse_inapplicable(cfg, ("max_new_tokens", "num_beams"), "a classifier or tagger (they are for text-to-text "
-                                                              "models)")
+    refuse_inapplicable(
+        cfg,
+        ("max_new_tokens", "num_beams"),
+        "a classifier or tagger (they are for text-to-text models)",
+    )
     if kind(model_config) == "tagger":
         return tag(cfg)
     if cfg.format == "conll":
         raise UserError("--format conll is for taggers (models from `finetune --task tokens`)")
     # --stride is a classifier's too, with --long-text chunk (Classifier.load refuses it otherwise).
-    refuse_inapplicable(cfg, ("aggregation",), "a sequence classifier (it is for taggers' entity scores; "
-                                               "--chunk-aggregation combines --long-text chunk's windows)")
+    refuse_inapplicable(
+        cfg,
+        ("aggregation",),
+        "a sequence classifier (it is for taggers' entity scores; "
+        "--chunk-aggregation combines --long-text chunk's windows)",
+    )
     ex = read_texts(cfg.texts, cfg.input, cfg.text_column, cfg.text_pair_column, cfg.limit)
-    clf = Classifier.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision,
-                          cfg.long_text, cfg.stride, cfg.chunk_aggregation)
-    probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)  # sharded under accelerate launch
+    clf = Classifier.load(
+        cfg.model,
+        cfg.max_length,
+        cfg.cpu,
+        cfg.backend,
+        cfg.quantize,
+        cfg.precision,
+        cfg.long_text,
+        cfg.stride,
+        cfg.chunk_aggregation,
+    )
+    probs = distributed.probabilities(
+        clf, ex, cfg.batch_size, cfg.progress
+    )  # sharded under accelerate launch
     preds = [Prediction(text, **r) for text, r in zip(ex.texts, clf.records(probs))]
     text = format_predictions(preds, cfg.format)
     if cfg.out and distributed.is_main():
@@ -69,12 +88,15 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
 
 
 def write(cfg: PredictConfig) -> list[Prediction]:
-    """A text-to-text model (an encoder-decoder, or a causal LM from `finetune --task causal-lm`, prompted as it was
-    trained) writes an output for every text."""
+    """A text-to-text model (an encoder-decoder, or a causal LM from `finetune --task causal-lm`,
+    prompted as it was trained) writes an output for every text."""
     if cfg.format == "conll":
         raise UserError("--format conll is for taggers (models from `finetune --task tokens`)")
-    refuse_inapplicable(cfg, ("aggregation", "long_text", "chunk_aggregation", "stride", "text_pair_column"),
-                        "a text-to-text model (it reads one text and writes another)")
+    refuse_inapplicable(
+        cfg,
+        ("aggregation", "long_text", "chunk_aggregation", "stride", "text_pair_column"),
+        "a text-to-text model (it reads one text and writes another)",
+    )
     if distributed.is_distributed():
         raise UserError("predict with a text-to-text model runs in one process")
     ex = read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit)
@@ -88,14 +110,25 @@ def write(cfg: PredictConfig) -> list[Prediction]:
 
 def tag(cfg: PredictConfig) -> list[Tagged]:
     if cfg.text_pair_column:
-        raise UserError("--text-pair-column is for sequence classifiers; a tagger reads one text at a time")
-    refuse_inapplicable(cfg, ("long_text", "chunk_aggregation"), "a tagger (it always reads a long sentence in "
-                                                                 "windows: --stride)")
+        raise UserError(
+            "--text-pair-column is for sequence classifiers; a tagger reads one text at a time"
+        )
+    refuse_inapplicable(
+        cfg,
+        ("long_text", "chunk_aggregation"),
+        "a tagger (it always reads a long sentence in windows: --stride)",
+    )
     if distributed.is_distributed():
         raise UserError("predict with a tagger runs in one process")
     words = read_words(cfg.input, cfg.limit) if cfg.input and not cfg.texts else None
-    texts = None if words is not None else read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit).texts
-    tagger = Tagger.load(cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride)
+    texts = (
+        None
+        if words is not None
+        else read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit).texts
+    )
+    tagger = Tagger.load(
+        cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride
+    )
     tagged = tagger.tag(texts, words, cfg.batch_size, cfg.aggregation, cfg.progress)
     if cfg.out:
         atomic_write_text(Path(cfg.out), format_tagged([t.record() for t in tagged], cfg.format))

@@ -1,10 +1,10 @@
 """The native engine: a plain PyTorch loop driven by Accelerate.
 
-Accelerate places tensors, applies mixed precision and wraps the model for DDP/FSDP/DeepSpeed; the loop
-itself is the textbook one: forward, backward, clip, step, schedule. Under `accelerate launch` each
-process trains on its slice of every global batch (see ``train``). Checkpoints hold everything a
-resumed run needs to end with the same metrics as an uninterrupted one: weights, optimizer, scheduler,
-RNG states (accelerate) and our position in the data (state.json)."""
+Accelerate places tensors, applies mixed precision and wraps the model for DDP/FSDP/DeepSpeed; the
+loop itself is the textbook one: forward, backward, clip, step, schedule. Under `accelerate launch`
+each process trains on its slice of every global batch (see ``train``). Checkpoints hold everything
+a resumed run needs to end with the same metrics as an uninterrupted one: weights, optimizer,
+scheduler, RNG states (accelerate) and our position in the data (state.json)."""
 
 from __future__ import annotations
 
@@ -40,35 +40,45 @@ from warmstart.training.dropout import faster_dropout
 def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
     """Train ``model`` on ``job`` with the options of ``cfg`` (a FinetuneConfig or PretrainConfig).
 
-    Under `accelerate launch` with N processes, ``cfg.batch_size`` is per process: the sampler cuts global
-    batches of batch_size × N and each process trains on its slice of every one (distributed.batch_part),
-    so N processes take the same steps on the same batches as one process with N times the batch size.
-    State (position, sums, best epoch) is global and held alike by every process; the main one writes it."""
-    # Accelerate keeps one AcceleratorState per process: a second run in the same Python process (the API
-    # called twice, a benchmark) with another precision would be refused. Its settings are this run's alone.
+    Under `accelerate launch` with N processes, ``cfg.batch_size`` is per process: the sampler cuts
+    global batches of batch_size × N and each process trains on its slice of every one
+    (distributed.batch_part), so N processes take the same steps on the same batches as one process
+    with N times the batch size. State (position, sums, best epoch) is global and held alike by
+    every process; the main one writes it."""
+    # Accelerate keeps one AcceleratorState per process: a second run in the same Python process
+    # (the API called twice, a benchmark) with another precision would be refused. Its settings are
+    # this run's alone.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision, cfg.cpu),
-                              cpu=distributed.use_cpu(cfg.cpu),
-                              gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(cfg.precision, cfg.cpu),
+        cpu=distributed.use_cpu(cfg.cpu),
+        gradient_accumulation_steps=cfg.grad_accum,
+    )
     world, me = accelerator.num_processes, accelerator.process_index
     last = run.resume_checkpoint(barrier=accelerator.wait_for_everyone) if cfg.resume else None
     saved = run.checkpoint_state(last) if last else {}
-    # A resumed run keeps the global batch of the run it continues, whatever its number of processes, so
-    # the batches, steps and schedule go on exactly where they stopped.
+    # A resumed run keeps the global batch of the run it continues, whatever its number of
+    # processes, so the batches, steps and schedule go on exactly where they stopped.
     global_batch = saved.get("global_batch") or cfg.batch_size * world
     if global_batch % world:
-        raise UserError(f"--resume: the run's global batch of {global_batch} does not split evenly over "
-                        f"{world} processes; resume with a number of processes that divides it")
+        raise UserError(
+            f"--resume: the run's global batch of {global_batch} does not split evenly over "
+            f"{world} processes; resume with a number of processes that divides it"
+        )
     sampler = LengthGroupedBatches(job.lengths, global_batch, cfg.seed, cfg.length_buckets)
     n_batches = len(sampler)
     steps_per_epoch, total_steps, warmup_steps = schedule(cfg, n_batches)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = optimizer_for(model, cfg)
-    scheduler = get_scheduler("linear" if cfg.scheduler == "linear" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=warmup_steps,
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        "linear" if cfg.scheduler == "linear" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
-    # The scheduler is stepped by us once per optimizer step, so it is only registered for checkpoints.
+    # The scheduler is stepped by us once per optimizer step, so it is only registered for
+    # checkpoints.
     accelerator.register_for_checkpointing(scheduler)
 
     state = State(global_batch=global_batch)
@@ -76,28 +86,46 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
         accelerator.load_state(str(last))
         state = State(**{**saved, "global_batch": global_batch})
         run.truncate_history(state.step)
-        run.say(f"resumed from {last} (epoch {state.epoch}, step {state.step})"
-                + (f" with {world} processes (was {saved.get('processes', 1)})"
-                   if saved.get("processes", 1) != world else ""))
+        run.say(
+            f"resumed from {last} (epoch {state.epoch}, step {state.step})"
+            + (
+                f" with {world} processes (was {saved.get('processes', 1)})"
+                if saved.get("processes", 1) != world
+                else ""
+            )
+        )
     elif cfg.resume:
         run.truncate_history(0)  # killed before its first checkpoint: start over
     state.processes = world
 
     def checkpoint() -> None:
-        run.save_checkpoint(state.step, lambda d: accelerator.save_state(str(d)), asdict(state),
-                            cfg.save_total_limit, barrier=accelerator.wait_for_everyone)
+        run.save_checkpoint(
+            state.step,
+            lambda d: accelerator.save_state(str(d)),
+            asdict(state),
+            cfg.save_total_limit,
+            barrier=accelerator.wait_for_everyone,
+        )
 
     def save_best() -> None:
         weights = full_weights(accelerator, model)
         if accelerator.is_main_process:
             run.save_model(lambda d: job.save(accelerator.unwrap_model(model), d, weights))
 
-    run.say(f"training {len(job.train)} {job.unit}: {n_epochs} epoch(s), {total_steps} optimizer steps, "
-            f"batch {global_batch // world}x{cfg.grad_accum}"
-            + (f" per process x {world} processes" if world > 1 else "")
-            + f", device {accelerator.device}, precision {cfg.precision}→{accelerator.mixed_precision}")
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
-               disable=not cfg.progress or not accelerator.is_main_process, dynamic_ncols=True)
+    run.say(
+        f"training {len(job.train)} {job.unit}: {n_epochs} epoch(s), {total_steps} optimizer steps,"
+        f" batch {global_batch // world}x{cfg.grad_accum}"
+        + (f" per process x {world} processes" if world > 1 else "")
+        + f", device {accelerator.device}, precision {cfg.precision}→{accelerator.mixed_precision}"
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not cfg.progress or not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
     model.train()
     t_log, n_log = time.time(), 0
     while state.epoch < n_epochs and state.step < total_steps and not state.stopped_early:
@@ -111,10 +139,13 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             part, weight = batch_part(epoch_batches[state.batches_done], me, world)
             batch = job.collate([job.train[i] for i in part])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            # Accelerate syncs gradients every grad_accum micro-batches; we place its counter ourselves so
-            # that the last micro-batch of an epoch always steps (and a resumed run counts from the epoch).
+            # Accelerate syncs gradients every grad_accum micro-batches; we place its counter
+            # ourselves so that the last micro-batch of an epoch always steps (and a resumed run
+            # counts from the epoch).
             last_of_epoch = state.batches_done + 1 == n_batches
-            accelerator.step = cfg.grad_accum - 1 if last_of_epoch else state.batches_done % cfg.grad_accum
+            accelerator.step = (
+                cfg.grad_accum - 1 if last_of_epoch else state.batches_done % cfg.grad_accum
+            )
             with accelerator.accumulate(model):
                 with faster_dropout(accelerator.device):
                     out = model(**job.model_inputs(batch))
@@ -125,10 +156,13 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             n = len(part) if weight else 0
-            correct, counted = job.accuracy(out, batch) if job.accuracy is not None and n else (0, 0)
+            correct, counted = (
+                job.accuracy(out, batch) if job.accuracy is not None and n else (0, 0)
+            )
             # Sums over all processes, so the state (and what it logs) is the whole batch's.
-            loss_sum, n, correct, counted = distributed.sum_all([batch_loss.item() * n, n, correct, counted],
-                                                                cfg.cpu)
+            loss_sum, n, correct, counted = distributed.sum_all(
+                [batch_loss.item() * n, n, correct, counted], cfg.cpu
+            )
             n, correct, counted = int(n), int(correct), int(counted)
             loss = loss_sum / max(n, 1)
             state.batches_done += 1
@@ -136,7 +170,11 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             state.correct, state.counted = state.correct + correct, state.counted + counted
             state.seen += n
             state.samples += n
-            n_log, state.log_seen, state.log_loss_sum = n_log + n, state.log_seen + n, state.log_loss_sum + loss_sum
+            n_log, state.log_seen, state.log_loss_sum = (
+                n_log + n,
+                state.log_seen + n,
+                state.log_loss_sum + loss_sum,
+            )
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -145,18 +183,24 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if state.step % cfg.logging_steps == 0:
                 rate = n_log / max(time.time() - t_log, 1e-9)
-                rec = {"step": state.step, "epoch": round(state.epoch + state.batches_done / n_batches, 4),
-                       "loss": state.log_loss_sum / state.log_seen, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_s": rate}
+                rec = {
+                    "step": state.step,
+                    "epoch": round(state.epoch + state.batches_done / n_batches, 4),
+                    "loss": state.log_loss_sum / state.log_seen,
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": rate,
+                }
                 run.log(rec)
-                run.say(f"step {state.step}/{total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
-                        f"{rate:.1f} samples/s")
+                run.say(
+                    f"step {state.step}/{total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                    f"{rate:.1f} samples/s"
+                )
                 t_log, n_log, state.log_loss_sum, state.log_seen = time.time(), 0, 0.0, 0
             if state.step >= total_steps:
                 break
             if cfg.save_steps and state.step % cfg.save_steps == 0:
-                # The checkpoint carries the loop's time so far (a run resumed from it counts on from there);
-                # writing it is not training time.
+                # The checkpoint carries the loop's time so far (a run resumed from it counts on
+                # from there); writing it is not training time.
                 state.train_seconds += time.time() - t_loop
                 checkpoint()
                 t_loop = time.time()
@@ -170,22 +214,43 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
     return state
 
 
-def end_of_epoch(cfg: Any, state: State, model, accelerator: Accelerator, job: Job, run: Run, seconds: float,
-                 save_best: Callable[[], None]) -> None:
-    rec: dict = {"step": state.step, "epoch": state.epoch + 1, "train_loss": state.loss_sum / max(state.seen, 1)}
+def end_of_epoch(
+    cfg: Any,
+    state: State,
+    model,
+    accelerator: Accelerator,
+    job: Job,
+    run: Run,
+    seconds: float,
+    save_best: Callable[[], None],
+) -> None:
+    rec: dict = {
+        "step": state.step,
+        "epoch": state.epoch + 1,
+        "train_loss": state.loss_sum / max(state.seen, 1),
+    }
     if job.accuracy is not None:
         rec["train_accuracy"] = state.correct / max(state.counted, 1)
     rec["epoch_seconds"] = round(seconds, 2)
     if job.evaluate is not None:
-        metrics = job.evaluate(accelerator.unwrap_model(model), accelerator.device, accelerator.autocast)
+        metrics = job.evaluate(
+            accelerator.unwrap_model(model), accelerator.device, accelerator.autocast
+        )
         rec.update({f"valid_{k}": v for k, v in metrics.items()})
         judge_epoch(cfg, state, rec[f"valid_{cfg.metric_for_best}"], state.epoch + 1, save_best)
         model.train()
     rec["elapsed_seconds"] = round(time.time() - run.started, 2)
     run.log(rec)
     state.epochs_log.append(rec)
-    run.say(f"epoch {rec['epoch']}: " + "  ".join(
-        f"{k.replace('_', ' ')} {v:.4f}" for k, v in rec.items() if k.startswith(("train_", "valid_")))
-        + f" | {seconds:.0f}s" + ("  (early stop)" if state.stopped_early else ""))
+    run.say(
+        f"epoch {rec['epoch']}: "
+        + "  ".join(
+            f"{k.replace('_', ' ')} {v:.4f}"
+            for k, v in rec.items()
+            if k.startswith(("train_", "valid_"))
+        )
+        + f" | {seconds:.0f}s"
+        + ("  (early stop)" if state.stopped_early else "")
+    )
     state.epoch += 1
     state.batches_done, state.loss_sum, state.correct, state.counted, state.seen = 0, 0.0, 0, 0, 0

@@ -1,11 +1,11 @@
 """The Trainer engine: the same config mapped onto Hugging Face `TrainingArguments` + `Trainer`.
 
-Same inputs as the native engine (the task kind's Job: tokenised once, unpadded, its collator), length
-grouping through the Trainer's LengthGroupedSampler (shuffled per seed and epoch), the same optimizer, and the
-same run folder: the best model in model/, history.jsonl, epoch records. The Trainer's own checkpoints go through
-Run.save_checkpoint like the native engine's (written in checkpoints/.writing/, marked complete by state.json
-holding our counters, renamed into place), and `--resume` hands the newest sound one to
-`trainer.train(resume_from_checkpoint=...)`."""
+Same inputs as the native engine (the task kind's Job: tokenised once, unpadded, its collator),
+length grouping through the Trainer's LengthGroupedSampler (shuffled per seed and epoch), the same
+optimizer, and the same run folder: the best model in model/, history.jsonl, epoch records. The
+Trainer's own checkpoints go through Run.save_checkpoint like the native engine's (written in
+checkpoints/.writing/, marked complete by state.json holding our counters, renamed into place), and
+`--resume` hands the newest sound one to `trainer.train(resume_from_checkpoint=...)`."""
 
 from __future__ import annotations
 
@@ -23,15 +23,24 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from warmstart import distributed
 from warmstart.config import FinetuneConfig
 from warmstart.runs import Run, checkpoint_step
-from warmstart.training.common import Job, State, full_weights, judge_epoch, mixed_precision, optimizer_for, schedule
+from warmstart.training.common import (
+    Job,
+    State,
+    full_weights,
+    judge_epoch,
+    mixed_precision,
+    optimizer_for,
+    schedule,
+)
 from warmstart.training.dropout import faster_dropout
 
 
 class EpochSeededSampler(LengthGroupedSampler):
-    """The Trainer's length grouping, shuffled from (seed, epoch) rather than from the global RNG. A run resumed
-    mid-epoch then takes the batches an uninterrupted one takes: the Trainer draws an epoch's order before it
-    restores the checkpoint's RNG, so from the fresh process's RNG, which matches the interrupted run's only in
-    the first epoch. (The Trainer calls set_epoch through Accelerate's data loader.)"""
+    """The Trainer's length grouping, shuffled from (seed, epoch) rather than from the global RNG. A
+    run resumed mid-epoch then takes the batches an uninterrupted one takes: the Trainer draws an
+    epoch's order before it restores the checkpoint's RNG, so from the fresh process's RNG, which
+    matches the interrupted run's only in the first epoch. (The Trainer calls set_epoch through
+    Accelerate's data loader.)"""
 
     def __init__(self, *args, seed: int, buckets: int, **kwargs):
         super().__init__(*args, generator=torch.Generator(), **kwargs)
@@ -41,49 +50,71 @@ class EpochSeededSampler(LengthGroupedSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-        # --length-buckets caps the Trainer's mega-batch multiple (its own: 50, or fewer to make 4 of a small set).
+        self.generator.manual_seed(
+            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        )
+        # --length-buckets caps the Trainer's mega-batch multiple (its own: 50, or fewer to make 4
+        # of a small set).
         mult = max(1, min(self.buckets, len(self.lengths) // (self.batch_size * 4)))
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=mult,
-                                               generator=self.generator))
+        return iter(
+            get_length_grouped_indices(
+                self.lengths, self.batch_size, mega_batch_mult=mult, generator=self.generator
+            )
+        )
 
 
 class _Trainer(Trainer):
-    """The Trainer reports training loss only; this also counts the job's training accuracy per epoch, from
-    the outputs it computes anyway, and writes its checkpoints the way the run folder does."""
+    """The Trainer reports training loss only; this also counts the job's training accuracy per
+    epoch, from the outputs it computes anyway, and writes its checkpoints the way the run folder
+    does."""
 
-    def __init__(self, *args, stats: State, job: Job, run: Run, keep: int | None, buckets: int, **kwargs):
+    def __init__(
+        self, *args, stats: State, job: Job, run: Run, keep: int | None, buckets: int, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.stats, self.job, self.run, self.keep, self.buckets = stats, job, run, keep, buckets
         self._writing_in: Path | None = None
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        return EpochSeededSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                  dataset=train_dataset, model_input_name="input_ids", seed=self.args.seed,
-                                  buckets=self.buckets)
+        return EpochSeededSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            dataset=train_dataset,
+            model_input_name="input_ids",
+            seed=self.args.seed,
+            buckets=self.buckets,
+        )
 
     def _get_eval_sampler(self, eval_dataset):
-        # The valid rows in their own order (the Trainer would group them by length as for training): a kind's
-        # streaming metrics may then read predictions in dataset order (a tagger's windows make up sentences).
+        # The valid rows in their own order (the Trainer would group them by length as for
+        # training): a kind's streaming metrics may then read predictions in dataset order (a
+        # tagger's windows make up sentences).
         return None if eval_dataset is None else torch.utils.data.SequentialSampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with faster_dropout(self.args.device) if model.training else contextlib.nullcontext():
             if self.job.loss is not None and model.training:
-                # The kind's own training loss (class weights, label smoothing) replaces the model's; the valid
-                # loss stays the model's plain cross-entropy, as the native loop's evaluation computes it.
+                # The kind's own training loss (class weights, label smoothing) replaces the
+                # model's; the valid loss stays the model's plain cross-entropy, as the native
+                # loop's evaluation computes it.
                 outputs = model(**self.job.model_inputs(inputs))
                 loss = self.job.loss(outputs, inputs)
             else:
-                loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                     num_items_in_batch=num_items_in_batch)
+                loss, outputs = super().compute_loss(
+                    model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                )
         if model.training:
-            correct, counted = self.job.accuracy(outputs, inputs) if self.job.accuracy is not None \
+            correct, counted = (
+                self.job.accuracy(outputs, inputs)
+                if self.job.accuracy is not None
                 else (0, len(inputs["input_ids"]))
-            # The epoch's train loss is the loss trained on (smoothed, weighted), as the native loop logs it; the
-            # model's own may be scaled by the Trainer for accumulation, so its batch mean is recomputed.
-            mean = loss.item() if self.job.loss is not None else self.job.batch_loss(outputs, inputs)
+            )
+            # The epoch's train loss is the loss trained on (smoothed, weighted), as the native loop
+            # logs it; the model's own may be scaled by the Trainer for accumulation, so its batch
+            # mean is recomputed.
+            mean = (
+                loss.item() if self.job.loss is not None else self.job.batch_loss(outputs, inputs)
+            )
             self.stats.loss_sum += mean * counted
             self.stats.correct += correct
             self.stats.seen += counted
@@ -91,15 +122,23 @@ class _Trainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _get_output_dir(self, trial):
-        # While a checkpoint is written, the Trainer's "<output dir>/checkpoint-<step>" is our staging folder.
-        return str(self._writing_in) if self._writing_in is not None else super()._get_output_dir(trial)
+        # While a checkpoint is written, the Trainer's "<output dir>/checkpoint-<step>" is our
+        # staging folder.
+        return (
+            str(self._writing_in)
+            if self._writing_in is not None
+            else super()._get_output_dir(trial)
+        )
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint files, written in checkpoints/.writing/ and marked complete (state.json, our
-        counters) before they are renamed into place: a kill at any moment leaves no half checkpoint behind."""
-        if self.state.epoch == int(self.state.epoch) and len(self.stats.epochs_log) < round(self.state.epoch):
-            # The last step of an epoch, not yet evaluated: the epoch-end checkpoint follows at once. One taken
-            # now would resume in the next epoch and lose this one's record.
+        """The Trainer's checkpoint files, written in checkpoints/.writing/ and marked complete
+        (state.json, our counters) before they are renamed into place: a kill at any moment leaves
+        no half checkpoint behind."""
+        if self.state.epoch == int(self.state.epoch) and len(self.stats.epochs_log) < round(
+            self.state.epoch
+        ):
+            # The last step of an epoch, not yet evaluated: the epoch-end checkpoint follows at
+            # once. One taken now would resume in the next epoch and lose this one's record.
             return
         state = self.counters()  # a collective: every process, before any writes
         trainer_save = super()._save_checkpoint
@@ -111,20 +150,34 @@ class _Trainer(Trainer):
             finally:
                 self._writing_in = None
 
-        self.run.save_checkpoint(self.state.global_step, write, state, self.keep,
-                                 barrier=self.accelerator.wait_for_everyone)
+        self.run.save_checkpoint(
+            self.state.global_step,
+            write,
+            state,
+            self.keep,
+            barrier=self.accelerator.wait_for_everyone,
+        )
 
     def counters(self) -> dict:
-        """What a resumed run needs besides the Trainer's own state: our State with the epoch's sums over all
-        processes, and the Trainer's running loss since its last log line (it does not checkpoint that, so a
-        resumed run would log a different average over fewer steps)."""
+        """What a resumed run needs besides the Trainer's own state: our State with the epoch's sums
+        over all processes, and the Trainer's running loss since its last log line (it does not
+        checkpoint that, so a resumed run would log a different average over fewer steps)."""
         s = self.stats
         cpu = self.args.use_cpu
-        loss_sum, correct, seen, tr_loss = distributed.sum_all([s.loss_sum, s.correct, s.seen,
-                                                                self._tr_loss.item()], cpu)
-        return {**asdict(s), "step": self.state.global_step, "epoch": len(s.epochs_log), "loss_sum": loss_sum,
-                "correct": int(correct), "seen": int(seen), "log_loss_sum": tr_loss / distributed.world_size(),
-                "last_logged_step": self._globalstep_last_logged, "processes": distributed.world_size()}
+        loss_sum, correct, seen, tr_loss = distributed.sum_all(
+            [s.loss_sum, s.correct, s.seen, self._tr_loss.item()], cpu
+        )
+        return {
+            **asdict(s),
+            "step": self.state.global_step,
+            "epoch": len(s.epochs_log),
+            "loss_sum": loss_sum,
+            "correct": int(correct),
+            "seen": int(seen),
+            "log_loss_sum": tr_loss / distributed.world_size(),
+            "last_logged_step": self._globalstep_last_logged,
+            "processes": distributed.world_size(),
+        }
 
     def global_samples(self) -> int:
         """Training examples processed by all processes (each counts its own)."""
@@ -132,7 +185,8 @@ class _Trainer(Trainer):
 
 
 class BarOnly(ProgressCallback):
-    """The Trainer's progress bar without its dict-per-log printing (RunCallback prints our log lines)."""
+    """The Trainer's progress bar without its dict-per-log printing (RunCallback prints our log
+    lines)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pass
@@ -141,12 +195,18 @@ class BarOnly(ProgressCallback):
 class RunCallback(TrainerCallback):
     """Writes our history.jsonl and epoch records, keeps the best model in model/, stops early.
 
-    Its counters go into each Trainer checkpoint's state.json (_Trainer.counters), so a resumed run keeps them.
-    Every process runs it; counts are summed over the processes, the main one writes."""
+    Its counters go into each Trainer checkpoint's state.json (_Trainer.counters), so a resumed run
+    keeps them. Every process runs it; counts are summed over the processes, the main one writes."""
 
-    def __init__(self, cfg: FinetuneConfig, run: Run, stats: State, save_best, job: Job, total_steps: int):
+    def __init__(
+        self, cfg: FinetuneConfig, run: Run, stats: State, save_best, job: Job, total_steps: int
+    ):
         self.cfg, self.run, self.stats, self.save_best = cfg, run, stats, save_best
-        self.has_valid, self.metric_names, self.total_steps = job.valid is not None, job.metric_names, total_steps
+        self.has_valid, self.metric_names, self.total_steps = (
+            job.valid is not None,
+            job.metric_names,
+            total_steps,
+        )
         self.job_has_accuracy = job.accuracy is not None
         self.t_log, self.n_log = time.time(), 0
         self.t_epoch = time.time()
@@ -156,8 +216,9 @@ class RunCallback(TrainerCallback):
     KEPT = ("best_metric", "best_epoch", "bad_epochs", "epochs_log", "stopped_early")
 
     def restore(self, saved: dict) -> None:
-        """Counters from a checkpoint's state.json. The epoch's sums are over all processes: the main one
-        carries them on (and the others start from 0), so their sum at the epoch's end is right again."""
+        """Counters from a checkpoint's state.json. The epoch's sums are over all processes: the
+        main one carries them on (and the others start from 0), so their sum at the epoch's end is
+        right again."""
         for k in self.KEPT:
             setattr(self.stats, k, saved[k])
         if distributed.is_main():
@@ -166,7 +227,8 @@ class RunCallback(TrainerCallback):
         self.resumed_log = (saved["log_loss_sum"], saved["last_logged_step"])
 
     def on_train_begin(self, args, state, control, **kw):
-        # The Trainer has just set its running loss to 0 and its last logged step to the resumed one.
+        # The Trainer has just set its running loss to 0 and its last logged step to the resumed
+        # one.
         if self.resumed_log is not None and self.trainer is not None:
             loss, step = self.resumed_log
             self.trainer._tr_loss.fill_(loss)
@@ -183,23 +245,35 @@ class RunCallback(TrainerCallback):
             return
         seen = samples - self.n_log
         rate = seen / max(time.time() - self.t_log, 1e-9)
-        rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs["loss"],
-               "lr": logs.get("learning_rate"), "samples_per_s": rate}
+        rec = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0, 4),
+            "loss": logs["loss"],
+            "lr": logs.get("learning_rate"),
+            "samples_per_s": rate,
+        }
         self.run.log(rec)
-        self.run.say(f"step {rec['step']}/{self.total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
-                     f"{rate:.1f} samples/s")
+        self.run.say(
+            f"step {rec['step']}/{self.total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+            f"{rate:.1f} samples/s"
+        )
         self.t_log, self.n_log = time.time(), samples
 
     def on_epoch_end(self, args, state, control, **kw):
         s = self.stats
         # Every process counted its own slice of the batches.
         loss_sum, correct, seen = distributed.sum_all([s.loss_sum, s.correct, s.seen], self.cfg.cpu)
-        self.pending = {"step": state.global_step, "epoch": len(s.epochs_log) + 1,
-                        "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                        "epoch_seconds": round(time.time() - self.t_epoch, 2)}
+        self.pending = {
+            "step": state.global_step,
+            "epoch": len(s.epochs_log) + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "epoch_seconds": round(time.time() - self.t_epoch, 2),
+        }
         if not self.job_has_accuracy:  # regression: no accuracy to log
             self.pending.pop("train_accuracy")
-        # The next epoch counts from 0 (reset here, not when it begins: a run resumed mid-epoch carries its sums on).
+        # The next epoch counts from 0 (reset here, not when it begins: a run resumed mid-epoch
+        # carries its sums on).
         s.loss_sum, s.correct, s.seen = 0.0, 0, 0
         if not self.has_valid:
             self._finish_epoch(state, control)
@@ -208,9 +282,17 @@ class RunCallback(TrainerCallback):
         rec = getattr(self, "pending", None)
         if rec is None or not metrics:
             return
-        rec.update({f"valid_{k}": metrics[f"eval_{k}"] for k in ("loss", *self.metric_names)},
-                   epoch_seconds=round(time.time() - self.t_epoch, 2))
-        judge_epoch(self.cfg, self.stats, rec[f"valid_{self.cfg.metric_for_best}"], rec["epoch"], self.save_best)
+        rec.update(
+            {f"valid_{k}": metrics[f"eval_{k}"] for k in ("loss", *self.metric_names)},
+            epoch_seconds=round(time.time() - self.t_epoch, 2),
+        )
+        judge_epoch(
+            self.cfg,
+            self.stats,
+            rec[f"valid_{self.cfg.metric_for_best}"],
+            rec["epoch"],
+            self.save_best,
+        )
         control.should_training_stop = control.should_training_stop or self.stats.stopped_early
         self._finish_epoch(state, control)
 
@@ -225,14 +307,21 @@ class RunCallback(TrainerCallback):
         if "valid_loss" in rec:
             best = self.cfg.metric_for_best
             shown = "accuracy" if "valid_accuracy" in rec else best
-            msg += f" | valid loss {rec['valid_loss']:.4f} {shown[:3] if shown == 'accuracy' else shown} " \
-                   f"{rec[f'valid_{shown}']:.4f}"
-        self.run.say(msg + f" | {rec['epoch_seconds']:.0f}s" + ("  (early stop)" if self.stats.stopped_early else ""))
+            msg += (
+                f" | valid loss {rec['valid_loss']:.4f}"
+                f" {shown[:3] if shown == 'accuracy' else shown} {rec[f'valid_{shown}']:.4f}"
+            )
+        self.run.say(
+            msg
+            + f" | {rec['epoch_seconds']:.0f}s"
+            + ("  (early stop)" if self.stats.stopped_early else "")
+        )
         control.should_save = True  # a checkpoint at every epoch end, whatever --save-steps says
 
 
 def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> State:
-    """Train ``model`` on ``job`` with the HF Trainer; the same State as the native engine comes back."""
+    """Train ``model`` on ``job`` with the HF Trainer; the same State as the native engine comes
+    back."""
     train_data, valid_data = job.train, job.valid
     precision = mixed_precision(cfg.precision, cfg.cpu)
     # Under `accelerate launch` / torchrun the Trainer runs DDP itself: batch_size is per process.
@@ -265,39 +354,65 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
         report_to="none",
         disable_tqdm=not cfg.progress,
         dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,  # classifiers use every parameter; the search costs a graph pass
+        # classifiers use every parameter; the search costs a graph pass
+        ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available() and not cfg.cpu,
     )
     stats = State()
 
     def save_best() -> None:
-        # Sharded weights (FSDP, DeepSpeed) are gathered by every process, as the Trainer's save_model does.
+        # Sharded weights (FSDP, DeepSpeed) are gathered by every process, as the Trainer's
+        # save_model does.
         weights = full_weights(trainer.accelerator, trainer.model_wrapped)
         if trainer.is_world_process_zero():
-            run.save_model(lambda d: job.save(trainer.accelerator.unwrap_model(trainer.model), d, weights))
+            run.save_model(
+                lambda d: job.save(trainer.accelerator.unwrap_model(trainer.model), d, weights)
+            )
 
     callback = RunCallback(cfg, run, stats, save_best, job, total_steps)
-    trainer = _Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=valid_data,
-                       data_collator=job.collate, processing_class=job.tokenizer,
-                       compute_metrics=job.trainer_metrics() if job.trainer_metrics else None,
-                       optimizers=(optimizer_for(model, cfg), None), callbacks=[callback], stats=stats, job=job,
-                       run=run, keep=cfg.save_total_limit, buckets=cfg.length_buckets)
+    trainer = _Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=valid_data,
+        data_collator=job.collate,
+        processing_class=job.tokenizer,
+        compute_metrics=job.trainer_metrics() if job.trainer_metrics else None,
+        optimizers=(optimizer_for(model, cfg), None),
+        callbacks=[callback],
+        stats=stats,
+        job=job,
+        run=run,
+        keep=cfg.save_total_limit,
+        buckets=cfg.length_buckets,
+    )
     callback.trainer = trainer
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     if cfg.progress:
         trainer.add_callback(BarOnly())
-    last = run.resume_checkpoint(required=("trainer_state.json",), barrier=trainer.accelerator.wait_for_everyone) \
-        if cfg.resume else None
+    last = (
+        run.resume_checkpoint(
+            required=("trainer_state.json",), barrier=trainer.accelerator.wait_for_everyone
+        )
+        if cfg.resume
+        else None
+    )
     if cfg.resume:
         run.truncate_history(checkpoint_step(last) if last else 0)
     if last:
         callback.restore(run.checkpoint_state(last))
-    run.say(f"training {len(train_data)} {job.unit} with the HF Trainer: {total_steps} optimizer steps, "
-            f"batch {cfg.batch_size}x{cfg.grad_accum}"
-            + (f" per process x {distributed.world_size()} processes" if distributed.is_distributed() else "")
-            + f", device {args.device}, precision {cfg.precision}→{precision}"
-            + (f"; resuming from {last}" if last else ""))
+    run.say(
+        f"training {len(train_data)} {job.unit} with the HF Trainer: {total_steps} optimizer steps,"
+        f" batch {cfg.batch_size}x{cfg.grad_accum}"
+        + (
+            f" per process x {distributed.world_size()} processes"
+            if distributed.is_distributed()
+            else ""
+        )
+        + f", device {args.device}, precision {cfg.precision}→{precision}"
+        + (f"; resuming from {last}" if last else "")
+    )
     out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
     stats.train_seconds = out.metrics["train_runtime"] - eval_seconds
