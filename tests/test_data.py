@@ -143,9 +143,9 @@ def test_texts_one_per_line_read_alike_from_files_and_stdin_for_predict_and_gene
 
 
 def test_warmstart_home_moves_every_cache_the_token_cache_included(tmp_path, monkeypatch):
+    from warmstart.files import cache_dir
     from warmstart.models import precision
     from warmstart.objectives import stream
-    from warmstart.runs import cache_dir
 
     monkeypatch.delenv("WARMSTART_TOKEN_CACHE", raising=False)
     monkeypatch.setenv("WARMSTART_HOME", str(tmp_path / "home"))

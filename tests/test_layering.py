@@ -18,6 +18,7 @@ LAYERS = [
     # 0: cross-cutting leaves: they may import each other (but no cycle)
     {
         "warmstart.errors",
+        "warmstart.files",
         "warmstart.runs",
         "warmstart.metrics",
         "warmstart.plots",

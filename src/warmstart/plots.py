@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from warmstart.runs import atomic_file  # noqa: E402
+from warmstart.files import atomic_file  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

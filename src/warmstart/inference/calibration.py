@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from warmstart.files import atomic_write_json
 from warmstart.metrics import sigmoid, softmax
 from warmstart.models.lora import MERGED_CONFIG
-from warmstart.runs import atomic_write_json
 
 TEMPERATURE_KEY = "calibration_temperature"
 KINDS = ("softmax", "sigmoid")

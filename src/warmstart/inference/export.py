@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from warmstart.errors import UserError
+from warmstart.files import atomic_dir, atomic_write_json, atomic_write_text, cache_dir
 from warmstart.models.bundled import remove_stale
 from warmstart.models.classifier import HEADS, load_classifier
 from warmstart.models.registry import has_tagger_head, load_config, load_tokenizer
-from warmstart.runs import atomic_dir, atomic_write_json, atomic_write_text, cache_dir
 
 EXPORT_FORMAT = 3  # bump when the export steps change, so cached exports are redone
 MARKER = "warmstart-onnx.json"

@@ -27,6 +27,7 @@ from typing import TextIO
 
 from warmstart.config import GenerateConfig, given_flags
 from warmstart.errors import UserError
+from warmstart.files import atomic_dir, cache_dir
 from warmstart.inference.generation_options import (
     Generation,
     completion_text,
@@ -34,7 +35,6 @@ from warmstart.inference.generation_options import (
     strategy,
     token_budget,
 )
-from warmstart.runs import atomic_dir, cache_dir
 
 # model_type values GenAI's builder exports (its builders/ folder); others go through transformers.
 ARCHITECTURES = (

@@ -24,6 +24,7 @@ from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.pairs import Pairs, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
+from warmstart.files import atomic_write_text
 from warmstart.inference.decoding import complete_texts
 from warmstart.metrics import TEXT_METRICS, text_metrics
 from warmstart.models import (
@@ -36,7 +37,7 @@ from warmstart.models import (
     set_dropout,
 )
 from warmstart.models.causal import CausalLM, instruction_ids
-from warmstart.runs import Run, atomic_write_text
+from warmstart.runs import Run
 from warmstart.training.common import Job, smoothed_loss
 
 # Options of other kinds, refused here with one line rather than ignored.

@@ -251,7 +251,7 @@ def start_at_the_mean(model: torch.nn.Module, mean: np.ndarray) -> None:
 def update_model_config(model_dir: Path, **values) -> None:
     """Add ``values`` to a saved model's config.json, atomically (the model folder stays loadable
     throughout)."""
-    from warmstart.runs import atomic_write_json
+    from warmstart.files import atomic_write_json
 
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
+from warmstart.files import atomic_write_text
 from warmstart.inference.seq2seq import (
     TextToText,
     Written,
@@ -32,7 +33,7 @@ from warmstart.inference.seq2seq import (
 from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
 from warmstart.models.registry import dropout_of, load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
-from warmstart.runs import Run, atomic_write_text
+from warmstart.runs import Run
 from warmstart.training.common import Job, smoothed_loss, token_accuracy, token_loss
 
 # The default limit on new tokens: this many times the longest training target, so that a valid text

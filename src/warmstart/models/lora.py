@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from warmstart.errors import UserError
-from warmstart.runs import atomic_dir, cache_dir
+from warmstart.files import atomic_dir, cache_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_CONFIG = (  # not config.json: transformers would then look for full weights here

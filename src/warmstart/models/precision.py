@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from warmstart.runs import atomic_write_json, cache_dir
+from warmstart.files import atomic_write_json, cache_dir
 
 MARGIN = 1.15  # bf16 must be this much faster than fp32 to be chosen
 ATTENTION_MARGIN = (

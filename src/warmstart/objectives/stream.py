@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from warmstart import runs
+from warmstart import files
 from warmstart.errors import UserError
 from warmstart.objectives.common import backend
 
@@ -36,10 +36,10 @@ CHUNK_CHARS = (
 
 
 def cache_dir() -> Path:
-    """``$WARMSTART_TOKEN_CACHE``, else the tokens/ folder of warmstart's cache (runs.cache_dir)."""
+    """``$WARMSTART_TOKEN_CACHE``, else the tokens/ folder of warmstart's cache (files.cache_dir)."""
     if os.environ.get("WARMSTART_TOKEN_CACHE"):
         return Path(os.environ["WARMSTART_TOKEN_CACHE"]).expanduser()
-    return runs.cache_dir() / "tokens"
+    return files.cache_dir() / "tokens"
 
 
 def cache_key(tokenizer: PreTrainedTokenizerBase, sep: int, **settings) -> str:
@@ -95,7 +95,7 @@ def write_tokens(
         if progress is not None:
             progress(len(chunk))
 
-    with runs.atomic_file(path) as tmp, open(tmp, "wb") as f:
+    with files.atomic_file(path) as tmp, open(tmp, "wb") as f:
         chunk: list[str] = []
         size = 0
         for doc in docs:
@@ -110,7 +110,7 @@ def write_tokens(
         f.flush()
         os.fsync(f.fileno())
     # Last: marks the cache entry complete.
-    runs.atomic_write_json(
+    files.atomic_write_json(
         path.with_suffix(".json"), {"documents": n_docs, "tokens": n_tokens, "sep": sep}
     )
     return TokenFile(path)

@@ -27,8 +27,8 @@ from warmstart import distributed
 from warmstart.config import EmbedConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.data.tables import examples_from_table, find_column, read_table
 from warmstart.errors import UserError
+from warmstart.files import atomic_file, atomic_write_text
 from warmstart.inference.features import Embedder
-from warmstart.runs import atomic_file, atomic_write_text
 
 FORMATS = (".parquet", ".npy", ".safetensors")
 # Options that change no number in the output: a resumed run may differ in them.

@@ -16,6 +16,7 @@ from warmstart.data.tables import read_examples
 from warmstart.data.tagged import check_sentences, read_sentences
 from warmstart.data.targets import LabelSet, label_sets, numeric_targets
 from warmstart.errors import UserError
+from warmstart.files import atomic_write_json, atomic_write_text
 from warmstart.inference.calibration import expected_calibration_error
 from warmstart.inference.classifier import Classifier
 from warmstart.inference.seq2seq import instruction_tuned, load_writer
@@ -33,7 +34,6 @@ from warmstart.metrics import (
 )
 from warmstart.models.registry import kind, load_config, resolve
 from warmstart.models.seq2seq import is_encoder_decoder
-from warmstart.runs import atomic_write_json, atomic_write_text
 
 
 @dataclass

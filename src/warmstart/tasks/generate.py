@@ -17,9 +17,9 @@ from typing import TextIO
 from warmstart.config import GenerateConfig, make
 from warmstart.data.texts import read_prompts
 from warmstart.errors import UserError
+from warmstart.files import atomic_write_text
 from warmstart.inference import onnx_lm
 from warmstart.inference.generation_options import Generation, check_options, strategy, token_budget
-from warmstart.runs import atomic_write_text
 
 # transformers and torch are imported where a route needs them: the ONNX route does without (seconds
 # a process).

@@ -12,12 +12,12 @@ from warmstart.config import PredictConfig, make, refuse_inapplicable
 from warmstart.data.output import format_records, format_tagged
 from warmstart.data.texts import read_texts, read_words
 from warmstart.errors import UserError
+from warmstart.files import atomic_write_text
 from warmstart.inference.classifier import Classifier
 from warmstart.inference.seq2seq import instruction_tuned, load_writer
 from warmstart.inference.tagger import Tagged, Tagger
 from warmstart.models.registry import kind, load_config, resolve
 from warmstart.models.seq2seq import is_encoder_decoder
-from warmstart.runs import atomic_write_text
 
 
 @dataclass

@@ -33,6 +33,7 @@ from warmstart import distributed, objectives, plots
 from warmstart.config import PretrainConfig, absolute_paths, make, refuse_inapplicable, to_dict
 from warmstart.data.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
 from warmstart.errors import UserError
+from warmstart.files import atomic_write_json
 from warmstart.models import (
     dropout_of,
     load_config,
@@ -46,7 +47,7 @@ from warmstart.models import (
 from warmstart.objectives import clm, mlm, separator_id, stream
 from warmstart.objectives.denoise import DenoisingCollator
 from warmstart.objectives.nsp import NSPCollator
-from warmstart.runs import Run, atomic_write_json, prepare_run_folder
+from warmstart.runs import Run, prepare_run_folder
 from warmstart.training import native
 from warmstart.training.common import Job, choose_precision
 

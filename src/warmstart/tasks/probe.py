@@ -21,9 +21,10 @@ from warmstart import plots
 from warmstart.config import ProbeConfig, absolute_paths, make, to_dict
 from warmstart.data.tables import ROLES, Examples, LabelMap, load_splits, read_examples, split_sizes
 from warmstart.errors import UserError
+from warmstart.files import atomic_file
 from warmstart.inference.features import Embedder, is_feature_file, read_feature_file
 from warmstart.metrics import classification_metrics, format_table
-from warmstart.runs import Run, atomic_file, prepare_run_folder
+from warmstart.runs import Run, prepare_run_folder
 
 C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 

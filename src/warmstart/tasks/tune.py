@@ -53,8 +53,7 @@ from warmstart.config import (
     refuse_inapplicable,
 )
 from warmstart.errors import UserError
-from warmstart.runs import (
-    Run,
+from warmstart.files import (
     atomic_dir,
     atomic_file,
     atomic_write_json,
@@ -62,6 +61,7 @@ from warmstart.runs import (
     process_alive,
     read_jsonl,
 )
+from warmstart.runs import Run
 
 COMMAND_CONFIGS: dict[str, type] = {"finetune": FinetuneConfig, "probe": ProbeConfig}
 # Set by tune for every trial, so neither the base config nor the space may choose them.

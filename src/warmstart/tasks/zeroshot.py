@@ -22,9 +22,9 @@ from warmstart.data.tables import (
     read_table,
 )
 from warmstart.errors import UserError, where
+from warmstart.files import atomic_write_json, atomic_write_text
 from warmstart.lowshot.zeroshot import check_labels, load_method, parse_descriptions
 from warmstart.metrics import classification_metrics, format_table
-from warmstart.runs import atomic_write_json, atomic_write_text
 
 
 @dataclass
