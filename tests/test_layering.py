@@ -19,6 +19,7 @@ LAYERS = [
     {
         "warmstart.errors",
         "warmstart.files",
+        "warmstart.progress",
         "warmstart.runs",
         "warmstart.metrics",
         "warmstart.plots",
@@ -27,6 +28,8 @@ LAYERS = [
     },
     {"warmstart.data"},
     {"warmstart.models"},
+    # subscribers to the training engines' events (run log, early stopping, trackers, tune's pruning)
+    {"warmstart.callbacks"},
     {"warmstart.inference", "warmstart.training", "warmstart.objectives"},
     {"warmstart.kinds", "warmstart.lowshot"},
     {"warmstart.serving"},
