@@ -231,16 +231,16 @@ def test_calibration_changes_no_prediction_and_can_be_turned_off(
 def test_finetuning_a_calibrated_model_does_not_inherit_its_temperature(
     run, imdb_head, tmp_path, monkeypatch
 ):
-    from warmstart.tasks import finetune as task
+    from warmstart.kinds import SequenceClassification as kind
 
     trained: dict = {}
-    fit = task.calibrate_model
+    fit = kind.finish  # where the kind calibrates the saved model, after training
 
-    def spy(cfg, kind, r):  # the model as training saved it, before calibration
-        trained.update(json.loads((r.model_dir / "config.json").read_text()))
-        return fit(cfg, kind, r)
+    def spy(self, cfg, model_dir, r):  # the model as training saved it, before calibration
+        trained.update(json.loads((model_dir / "config.json").read_text()))
+        return fit(self, cfg, model_dir, r)
 
-    monkeypatch.setattr(task, "calibrate_model", spy)
+    monkeypatch.setattr(kind, "finish", spy)
     again = warmstart.finetune(
         data=str(imdb_head),
         model=str(run.model_dir),

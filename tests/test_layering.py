@@ -32,6 +32,7 @@ LAYERS = [
     {"warmstart.callbacks"},
     {"warmstart.inference", "warmstart.training", "warmstart.objectives"},
     {"warmstart.kinds", "warmstart.lowshot"},
+    {"warmstart.tuning"},  # tune's search: space, study, trial processes, report
     {"warmstart.serving"},
     {"warmstart.tasks"},
     # entry points: like the leaves they may import each other (__main__ runs cli)
@@ -308,3 +309,132 @@ def test_the_checks_catch_violations_in_a_fake_tree(tmp_path):
     ]
     assert shadowing_submodules(root) == ["warmstart.finetune -> shadows warmstart.finetune()"]
     assert "warmstart.stray" in unplaced(root)
+
+
+# -- resolve once, one contract per kind --------------------------------------------------------
+# What reads a saved model back and must ask the kinds registry rather than branch on a kind.
+READ_BACK = (
+    "warmstart.tasks.evaluate",
+    "warmstart.tasks.predict",
+    "warmstart.tasks.export",
+    "warmstart.serving",
+)
+KIND_NAMES = {
+    "sequence",
+    "tokens",
+    "seq2seq",
+    "causal-lm",
+    "classifier",
+    "nli",
+    "tagger",
+    "encoder",
+    "text-to-text",
+    "single-label",
+    "multi-label",
+    "regression",
+}
+# The names a command's options go by in the layers below tasks/ (the task passes them down).
+OPTION_NAMES = {"cfg", "settings"}
+
+
+def in_read_back(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in READ_BACK)
+
+
+def kind_module_imports(root: Path) -> list[str]:
+    """Imports of one kind's module (warmstart.kinds.<x>) by evaluate, predict, export or serving:
+    they reach kinds only through the registry (the package itself)."""
+    kinds = f"{root.name}.kinds"
+    return sorted(
+        f"{m} -> {t}" for m, t in edges(root) if in_read_back(m) and t.startswith(kinds + ".")
+    )
+
+
+def is_kind_test(node: ast.Compare, op: ast.cmpop, right: ast.expr) -> bool:
+    """``x == "tagger"`` or ``x in ("classifier", "nli")`` (not ``"tokens" in message``)."""
+    if isinstance(op, (ast.Eq, ast.NotEq)):
+        sides = [node.left, right]
+    elif isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, (ast.Tuple, ast.List, ast.Set)):
+        sides = right.elts
+    else:
+        return False
+    return any(isinstance(v, ast.Constant) and v.value in KIND_NAMES for v in sides)
+
+
+def kind_comparisons(root: Path) -> list[str]:
+    """``x == "tagger"``, ``x in ("classifier", "nli")``...: a branch on a kind's name."""
+    found = []
+    for module, path in modules(root).items():
+        if not in_read_back(module):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare) and any(
+                is_kind_test(node, op, right) for op, right in zip(node.ops, node.comparators)
+            ):
+                found.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def option_assignments(root: Path) -> list[str]:
+    """``cfg.x = ...`` (or augmented, or setattr(cfg, ...)) in any module below tasks/: options are
+    resolved once, by the task (config.settle)."""
+    found = []
+    for module, path in modules(root).items():
+        i, _ = layer(module)
+        if (
+            i is None
+            or i >= layer(f"{root.name}.tasks")[0]
+            or module.startswith(f"{root.name}.config")
+        ):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                else []
+            )
+            flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+            for t in flat:
+                if isinstance(t, ast.Attribute) and dotted(t.value) in OPTION_NAMES:
+                    found.append(f"{module}:{node.lineno}: {ast.unparse(t)} = ...")
+            if (
+                isinstance(node, ast.Call)
+                and dotted(node.func) == "setattr"
+                and node.args
+                and dotted(node.args[0]) in OPTION_NAMES
+            ):
+                found.append(f"{module}:{node.lineno}: setattr({ast.unparse(node.args[0])}, ...)")
+    return found
+
+
+def test_evaluate_predict_export_and_serving_reach_kinds_only_through_the_registry():
+    assert not (bad := kind_module_imports(PKG)), "a kind imported around the registry:" + report(
+        bad
+    )
+
+
+def test_evaluate_predict_export_and_serving_never_branch_on_a_kind_name():
+    assert not (bad := kind_comparisons(PKG)), "comparisons with a kind's name:" + report(bad)
+
+
+def test_no_option_is_assigned_below_the_tasks():
+    assert not (bad := option_assignments(PKG)), "options assigned below tasks/:" + report(bad)
+
+
+def test_the_checks_above_can_fail(tmp_path):
+    """A package with one of each fault is caught by each check."""
+    pkg = tmp_path / "warmstart"
+    for sub in ("kinds", "tasks", "serving", "training"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kinds" / "tokens.py").write_text("X = 1\n")
+    (pkg / "tasks" / "evaluate.py").write_text(
+        "from warmstart.kinds.tokens import X\n\ndef f(kind):\n    return kind == 'tagger'\n"
+    )
+    (pkg / "training" / "loop.py").write_text("def f(cfg):\n    cfg.lr = 1.0\n")
+    assert kind_module_imports(pkg) == ["warmstart.tasks.evaluate -> warmstart.kinds.tokens"]
+    assert kind_comparisons(pkg) == ["warmstart.tasks.evaluate:4: kind == 'tagger'"]
+    assert option_assignments(pkg) == ["warmstart.training.loop:2: cfg.lr = ..."]

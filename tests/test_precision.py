@@ -150,19 +150,23 @@ def test_a_resumed_run_keeps_the_precision_and_attention_its_start_chose(cache, 
         saved_config=lambda: {"precision": "fp32", "attn_implementation": "sdpa"},
         say=lambda message: None,
     )
-    assert choose_precision(cfg, resumed, [50, 60], run) is None
-    assert (cfg.precision, cfg.attn_implementation, resumed.config._attn_implementation) == (
+    # The choice is returned, never written into the options (they are resolved once, by the task).
+    chosen = choose_precision(cfg, resumed, [50, 60], run)
+    assert chosen.measured is None
+    assert (chosen.precision, chosen.attention, resumed.config._attn_implementation) == (
         "fp32",
         "sdpa",
         "sdpa",
     )
+    assert cfg.precision == "auto"  # only read
     assert calls == []
     fresh = SimpleNamespace(
         precision="auto", attn_implementation="auto", resume=False, cpu=True, batch_size=8
     )
-    assert choose_precision(fresh, resumed, [50, 60], run).precision == "bf16" == fresh.precision
+    chosen = choose_precision(fresh, resumed, [50, 60], run)
+    assert chosen.measured.precision == "bf16" == chosen.precision
     # Eager measured 2x faster: the run trains with it.
-    assert fresh.attn_implementation == "eager" == resumed.config._attn_implementation
+    assert chosen.attention == "eager" == resumed.config._attn_implementation
 
 
 def test_eager_attention_is_chosen_only_when_measured_at_least_its_margin_faster(
@@ -175,8 +179,8 @@ def test_eager_attention_is_chosen_only_when_measured_at_least_its_margin_faster
         precision="fp32", attn_implementation="auto", resume=False, cpu=True, batch_size=8
     )
     trained = copy.deepcopy(model)
-    choose_precision(cfg, trained, [50, 60], run)
-    assert (cfg.precision, cfg.attn_implementation, trained.config._attn_implementation) == (
+    chosen = choose_precision(cfg, trained, [50, 60], run)
+    assert (chosen.precision, chosen.attention, trained.config._attn_implementation) == (
         "fp32",
         "sdpa",
         "sdpa",

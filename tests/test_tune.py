@@ -390,3 +390,236 @@ def test_the_example_space_and_options_in_configs_are_valid(monkeypatch):
         search = plan(build(TuneConfig, read_config_file(f"configs/tune/{name}")))
         assert search.params and search.direction == "maximize"
         assert {p.name for p in params} == {p.name for p in search.params}
+
+
+# ---- epochs through the events pipe, the tuned command's own flags ----
+
+# While a list, the path of every file this process opens (a sys audit hook: it sees open(),
+# Path.read_text and os.open alike). Hooks cannot be removed, so one is added once and then idles.
+OPENED: dict[str, list[str] | None] = {"paths": None}
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if event == "open" and OPENED["paths"] is not None:
+        OPENED["paths"].append(str(args[0]))
+
+
+@pytest.fixture
+def opened_files():
+    if not getattr(_record_opens, "added", False):
+        sys.addaudithook(_record_opens)
+        _record_opens.added = True
+    OPENED["paths"] = []
+    try:
+        yield OPENED["paths"]
+    finally:
+        OPENED["paths"] = None
+
+
+def tuned_options(tiny_models, imdb_head, **more) -> dict:
+    """The base fixture's options, as the Python API's ``options`` (and the CLI's flags) give them."""
+    return {
+        "data": str(imdb_head),
+        "split": "100,50",
+        "model": str(tiny_models["bert"]),
+        "max_length": 32,
+        "batch_size": 16,
+        "warmup_ratio": 0.0,
+        "precision": "fp32",
+        "logging_steps": 1000,
+        **more,
+    }
+
+
+def test_a_trial_is_pruned_on_the_epochs_its_callbacks_send_up_the_pipe_not_on_its_files(
+    tiny_models, imdb_head, tmp_path, opened_files, monkeypatch
+):
+    from warmstart.tuning import trials
+
+    space = write_yaml(
+        tmp_path / "space.yaml",
+        {
+            "lr": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
+            "epochs": {"type": "categorical", "choices": [1, 40]},
+        },
+    )
+    out = tmp_path / "tune"
+    search = dict(space=str(space), trials=2, metric="loss", prune_after=1, out=str(out))
+    options = tuned_options(tiny_models, imdb_head)
+    # A plausible learning rate for one epoch, then one so large that its first valid loss is far
+    # above the first's (about 8 against 0.69): the median pruner stops it after that epoch, out of
+    # 40 it would otherwise train.
+    study = open_study(options=options, **search)
+    for lr, epochs in ((1e-3, 1), (10.0, 40)):
+        study.enqueue_trial({"lr": lr, "epochs": epochs})
+    watching: list[str] = []  # the files opened while a trial runs and tune waits for its epochs
+
+    def watch(*args, **kwargs):
+        start = len(opened_files)
+        try:
+            return real_watch(*args, **kwargs)
+        finally:
+            watching.extend(opened_files[start:])
+
+    real_watch = trials.watch
+    monkeypatch.setattr(trials, "watch", watch)
+    result = warmstart.tune(options=options, **search)
+    seen = list(opened_files)
+    OPENED["paths"] = None
+
+    assert [(r["state"], r["epochs"]) for r in result.trials] == [("complete", 1), ("pruned", 1)]
+    # Told to stop after its first epoch, the trial ended that epoch whole (its line in the log says
+    # why, its model is saved) and was then stopped before it scored or wrote metrics.json.
+    assert "(pruned by tune: valid loss" in (out / "logs" / "trial-001.log").read_text()
+    assert (out / "trial-001" / "model" / "model.safetensors").is_file()
+    assert not (out / "trial-001" / "metrics.json").exists()
+    # What Optuna was told is each epoch's record as the trial wrote it, yet tune never opened a
+    # trial's history.jsonl while the trial ran, nor the pruned trial's at all (the complete one's
+    # is copied into best/ afterwards): the values came through the pipe.
+    assert not [p for p in watching if p.endswith("history.jsonl")], watching
+    assert str(out / "trial-001" / "history.jsonl") not in seen
+    assert str(out / "trial-000" / "metrics.json") in seen  # (the hook sees what tune reads)
+    for t in open_study(options=options, **search).trials:
+        history = map(json.loads, (out / f"trial-{t.number:03d}" / "history.jsonl").open())
+        epochs = {r["epoch"]: r["valid_loss"] for r in history if "valid_loss" in r}
+        assert t.intermediate_values == pytest.approx(epochs) and len(epochs) == 1
+        if t.state.name == "PRUNED":
+            assert result.trials[t.number]["value"] == pytest.approx(epochs[1])
+
+
+def test_the_pipe_callback_sends_epochs_up_and_stops_training_on_the_verdict_sent_down(
+    monkeypatch,
+):
+    import os
+
+    from warmstart.callbacks import Control, pipe
+
+    for name in (pipe.EVENTS_VARIABLE, pipe.VERDICTS_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
+    assert pipe.from_environment() is None  # not a tune trial: no callback
+    events_in, events_out = os.pipe()
+    verdicts_in, verdicts_out = os.pipe()
+    fds = [events_in, events_out, verdicts_in, verdicts_out]
+    try:
+        for name, value in pipe.environment(events_out, verdicts_in).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("RANK", "1")
+        assert pipe.from_environment() is None  # a launched process other than the main one
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv(pipe.EVENTS_VARIABLE, str(verdicts_in))
+        assert pipe.from_environment() is None  # the number names another file here
+        monkeypatch.setenv(pipe.EVENTS_VARIABLE, str(events_out))
+        callback = pipe.from_environment()
+        assert callback is not None and not os.get_inheritable(events_out)
+
+        # The search's verdicts, written ahead: the callback waits for one after each epoch.
+        os.write(verdicts_out, b'{"stop": false}\n{"stop": true, "reason": "pruned by tune"}\n')
+        callback.on_log({"step": 1, "loss": 0.7})  # not sent: the search wants epochs
+        first, second = Control(), Control()
+        callback.on_epoch_end({"step": 7, "epoch": 1, "valid_loss": 0.69}, first)
+        callback.on_epoch_end({"step": 14, "epoch": 2, "valid_loss": 0.71}, second)
+        assert (first.stop, second.stop, second.reason) == (False, True, "pruned by tune")
+        # A pruned trial then waits to be ended; a search that closes its end lets it go on.
+        os.close(verdicts_out)
+        fds.remove(verdicts_out)
+        callback.on_train_end({"best_epoch": 1, "stopped_early": True})
+        os.close(events_out)
+        fds.remove(events_out)
+        with os.fdopen(events_in, "rb") as f:
+            fds.remove(events_in)
+            lines = [json.loads(line) for line in f]
+        assert lines == [
+            {"event": "epoch_end", "record": {"step": 7, "epoch": 1, "valid_loss": 0.69}},
+            {"event": "epoch_end", "record": {"step": 14, "epoch": 2, "valid_loss": 0.71}},
+            {"event": "train_end", "summary": {"best_epoch": 1, "stopped_early": True}},
+        ]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's return value, or the code argparse exits with for a flag it cannot parse."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def flags(options: dict) -> list[str]:
+    return [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def test_the_tuned_commands_flags_run_the_same_trials_as_a_base_file(
+    tiny_models, imdb_head, tmp_path, capsys
+):
+    from warmstart.cli import parse
+    from warmstart.tuning.trials import trial_options
+
+    options = tuned_options(tiny_models, imdb_head, epochs=1)
+    base = write_yaml(tmp_path / "base.yaml", options)
+    space = write_yaml(
+        tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    )
+    out = tmp_path / "tune"
+    tune_flags = ["--space", str(space), "--trials", "1", "--out", str(out)]
+    # As the issue writes it: the tuned command's flags mixed with tune's, no --base.
+    argv = ["tune", *flags(options)[:4], *tune_flags, *flags(options)[4:]]
+    assert main(argv) == 0
+    assert "best: trial 0" in capsys.readouterr().out
+    row = read_rows(out)[0]
+    from_base = plan(TuneConfig(base=str(base), space=str(space), out=str(out)))
+    from_flags = plan(TuneConfig(space=str(space), out=str(out)), parse(argv)["options"])
+    assert from_flags.base == from_base.base
+    expected = trial_options(from_base, {"lr": float(row["lr"])}, out / "trial-000")
+    assert yaml.safe_load((out / "logs" / "trial-000.yaml").read_text()) == expected
+
+    # The same search for the study: the base file resumes it, with nothing left to run.
+    first = (out / "trial-000" / "metrics.json").stat().st_mtime_ns
+    assert main(["tune", "--base", str(base), *tune_flags]) == 0
+    assert (
+        len(read_rows(out)) == 1
+        and (out / "trial-000" / "metrics.json").stat().st_mtime_ns == first
+    )
+
+    # Both: the flags override the file's values; tune's own --command chooses the flags' command.
+    both = parse(["tune", "--base", str(base), "--epochs", "3", *tune_flags])
+    assert both["options"] == {"epochs": 3.0} and both["tune"]["base"] == str(base)
+    assert plan(build(TuneConfig, both["tune"]), both["options"]).base == {**options, "epochs": 3.0}
+    probe = parse(["tune", "--command", "probe", "--c", "0.5", *tune_flags])
+    assert probe["command"] == "tune" and probe["tune"]["command"] == "probe"
+    assert probe["options"] == {"c": 0.5}
+
+
+def test_a_flag_of_no_command_is_one_error_line_with_exit_code_2(
+    tiny_models, imdb_head, tmp_path, capsys
+):
+    space = write_yaml(tmp_path / "space.yaml", {"lr": GOOD})
+    out = tmp_path / "tune"
+    given = [
+        "--data",
+        str(imdb_head),
+        "--split",
+        "100,50",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+    ]
+    for wrong, named in (  # argparse exits (SystemExit 2), tune's own checks return 2
+        (["--epochz", "2"], "unrecognized arguments: --epochz 2"),
+        (["--c", "0.5"], "--c could match"),  # probe's, not finetune's
+        (["--resume"], "option(s) resume of finetune: set by tune for every trial"),
+    ):
+        assert exit_code(["tune", *given, *wrong]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
+        assert not out.exists()
+    with pytest.raises(UserError, match=r"unknown option\(s\) epochz in the options of finetune"):
+        warmstart.tune(
+            space=str(space), out=str(out), options={"data": str(imdb_head), "epochz": 2}
+        )
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--help"])
+    assert e.value.code == 0
+    assert "options of finetune, the command tuned" in capsys.readouterr().out

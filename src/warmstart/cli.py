@@ -112,6 +112,8 @@ def parse(argv: list[str] | None) -> dict:
     (`predict MODEL --backend torch "a text"`), which plain parse_args refuses."""
     p = parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "tune":  # tune takes the flags of the command it tunes too
+        return {"command": "tune", **_parse_tune(argv[1:])}
     if argv and argv[0] in COMMANDS:
         args = vars(p.get_default("subparsers")[argv[0]].parse_intermixed_args(argv[1:]))
         return {"command": argv[0], **args}
@@ -120,9 +122,58 @@ def parse(argv: list[str] | None) -> dict:
     return args
 
 
+def _parse_tune(argv: list[str]) -> dict:
+    """tune's flags, and the flags of the command it tunes (--command, else its --config file's
+    command, else finetune) that tune has not: `warmstart tune --data reviews.csv --epochs 2 --space
+    space.yaml` tunes finetune with --data reviews.csv --epochs 2. tune's own come back under "tune"
+    (apart: its --command is not the command run), the tuned command's under "options"; a flag
+    neither has is one error line, exit 2."""
+    tunable = next(f for f in dataclasses.fields(config.TuneConfig) if f.name == "command")
+    # The tuned command decides which flags exist, so it is read first, on its own.
+    pre = _Parser(prog="warmstart tune", add_help=False, allow_abbrev=False)
+    pre.add_argument("--command")
+    pre.add_argument("--config")
+    first, _ = pre.parse_known_args(argv)
+    tuned = first.command
+    if tuned is None and first.config:
+        try:
+            tuned = read_config_file(first.config).get("command")
+        except UserError:  # main() reads it again and says what is wrong
+            pass
+    tuned = tuned if tuned in tunable.metadata["choices"] else tunable.default
+    command = COMMANDS["tune"]
+    # "resolve": tune's own flags, added last, take a name both have (--out, --overwrite).
+    p = _Parser(
+        prog="warmstart tune",
+        usage="warmstart tune --space FILE [--base FILE] [tune's options] [options of the command"
+        " tuned]",
+        description=command.help,
+        conflict_handler="resolve",
+    )
+    group = p.add_argument_group(
+        f"options of {tuned}, the command tuned (--command)",
+        f"as for `warmstart {tuned}`; given with --base FILE, they override its values; its out,"
+        " overwrite and resume are set by tune",
+    )
+    add_options(group, getattr(config, COMMANDS[tuned].config))
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML or TOML file of tune's options; flags given here override it",
+    )
+    add_options(p, getattr(config, command.config))
+    args = vars(p.parse_intermixed_args(argv))
+    own = {"config"} | {f.name for f in dataclasses.fields(config.TuneConfig)}
+    options = {k: v for k, v in args.items() if k not in own}
+    return {"tune": {k: v for k, v in args.items() if k in own}, "options": options}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     command = args.pop("command", None)
+    options = args.pop("options", None)  # tune: the flags of the command it tunes (_parse_tune)
+    args.update(args.pop("tune", {}))  # tune's own flags: its --command names the command tuned
     if command is None:
         parser().print_help()
         return 2
@@ -138,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             code = distributed.relaunch(sys.argv[1:] if argv is None else argv, cfg.num_processes)
             if code is not None:
                 return code
-        run(command, cfg)
+        run(command, cfg, options)
         distributed.finish()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -153,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(name: str, cfg) -> None:
+def run(name: str, cfg, options: dict | None = None) -> None:
     """Call the command's function and print its report (under `accelerate launch`, the main process
     only)."""
     command = COMMANDS[name]
@@ -161,6 +212,8 @@ def run(name: str, cfg) -> None:
     # Tokens appear as they are produced only in interactive use; piped output gets the finished
     # texts.
     kwargs = {"stream_to": sys.stdout} if command.streams and sys.stdout.isatty() else {}
+    if options:  # tune: the tuned command's options given as flags
+        kwargs["options"] = options
     result = getattr(module, name)(cfg, **kwargs)
     if command.reports and distributed.is_main():
         sys.stdout.write(module.report(cfg, result))

@@ -35,28 +35,31 @@ COMMANDS: dict[str, Command] = {
             "FinetuneConfig",
             "FinetuneResult",
             (),
-            "fine-tune an encoder with a classification head on a labelled table",
+            "fine-tune a model for a task: labels per text, tags per word, text to text (seq2seq,"
+            " causal-LM instructions)",
         ),
         Command(
             "evaluate",
             "EvaluateConfig",
             "EvaluateResult",
             ("model",),
-            "accuracy, per-class F1 and confusion matrix of a saved model",
+            "score a saved model on a labelled file: classification, tagging or text-to-text"
+            " metrics",
         ),
         Command(
             "predict",
             "PredictConfig",
             "Prediction",
             ("model", "texts"),
-            "label and class probabilities for texts",
+            "run a saved model on texts: labels and probabilities, tags and entities, or written"
+            " outputs",
         ),
         Command(
             "generate",
             "GenerateConfig",
             "Generation",
             ("prompts",),
-            "continue prompts with a causal language model",
+            "write text: continue prompts with a causal LM, or run a text-to-text model on them",
             streams=True,
         ),
         Command(
@@ -101,7 +104,7 @@ COMMANDS: dict[str, Command] = {
             "ServeConfig",
             None,
             ("model",),
-            "serve a model over HTTP: predict, embed, zeroshot, generate",
+            "serve a model over HTTP: predict, tag, embed, zeroshot, generate",
             module="warmstart.serving",
             reports=False,
         ),
@@ -118,7 +121,7 @@ COMMANDS: dict[str, Command] = {
             "ExportConfig",
             "ExportResult",
             ("model",),
-            "export a fine-tuned classifier to ONNX (fp32 and int8)",
+            "export a fine-tuned classifier or tagger to ONNX (fp32 and int8)",
         ),
         Command(
             "tune",

@@ -158,12 +158,10 @@ def safetensors_problem(path: Path) -> str | None:
 
 
 class Run:
-    def __init__(self, out: str | Path, quiet: bool = False, tensorboard_dir: str | None = None):
+    def __init__(self, out: str | Path, quiet: bool = False):
         self.dir = Path(out)
         self.quiet = quiet
         self.started = time.time()
-        self.tensorboard_dir = tensorboard_dir
-        self._writer = None
         # Under `accelerate launch` every process holds a Run; only the main one writes or prints.
         from warmstart import distributed
 
@@ -210,27 +208,6 @@ class Run:
             return
         with open(self.history_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tensorboard_dir:
-            self._tensorboard(record)
-
-    def _tensorboard(self, record: dict) -> None:
-        """Every number of a history record as a TensorBoard scalar: step records under train/,
-        epochs under epoch/."""
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from warmstart.errors import UserError
-
-                raise UserError(
-                    "--logging-dir needs TensorBoard: pip install tensorboard"
-                ) from None
-            self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
-        group = "epoch" if "train_loss" in record else "train"
-        for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                self._writer.add_scalar(f"{group}/{key}", value, record["step"])
-        self._writer.flush()
 
     def history(self) -> list[dict]:
         return read_jsonl(self.history_path)
@@ -389,6 +366,7 @@ NOT_COMPARED = {
     "progress",
     "logging_steps",
     "logging_dir",
+    "report_to",
     "save_steps",
     "save_total_limit",
     "num_processes",

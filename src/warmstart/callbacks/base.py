@@ -2,6 +2,7 @@
 in this order for a run:
 
     on_train_begin                  once, before the first step (also after a resume)
+    (on_step)*                      every optimizer step: step, loss (for a progress bar)
     (on_log)*                       every --logging-steps optimizer steps: step, epoch, loss, lr, samples/s
     per epoch: on_evaluate?         the valid metrics, when there is a valid split
                on_epoch_end         the epoch's record (as in history.jsonl); may ask training to stop
@@ -33,8 +34,13 @@ class Callback:
     """A subscriber: override the events it needs; every other event does nothing."""
 
     def on_train_begin(self, info: dict) -> None:
-        """``info``: total_steps, epochs, steps_per_epoch, unit, rows, resumed_step, settings (the
-        resolved options as config.yaml has them), run_dir."""
+        """``info``: engine, total_steps, epochs, steps_per_epoch, unit, rows, resumed_step,
+        history (the epoch records so far: a resumed run's earlier epochs), metric_for_best,
+        settings (the resolved options as config.yaml has them; {} in other processes than the
+        main one), run_dir."""
+
+    def on_step(self, record: dict) -> None:
+        """After every optimizer step: step, loss (the last micro-batch's mean)."""
 
     def on_log(self, record: dict) -> None:
         """A step record: step, epoch (fractional), loss, lr, samples_per_s."""
@@ -50,7 +56,8 @@ class Callback:
         """``what``: "checkpoint" or "model" (a new best model in model/)."""
 
     def on_train_end(self, summary: dict) -> None:
-        """``summary``: best_epoch, stopped_early, epochs, train_seconds, samples."""
+        """``summary``: step, epochs (how many finished), best_epoch, stopped_early, train_seconds,
+        samples."""
 
     def on_run_end(self, metrics: dict, run_dir: Path) -> None:
         """The run's final metrics (metrics.json is written) and its folder."""
@@ -65,6 +72,10 @@ class CallbackList(Callback):
     def on_train_begin(self, info: dict) -> None:
         for c in self.callbacks:
             c.on_train_begin(info)
+
+    def on_step(self, record: dict) -> None:
+        for c in self.callbacks:
+            c.on_step(record)
 
     def on_log(self, record: dict) -> None:
         for c in self.callbacks:

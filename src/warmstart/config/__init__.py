@@ -33,8 +33,14 @@ from warmstart.config.options import (
     TrainOptions,
     opt,
 )
+from warmstart.config.settings import Choice, Settings, notes, reasons, settle
 
 __all__ = [
+    "Choice",
+    "Settings",
+    "notes",
+    "reasons",
+    "settle",
     "given_flags",
     "refuse_inapplicable",
     "CalibrateConfig",

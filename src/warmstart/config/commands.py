@@ -21,6 +21,7 @@ from warmstart.config.options import (
     TrainOptions,
     opt,
 )
+from warmstart.config.settings import Settings
 
 
 @dataclass
@@ -35,6 +36,7 @@ class FinetuneConfig(
     TagOptions,
     LongTextOptions,
     DataOptions,
+    Settings,
 ):
     task: str = opt(
         "sequence",
@@ -144,7 +146,7 @@ class FinetuneConfig(
 
 
 @dataclass
-class PretrainConfig(TrainOptions):
+class PretrainConfig(TrainOptions, Settings):
     data: str | None = opt(
         None,
         "corpus: .txt (one document per line, or blank-line separated), a table with a "
@@ -195,7 +197,7 @@ class PretrainConfig(TrainOptions):
 
 @dataclass
 class EvaluateConfig(
-    InferenceOptions, DecodeOptions, PairOptions, TagOptions, LongTextOptions, DataOptions
+    InferenceOptions, DecodeOptions, PairOptions, TagOptions, LongTextOptions, DataOptions, Settings
 ):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
     data: str = opt("", "labelled table to evaluate on")
@@ -215,7 +217,7 @@ class EvaluateConfig(
 
 
 @dataclass
-class PredictConfig(InferenceOptions, DecodeOptions, LongTextOptions):
+class PredictConfig(InferenceOptions, DecodeOptions, LongTextOptions, Settings):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
     texts: list[str] = opt([], "texts to classify or tag (else --input, else stdin, one per line)")
     input: str | None = opt(
@@ -249,7 +251,7 @@ class PredictConfig(InferenceOptions, DecodeOptions, LongTextOptions):
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Settings):
     prompts: list[str] = opt([], "prompts to continue (else --input, else stdin, one per line)")
     model: str = opt(
         "smollm2",
@@ -332,7 +334,7 @@ class GenerateConfig:
 
 
 @dataclass
-class ServeConfig(LongTextOptions):
+class ServeConfig(LongTextOptions, Settings):
     model: str = opt(
         "",
         "model to serve: a fine-tuned classifier (run folder or its model/ folder), an encoder"
@@ -398,7 +400,7 @@ class ServeConfig(LongTextOptions):
 
 
 @dataclass
-class EmbedConfig(FeatureOptions):
+class EmbedConfig(FeatureOptions, Settings):
     model: str = opt(
         "minilm", "encoder or causal LM: alias (minilm, smollm2), local folder, or cached id"
     )
@@ -433,7 +435,7 @@ class EmbedConfig(FeatureOptions):
 
 
 @dataclass
-class ProbeConfig(FeatureOptions, DataOptions):
+class ProbeConfig(FeatureOptions, DataOptions, Settings):
     data: str | None = opt(
         None, "training table, or a .parquet written by `embed` (with its label column)"
     )
@@ -473,7 +475,7 @@ class ProbeConfig(FeatureOptions, DataOptions):
 
 
 @dataclass
-class ZeroshotConfig:
+class ZeroshotConfig(Settings):
     labels: str = opt(
         "",
         "candidate labels, comma separated; with integer labels 0..K-1 in --label-column they "
@@ -535,7 +537,7 @@ class ZeroshotConfig:
 
 
 @dataclass
-class FewshotConfig:
+class FewshotConfig(Settings):
     method: str = opt(
         "setfit",
         "setfit: contrastive fine-tuning of a sentence encoder on pairs, then a logistic "
@@ -610,7 +612,7 @@ class FewshotConfig:
 
 
 @dataclass
-class CalibrateConfig(InferenceOptions, LongTextOptions, DataOptions):
+class CalibrateConfig(InferenceOptions, LongTextOptions, DataOptions, Settings):
     model: str = opt(
         "", "fine-tuned classifier to calibrate, written in place: run folder or its model/ folder"
     )
@@ -633,7 +635,7 @@ class CalibrateConfig(InferenceOptions, LongTextOptions, DataOptions):
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(Settings):
     model: str = opt("", "fine-tuned classifier: run folder, its model/ folder, or cached id")
     onnx: bool = opt(
         False, "export to ONNX (fp32, plus int8 with --quantize int8); the only format so far"
@@ -650,7 +652,7 @@ class ExportConfig:
 
 
 @dataclass
-class TuneConfig:
+class TuneConfig(Settings):
     # `base`, not `config`: --config is every command's flag for reading its own options from a file
     # (so `warmstart tune --config tune.yaml` works like the others); --base names the file of the
     # command being tuned.

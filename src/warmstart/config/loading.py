@@ -91,13 +91,14 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def absolute_paths(cfg: Any, *names: str) -> Any:
-    """Make the existing paths among ``names`` absolute, so config.yaml repeats a run from any
-    folder."""
+    """A copy of ``cfg`` with the existing paths among ``names`` made absolute, so config.yaml
+    repeats a run from any folder."""
+    changed = {}
     for name in names:
         value = getattr(cfg, name)
         if value and Path(value).expanduser().exists():
-            setattr(cfg, name, str(Path(value).expanduser().resolve()))
-    return cfg
+            changed[name] = str(Path(value).expanduser().resolve())
+    return dataclasses.replace(cfg, **changed) if changed else cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -294,6 +294,13 @@ class TrainOptions:
     logging_dir: str | None = opt(
         None, "also write the logged values as TensorBoard event files here (needs tensorboard)"
     )
+    report_to: str = opt(
+        "none",
+        "experiment trackers that get the settings, every logged step and epoch and the final"
+        " metrics: none, or a comma list of tensorboard (event files in --logging-dir, default"
+        " <out>/tensorboard), mlflow (MLFLOW_TRACKING_URI, else a local mlflow.db next to --out)"
+        " and wandb (WANDB_PROJECT, WANDB_MODE=offline...); --logging-dir alone means tensorboard",
+    )
     save_steps: int | None = opt(None, "also checkpoint every N steps (always at epoch end)", ge=1)
     save_total_limit: int | None = opt(
         2, "keep the last K checkpoints (none: keep every one)", ge=1

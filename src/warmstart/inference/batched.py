@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from warmstart.data.batching import Encoded, budget_batches, sorted_batches
+from warmstart.progress import progress_bar
 
 
 def batched_outputs(
@@ -56,7 +56,7 @@ def batched_outputs(
 
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
-            tqdm(total=len(data), desc=desc, unit="text", disable=not progress, leave=False)
+            progress_bar(total=len(data), desc=desc, unit="text", enabled=progress, leave=False)
         )
         if workers > 1:
             results = stack.enter_context(ThreadPoolExecutor(workers)).map(run, order)

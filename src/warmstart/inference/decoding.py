@@ -223,13 +223,13 @@ def complete_all(
     )
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[Generation | None] = [None] * len(ids)
-    from tqdm.auto import tqdm
+    from warmstart.progress import progress_bar
 
-    for k in tqdm(
+    for k in progress_bar(
         range(0, len(order), batch_size),
         desc="generate",
         unit="batch",
-        disable=not progress,
+        enabled=progress,
         leave=False,
     ):
         batch = order[k : k + batch_size]

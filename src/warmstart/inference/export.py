@@ -208,16 +208,16 @@ def _write(model_dir: str, tmp: Path, source: dict, int8: bool) -> None:
 
 
 def _load_eager(model_dir: str):
-    head = "tokens" if has_tagger_head(load_config(model_dir)) else "sequence"
-    load_classifier(
-        model_dir, head=head
-    )  # same checks and messages as the torch path (has a head, loads)
+    tagger = has_tagger_head(load_config(model_dir))
+    head = "tokens" if tagger else "sequence"
+    # The same checks and messages as the torch path (has a head, loads).
+    load_classifier(model_dir, head=head)
     model = (
         HEADS[head][0]
         .from_pretrained(model_dir, local_files_only=True, attn_implementation="eager")
         .eval()
     )
-    if head == "sequence":  # a tagger reads every position of the last layer
+    if not tagger:  # a tagger reads every position of the last layer
         cls_only_last_layer(model)
     return model
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from warmstart.data.batching import IGNORE, Encoded, sorted_batches
 from warmstart.errors import UserError
@@ -21,6 +20,7 @@ from warmstart.inference.decoding import DEFAULT_BEAMS, complete_all
 from warmstart.models.causal import CausalLM
 from warmstart.models.device import pick_device
 from warmstart.models.registry import load_config, load_tokenizer, max_length_of, resolve
+from warmstart.progress import progress_bar
 
 
 @dataclass
@@ -126,7 +126,7 @@ def write_texts(
     batches = sorted_batches(np.array([len(x) for x in ids]), batch_size)
     was_training = model.training
     model.eval()
-    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+    for idx in progress_bar(batches, desc=desc, unit="batch", enabled=progress, leave=False):
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(device)
         # BART's configs force </s> as the last token the limit allows, so that an output cut at the
         # limit looks finished; without it a cut output says so (finish reason "length"). (Only a

@@ -19,13 +19,22 @@ import numpy as np
 import torch
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig, refuse_inapplicable
+from warmstart.config import (
+    Choice,
+    EvaluateConfig,
+    FinetuneConfig,
+    PredictConfig,
+    refuse_inapplicable,
+)
 from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.pairs import Pairs, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
 from warmstart.inference.decoding import complete_texts
+from warmstart.inference.seq2seq import InstructionWriter, instruction_tuned
+from warmstart.kinds.base import ModelKind
+from warmstart.kinds.texts import TextToTextKind, score_texts
 from warmstart.metrics import TEXT_METRICS, text_metrics
 from warmstart.models import (
     dropout_of,
@@ -110,8 +119,13 @@ def pack(
     return rows
 
 
-class CausalLMTuning:
-    name = "causal-lm"
+class CausalLMTuning(TextToTextKind):
+    task = "causal-lm"
+    reads = {
+        "causal-lm": ModelKind(
+            "a causal language model", ("generate", "embed", "zeroshot"), zeroshot="prompt"
+        )
+    }
 
     def __init__(self, cfg: FinetuneConfig):
         refuse_inapplicable(
@@ -148,14 +162,12 @@ class CausalLMTuning:
             raise UserError(
                 f"--metric-for-best {best} is not among --metrics ({', '.join(self.names)}) or loss"
             )
-        cfg.metric_for_best = best
+        self.best = best
         self.parts: dict[str, Pairs] = load_splits(
             cfg,
             read=lambda path, limit: read_pairs(path, cfg.source_column, cfg.target_column, limit),
         )
         # LoRA trains far fewer weights and takes a larger step (the peft recipes' 1e-4..1e-3).
-        cfg.lr = cfg.lr if cfg.lr is not None else (2e-4 if cfg.lora_r else 5e-5)
-        cfg.epochs = 3.0 if cfg.epochs is None else cfg.epochs
         self.cfg = cfg
         self.prompts: dict[str, list[list[int]]] = {}
         self.cut: dict[str, int] = {}  # pairs whose completion is cut at --max-length
@@ -164,6 +176,19 @@ class CausalLMTuning:
         self.max_new_tokens = cfg.max_new_tokens
         self.model: torch.nn.Module | None = None
         self.gen_tokenizer = None
+
+    def choices(self, cfg: FinetuneConfig) -> dict[str, Choice]:
+        made = {
+            "metric_for_best": Choice(
+                self.best, "chrF where it is measured, else the first metric"
+            ),
+            # LoRA trains far fewer weights and takes a larger step (the peft recipes' 1e-4..1e-3).
+            "lr": Choice(2e-4, "LoRA's rate (the peft recipes' 1e-4..1e-3)")
+            if cfg.lora_r
+            else Choice(5e-5, "full fine-tuning's rate"),
+            "epochs": Choice(3.0, "instruction tuning's default"),
+        }
+        return {k: c for k, c in made.items() if getattr(cfg, k) is None}
 
     def describe(self) -> str:
         how = f"template {self.template!r}" + (" in the chat template" if self.cfg.chat else "")
@@ -265,6 +290,14 @@ class CausalLMTuning:
         part = self.parts[role]
         refs = part.targets[: len(predictions)]
         metrics = text_metrics(predictions, refs, self.names)
+        self.write_predictions(role, predictions, folder, name)
+        return metrics
+
+    def write_predictions(
+        self, role: str, predictions: list[str], folder: Path | None, name: str
+    ) -> None:
+        part = self.parts[role]
+        refs = part.targets[: len(predictions)]
         if folder is not None and distributed.is_main():
             atomic_write_text(
                 folder / name,
@@ -274,7 +307,6 @@ class CausalLMTuning:
                     for s, r, p in zip(part.sources, refs, predictions)
                 ),
             )
-        return metrics
 
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
         packed = cfg.packing
@@ -345,23 +377,22 @@ class CausalLMTuning:
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
         # Reloaded the way `generate` loads it, prompts included (its saved template and chat): the
         # saved model is what is scored.
-        lm = CausalLM.load(str(model_dir), cfg.cpu, precision="fp32")
+        writer = InstructionWriter.load(str(model_dir), cfg.cpu, "fp32", cfg.max_length)
         part = self.parts["test"]
         t = time.time()
-        ids = [lm.prompt_ids(s) for s in part.sources]
-        texts = complete_texts(
-            lm,
-            ids,
+        metrics, written = score_texts(
+            writer,
+            part.sources,
+            part.targets,
+            self.names,
             self.max_new_tokens,
-            cfg.eval_batch_size,
             cfg.num_beams,
+            cfg.eval_batch_size,
             cfg.progress and run.main,
         )
-        metrics = {
-            **self.score("test", texts, run.dir, "predictions.jsonl"),
-            "n": len(texts),
-            "max_new_tokens": self.max_new_tokens,
-        }
+        texts = [w.text for w in written]
+        self.write_predictions("test", texts, run.dir, "predictions.jsonl")
+        metrics["max_new_tokens"] = self.max_new_tokens
         run.say(
             "test set: "
             + "  ".join(f"{k} {metrics[k]:.4f}" for k in self.names)
@@ -376,6 +407,23 @@ class CausalLMTuning:
             + ", ".join(f"{k.replace('_', ' ')} {m[k]:.4f}" for k in self.names)
             + f" on {m['n']} pairs"
         )
+
+    # -- a saved model read back: one tuned by `finetune --task causal-lm` writes text -------------
+    @classmethod
+    def evaluate(cls, cfg: EvaluateConfig, path: str, model_kind: str) -> dict:
+        if not instruction_tuned(load_config(path)):
+            cls.refuse_headless(cfg.model, model_kind, "to evaluate")
+        return super().evaluate(cfg, path, model_kind)
+
+    @classmethod
+    def predict(cls, cfg: PredictConfig, path: str, model_kind: str) -> list:
+        if not instruction_tuned(load_config(path)):
+            cls.refuse_headless(cfg.model, model_kind, "to predict with")
+        return super().predict(cfg, path, model_kind)
+
+    @classmethod
+    def serve(cls, path: str, source: str, model_kind: str, options: dict) -> dict:
+        return {"causal_lm": CausalLM.load(source, cpu=options.get("cpu", False))}
 
 
 def completion_loss(

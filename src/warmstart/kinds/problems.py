@@ -8,19 +8,18 @@ in plain transformers."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig, given_flags
-from warmstart.data.tables import load_splits
-from warmstart.data.targets import HF_PROBLEM, LabelSet, detect_problem, label_sets, numeric_targets
+from warmstart.config import EvaluateConfig, FinetuneConfig, given_flags
+from warmstart.data.tables import Examples
+from warmstart.data.targets import HF_PROBLEM, LabelSet, label_sets, numeric_targets
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier
-from warmstart.kinds.sequence import SequenceClassification, check_options
+from warmstart.kinds.sequence import PROBLEMS, SequenceClassification
 from warmstart.metrics import best_thresholds, multilabel_metrics, regression_metrics, sigmoid
 from warmstart.models.classifier import load_classifier
 from warmstart.models.registry import dropout_of, load_config
@@ -72,23 +71,45 @@ class ProblemKind(SequenceClassification):
             ),
         )
 
-    def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
-        t = time.time()
-        logits = self.raw_outputs(cfg, model_dir, "test")
-        thresholds = getattr(load_config(str(model_dir)), "thresholds", None)
-        metrics = self.test_metrics(
-            logits, self.y["test"], None if thresholds is None else np.asarray(thresholds)
+    def finish(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
+        return {}  # no temperature: calibration is single-label's
+
+    def show_test(self, metrics: dict, run: Run) -> None:
+        numbers = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        run.say("test set: " + json.dumps(numbers))
+
+    @classmethod
+    def calibration_figures(cls, clf: Classifier, probs: np.ndarray, y: np.ndarray) -> dict:
+        return {}  # no temperature: calibration is single-label's
+
+    @classmethod
+    def reading(cls, clf: Classifier) -> dict:
+        return {"problem": cls.problem}
+
+    @classmethod
+    def evaluate_report(cls, metrics: dict) -> str:
+        """The headline figures, one per line."""
+        return (
+            "\n".join(f"{k:<16}{metrics[k]:.4f}" for k in cls.headline)
+            + f"\n{'texts':<16}{metrics['n']}"
         )
-        run.say(
-            "test set: "
-            + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
-        )
-        return {"test": metrics, "test_seconds": round(time.time() - t, 2)}
 
 
 class MultiLabelClassification(ProblemKind):
     problem = "multi-label"
     metrics = ("f1_micro", "f1_macro", "subset_accuracy")
+    headline = ("f1_micro", "f1_macro", "subset_accuracy")
+
+    @classmethod
+    def output_metrics(cls, clf: Classifier, outputs: np.ndarray, y: np.ndarray) -> dict:
+        cut = clf.thresholds if clf.thresholds is not None else 0.5  # tuned at the end of training
+        return multilabel_metrics(y, outputs >= cut, clf.labels.names)
+
+    @classmethod
+    def file_targets(cls, cfg: EvaluateConfig, clf: Classifier, ex: Examples) -> np.ndarray:
+        separator = cfg.label_separator or getattr(load_config(clf.path), "label_separator", None)
+        # Unknown labels fail before any work.
+        return LabelSet(clf.labels.names).encode(label_sets(ex, separator), ex)
 
     def read_targets(self, cfg: FinetuneConfig) -> None:
         refuse_class_options(cfg, self.problem)
@@ -108,7 +129,10 @@ class MultiLabelClassification(ProblemKind):
 
     def describe(self) -> str:
         counts = dict(zip(self.labels.names, self.y["train"].sum(0).astype(int).tolist()))
-        return f"multi-label: {len(self.labels.names)} labels, rows per label {counts}"
+        return (
+            f"{self.problem_note()}, multi-label: {len(self.labels.names)} labels, rows per label"
+            f" {counts}"
+        )
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         model = load_classifier(path, self.labels.names, self.labels.names, dropout_of(cfg))
@@ -181,6 +205,22 @@ class MultiLabelClassification(ProblemKind):
 class Regression(ProblemKind):
     problem = "regression"
     metrics = ("rmse", "mae", "pearson", "spearman")
+    headline = ("rmse", "mae", "pearson", "spearman")
+
+    @classmethod
+    def output_metrics(cls, clf: Classifier, outputs: np.ndarray, y: np.ndarray) -> dict:
+        return regression_metrics(y, outputs, clf.labels.names)
+
+    @classmethod
+    def file_targets(cls, cfg: EvaluateConfig, clf: Classifier, ex: Examples) -> np.ndarray:
+        y = numeric_targets(ex)
+        names = clf.labels.names
+        if y.shape[1] != len(names):
+            raise UserError(
+                f"the model predicts {len(names)} value(s) ({', '.join(names)}); --label-column"
+                f" names {y.shape[1]}"
+            )
+        return y
 
     def read_targets(self, cfg: FinetuneConfig) -> None:
         refuse_class_options(cfg, self.problem)
@@ -194,7 +234,7 @@ class Regression(ProblemKind):
 
     def describe(self) -> str:
         y = self.y["train"]
-        return "regression on " + ", ".join(
+        return f"{self.problem_note()}, regression on " + ", ".join(
             f"{n} (mean {y[:, k].mean():.3g}, sd {y[:, k].std():.3g})"
             for k, n in enumerate(self.names)
         )
@@ -259,28 +299,5 @@ def update_model_config(model_dir: Path, **values) -> None:
     atomic_write_json(path, config)
 
 
-def sequence_kind(cfg: FinetuneConfig) -> SequenceClassification:
-    """`--task sequence`: the problem type given, or detected from the training labels (and said
-    so)."""
-    check_options(cfg)
-    if cfg.problem not in ("auto", "multi-label"):
-        given = given_flags(cfg, ("label_separator",))
-        if given:
-            raise UserError(f"{given[0]} is for multi-label labels, not --problem {cfg.problem}")
-    parts = load_splits(cfg)
-    problem, why = (
-        (cfg.problem, "as given")
-        if cfg.problem != "auto"
-        else detect_problem(parts["train"], cfg.label_separator)
-    )
-    detected = cfg.problem == "auto"
-    cfg.problem = problem  # config.yaml records what was trained
-    kind = {
-        "single-label": SequenceClassification,
-        "multi-label": MultiLabelClassification,
-        "regression": Regression,
-    }[problem](cfg, parts)
-    kind.problem_note = (
-        f"{problem} ({why}; --problem to choose)" if detected else problem
-    )  # the run's first line
-    return kind
+PROBLEMS[MultiLabelClassification.problem] = MultiLabelClassification
+PROBLEMS[Regression.problem] = Regression

@@ -17,7 +17,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig, given_flags, refuse_inapplicable
+from warmstart.config import Choice, FinetuneConfig, given_flags, refuse_inapplicable
 from warmstart.data.batching import IGNORE, Encoded, pad_multiple
 from warmstart.data.pairs import Pairs, prediction_lines, read_pairs
 from warmstart.data.tables import load_splits
@@ -30,6 +30,8 @@ from warmstart.inference.seq2seq import (
     target_loss,
     write_texts,
 )
+from warmstart.kinds.base import FOR_CAUSAL_LM, ModelKind
+from warmstart.kinds.texts import TextToTextKind, score_texts
 from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
 from warmstart.models.registry import dropout_of, load_tokenizer, resolve
 from warmstart.models.seq2seq import load_seq2seq, new_bart
@@ -85,8 +87,10 @@ class GeneratedMetrics:
         return self.score() if compute_result else None
 
 
-class Seq2Seq:
-    name = "seq2seq"
+class Seq2Seq(TextToTextKind):
+    task = "seq2seq"
+    not_mine = (FOR_CAUSAL_LM,)
+    reads = {"text-to-text": ModelKind("a text-to-text model", ("generate",))}
 
     def __init__(self, cfg: FinetuneConfig):
         refuse_inapplicable(
@@ -110,19 +114,30 @@ class Seq2Seq:
                 f"--metric-for-best {best} is not measured; choose loss or one of --metrics "
                 f"({', '.join(self.metrics)})"
             )
-        cfg.metric_for_best = best
+        self.best = best
         self.parts: dict[str, Pairs] = load_splits(
             cfg,
             read=lambda path, limit: read_pairs(path, cfg.source_column, cfg.target_column, limit),
         )
-        # A model from scratch learns everything from these pairs: BART pre-training's 5e-4
-        # (pretrain's default) rather than fine-tuning's 5e-5, and more epochs.
-        cfg.lr = (5e-4 if cfg.from_scratch else 5e-5) if cfg.lr is None else cfg.lr
-        cfg.epochs = (10.0 if cfg.from_scratch else 3.0) if cfg.epochs is None else cfg.epochs
         self.num_beams = cfg.num_beams
         self.model: torch.nn.Module | None = None
         self.start: int | None = None
         self.cut: dict[str, int] = {}
+
+    def choices(self, cfg: FinetuneConfig) -> dict[str, Choice]:
+        # A model from scratch learns everything from these pairs: BART pre-training's 5e-4
+        # (pretrain's default) rather than fine-tuning's 5e-5, and more epochs.
+        why = (
+            "a model from scratch (BART pre-training's rate)" if cfg.from_scratch else "fine-tuning"
+        )
+        made = {
+            "metric_for_best": Choice(
+                self.best, "chrF where it is measured, else the first metric"
+            ),
+            "lr": Choice(5e-4 if cfg.from_scratch else 5e-5, f"{why}'s default"),
+            "epochs": Choice(10.0 if cfg.from_scratch else 3.0, f"{why}'s default"),
+        }
+        return {k: c for k, c in made.items() if getattr(cfg, k) is None}
 
     def describe(self) -> str:
         part = self.parts["train"]
@@ -139,7 +154,7 @@ class Seq2Seq:
             f" most {new} new tokens, scored by {', '.join(self.metrics)}{cut}"
         )
 
-    def load_model_and_tokenizer(self, cfg: FinetuneConfig) -> tuple[str, torch.nn.Module, object]:
+    def load(self, cfg: FinetuneConfig) -> tuple[str, torch.nn.Module, object]:
         """(what the model is, for the log; the model; its tokenizer): a new BART with
         --from-scratch, else --model as an encoder-decoder or warm-started from an encoder."""
         if cfg.from_scratch:
@@ -154,11 +169,14 @@ class Seq2Seq:
             )
             where = f"a new {cfg.size} BART, {cfg.tokenizer} tokenizer of {len(tokenizer)} tokens"
         else:
-            where = resolve(cfg.model)
-            tokenizer = load_tokenizer(where)
-            model = load_seq2seq(where, cfg.model, tokenizer, dropout_of(cfg))
+            path = resolve(cfg.model)
+            tokenizer = load_tokenizer(path)
+            model = load_seq2seq(path, cfg.model, tokenizer, dropout_of(cfg))
+            where = f"{cfg.model} ({path})"
         self.model, self.start = model, model.config.decoder_start_token_id
         return where, model, tokenizer
+
+    load_model_and_tokenizer = load  # its name before the kinds' contract named it load
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         self.model = load_seq2seq(path, cfg.model, load_tokenizer(path), dropout_of(cfg))
@@ -269,19 +287,17 @@ class Seq2Seq:
         scored against both targets)."""
         part, refs = part.distinct()
         t = time.time()
-        t2t = TextToText.load(str(model_dir), cfg.cpu, "fp32", cfg.max_length)
-        written = t2t.write(
+        writer = TextToText.load(str(model_dir), cfg.cpu, "fp32", cfg.max_length)
+        metrics, written = score_texts(
+            writer,
             part.sources,
+            refs,
+            self.metrics,
             cfg.max_new_tokens,
             cfg.num_beams,
             cfg.eval_batch_size,
-            progress=cfg.progress and run.main,
+            cfg.progress and run.main,
         )
-        metrics = {
-            **text_metrics([w.text for w in written], refs, self.metrics),
-            "n": len(part),
-            "cut_at_limit": sum(w.finish_reason == "length" for w in written),
-        }
         if run.main:
             atomic_write_text(run.dir / "predictions.jsonl", records(part, written, refs))
         return metrics, round(time.time() - t, 2)
@@ -302,3 +318,10 @@ class Seq2Seq:
 
     def summary(self, metrics: dict) -> str:
         return f"test {format_text_metrics(metrics['test'])}"
+
+    @classmethod
+    def serve(cls, path: str, source: str, model_kind: str, options: dict) -> dict:
+        writer = TextToText.load(
+            path, options.get("cpu", False), max_length=options.get("max_length")
+        )
+        return {"text_to_text": writer}

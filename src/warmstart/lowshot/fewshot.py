@@ -69,8 +69,9 @@ def setfit_train(
 ) -> float:
     """Fine-tune ``embedder.model`` so that cos(u, v) matches 1 for same-class pairs and 0 otherwise
     (SetFit's CosineSimilarityLoss). Returns the last epoch's mean loss."""
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
+
+    from warmstart.progress import progress_bar
 
     torch.manual_seed(seed)
     pairs = contrastive_pairs(y, per_example, seed)
@@ -86,7 +87,9 @@ def setfit_train(
     rng = np.random.default_rng(seed)
     losses: list[float] = []
     step = 0
-    with tqdm(total=total, desc="setfit", unit="step", disable=not progress, leave=False) as bar:
+    with progress_bar(
+        total=total, desc="setfit", unit="step", enabled=progress, leave=False
+    ) as bar:
         while step < total:
             order = rng.permutation(len(pairs))
             losses = []

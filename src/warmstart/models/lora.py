@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from warmstart.config.options import LoraOptions
 from warmstart.errors import UserError
 from warmstart.files import atomic_dir, cache_dir
 
@@ -92,7 +93,7 @@ def head_modules(model: torch.nn.Module) -> list[str]:
     ]
 
 
-def wrap(model: torch.nn.Module, cfg: Any) -> tuple[torch.nn.Module, LoraSummary]:
+def wrap(model: torch.nn.Module, cfg: LoraOptions) -> tuple[torch.nn.Module, LoraSummary]:
     """``model`` with LoRA adapters from ``cfg`` (lora_r, lora_alpha, lora_dropout,
     lora_target_modules); only the adapters and the head train."""
     from peft import LoraConfig, get_peft_model

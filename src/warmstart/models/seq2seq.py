@@ -110,8 +110,8 @@ def warm_start(
 def set_special_tokens(model: Any, start: int, end: int, pad: int) -> None:
     """The ids generation and the loss need, on the config and on the generation config that
     generate() reads."""
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id = start, end, pad
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = start, end, pad
     model.config.vocab_size = model.config.decoder.vocab_size
 
 

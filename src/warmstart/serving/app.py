@@ -38,7 +38,7 @@ from warmstart.serving.middleware import (
     RequireKey,
     error_response,
 )
-from warmstart.serving.model import ENDPOINTS, ZEROSHOT_METHOD, ServedModel
+from warmstart.serving.model import NEEDS, ServedModel
 from warmstart.serving.schemas import (
     ERRORS,
     EmbedRequest,
@@ -306,9 +306,8 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             # Scores over one label would all be 1: a single label is scored on its own (as HF's
             # pipeline does).
             multi_label = req.multi_label or len(labels) == 1
-            if (
-                multi_label and served.kind == "causal-lm"
-            ):  # prompt scoring picks one label among several
+            # Prompt scoring picks one label among several.
+            if multi_label and served.zeroshot_method == "prompt":
                 raise ApiError(
                     422,
                     "a causal LM scores labels against each other: give two or more labels and "
@@ -319,7 +318,7 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             scores = await run("zeroshot", req.texts, (tuple(labels), multi_label))
             return {
                 "model": served.name,
-                "method": ZEROSHOT_METHOD[served.kind],
+                "method": served.zeroshot_method,
                 "results": [
                     {
                         "label": labels[int(s.argmax())],
@@ -400,7 +399,7 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             return asdict(result)
 
     # The other endpoints answer 404 with the reason, rather than a bare "Not Found".
-    for endpoint in sorted({e for es in ENDPOINTS.values() for e in es} - set(served.endpoints)):
+    for endpoint in sorted(set(NEEDS) - set(served.endpoints)):
         app.add_api_route(
             f"/{endpoint}",
             _unsupported(served, endpoint),

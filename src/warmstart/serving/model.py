@@ -1,4 +1,4 @@
-"""What a served model can do, decided from its config by the model registry (models.registry.kind):
+"""What a served model can do, decided by the task kind that reads its folder (kinds.for_model):
 
 - a fine-tuned classifier (a ...ForSequenceClassification checkpoint): /predict, /embed;
 - a tagger (a ...ForTokenClassification checkpoint from `finetune --task tokens`): /tag, /embed;
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from warmstart import kinds
 from warmstart.data.tables import Examples
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier, label_records
@@ -29,25 +30,8 @@ from warmstart.inference.tagger import Tagger
 from warmstart.lowshot.zeroshot import load_method
 from warmstart.models.causal import CausalLM
 from warmstart.models.registry import ALIASES, load_config, resolve
-from warmstart.models.registry import kind as model_kind
 
-ENDPOINTS = {
-    "classifier": ("predict", "embed"),
-    "tagger": ("tag", "embed"),
-    "nli": ("predict", "embed", "zeroshot"),
-    "encoder": ("embed", "zeroshot"),
-    "causal-lm": ("generate", "embed", "zeroshot"),
-    "text-to-text": ("generate",),
-}
-ZEROSHOT_METHOD = {"nli": "nli", "encoder": "similarity", "causal-lm": "prompt"}
-DESCRIPTION = {
-    "classifier": "a text classifier",
-    "tagger": "a token tagger",
-    "nli": "an NLI classifier",
-    "encoder": "a plain encoder",
-    "causal-lm": "a causal language model",
-    "text-to-text": "a text-to-text model",
-}
+# What each route needs, for the sentence that says a model cannot serve it.
 NEEDS = {
     "predict": "a fine-tuned classifier (warmstart finetune)",
     "tag": "a tagger (warmstart finetune --task tokens)",
@@ -87,53 +71,24 @@ class ServedModel:
         `Classifier.load`), and ``long_text``, ``stride`` and ``chunk_aggregation`` how it reads
         long texts (None: the model's own); ``stride`` is also a tagger's."""
         path = resolve(name)
-        served = cls(name, path, model_kind(load_config(path)), max_length, cpu)
-        served.refuse_long_text_options(long_text, stride, chunk_aggregation)
-        if served.kind in ("classifier", "nli"):
-            served.classifier = Classifier.load(
-                path,
-                max_length=max_length,
-                cpu=cpu,
-                backend=backend,
-                quantize=quantize,
-                long_text=long_text,
-                stride=stride,
-                aggregation=chunk_aggregation,
-            )
-        elif served.kind == "tagger":
-            served.tagger = Tagger.load(
-                path,
-                max_length=max_length,
-                cpu=cpu,
-                backend=backend,
-                quantize=quantize,
-                stride=stride,
-            )
-        elif served.kind == "causal-lm":
-            served.causal_lm = CausalLM.load(served.source, cpu=cpu)
-        elif served.kind == "text-to-text":
-            served.text_to_text = TextToText.load(path, cpu, max_length=max_length)
-        return served
-
-    def refuse_long_text_options(
-        self, long_text: str | None, stride: int | None, chunk_aggregation: str | None
-    ) -> None:
-        """Long-text options are a classifier's (--stride a tagger's too): given for another model,
-        one error."""
-        given = [
-            flag
-            for flag, value in (
-                ("--long-text", long_text),
-                ("--chunk-aggregation", chunk_aggregation),
-                ("--stride", None if self.kind == "tagger" else stride),
-            )
-            if value is not None and self.kind not in ("classifier", "nli")
-        ]
-        if given:
+        kind, found = kinds.for_model(load_config(path))
+        options = {
+            "max_length": max_length,
+            "cpu": cpu,
+            "backend": backend,
+            "quantize": quantize,
+            "long_text": long_text,
+            "stride": stride,
+            "chunk_aggregation": chunk_aggregation,
+        }
+        refused = kind.serve_refuses(options)
+        if refused:
             raise UserError(
-                f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to model "
-                f"'{self.name}', {DESCRIPTION[self.kind]}: they say how /predict reads long texts"
+                f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to model"
+                f" '{name}', {kind.describe_model(found)}: they say how /predict reads long texts"
             )
+        source = name if name in ALIASES else path
+        return cls(name, path, found, max_length, cpu, **kind.serve(path, source, found, options))
 
     @property
     def source(self) -> str:
@@ -143,7 +98,15 @@ class ServedModel:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        return ENDPOINTS[self.kind]
+        return kinds.describe(self.kind).endpoints
+
+    @property
+    def description(self) -> str:
+        return kinds.describe(self.kind).description
+
+    @property
+    def zeroshot_method(self) -> str | None:
+        return kinds.describe(self.kind).zeroshot
 
     @property
     def labels(self) -> list[str] | None:
@@ -175,7 +138,7 @@ class ServedModel:
     def unsupported(self, endpoint: str) -> str:
         """Why this model cannot serve ``endpoint``: one sentence."""
         return (
-            f"model '{self.name}' is {DESCRIPTION[self.kind]}, which serves "
+            f"model '{self.name}' is {self.description}, which serves "
             f"{', '.join('/' + e for e in self.endpoints)}; /{endpoint} needs {NEEDS[endpoint]}"
         )
 
@@ -232,5 +195,5 @@ class ServedModel:
 
     def _load_zeroshot(self) -> Any:
         return load_method(
-            ZEROSHOT_METHOD[self.kind], self.source, cpu=self.cpu, max_length=self.max_length
+            self.zeroshot_method, self.source, cpu=self.cpu, max_length=self.max_length
         )

@@ -156,13 +156,13 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
 
     started = time.perf_counter()
     done_before = 0
-    from tqdm.auto import tqdm
+    from warmstart.progress import progress_bar
 
     mine = distributed.shard(
         n_chunks
     )  # every chunk, or this process's share of them under accelerate launch
     quiet = not cfg.progress or not distributed.is_main()
-    with tqdm(total=len(table.texts), desc="embed", unit="text", disable=quiet) as bar:
+    with progress_bar(total=len(table.texts), desc="embed", unit="text", enabled=not quiet) as bar:
         for c in mine:
             path = parts / f"chunk-{c:05d}.npy"
             lo, hi = c * cfg.chunk_size, min((c + 1) * cfg.chunk_size, len(table.texts))

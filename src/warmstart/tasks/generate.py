@@ -54,10 +54,9 @@ def with_transformers(
 ) -> list[Generation]:
     """Every prompt completed by transformers' generate, in batches of similar length (one at a
     time, in order, when streaming to ``stream_to``)."""
-    from tqdm.auto import tqdm
-
     from warmstart.inference.decoding import Streamer, complete, generation_config, seed_all
     from warmstart.models.causal import CausalLM
+    from warmstart.progress import progress_bar
 
     streaming = stream_to is not None
     lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
@@ -74,8 +73,8 @@ def with_transformers(
         batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
     gen_config = generation_config(cfg, lm.model.generation_config, stops)
     results: list[Generation | None] = [None] * len(ids)
-    for batch in tqdm(
-        batches, desc="generate", unit="batch", disable=not cfg.progress or streaming, leave=False
+    for batch in progress_bar(
+        batches, desc="generate", unit="batch", enabled=cfg.progress and not streaming, leave=False
     ):
         streamer = None
         if stream_to is not None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -30,7 +29,17 @@ from transformers import (
 )
 
 from warmstart import distributed, objectives, plots
-from warmstart.config import PretrainConfig, absolute_paths, make, refuse_inapplicable, to_dict
+from warmstart.callbacks import for_training
+from warmstart.config import (
+    Choice,
+    PretrainConfig,
+    absolute_paths,
+    make,
+    notes,
+    refuse_inapplicable,
+    settle,
+    to_dict,
+)
 from warmstart.data.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_json
@@ -47,6 +56,7 @@ from warmstart.models import (
 from warmstart.objectives import clm, mlm, separator_id, stream
 from warmstart.objectives.denoise import DenoisingCollator
 from warmstart.objectives.nsp import NSPCollator
+from warmstart.progress import progress_bar
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training import native
 from warmstart.training.common import Job, choose_precision
@@ -154,8 +164,8 @@ def stream_dataset(cfg: PretrainConfig, tokenizer, split: StreamedSplit, run: Ru
         # the bar shows only if tokenising takes a while (a small corpus errs with nothing printed
         # before)
     ):
-        with tqdm(
-            total=split.n_train, desc="tokenise", unit="doc", disable=not cfg.progress, delay=2
+        with progress_bar(
+            total=split.n_train, desc="tokenise", unit="doc", enabled=cfg.progress, delay=2
         ) as bar:
             stream.write_tokens(tokenizer, split.train(), sep, key, progress=bar.update)
     distributed.barrier()
@@ -330,7 +340,9 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         refuse_inapplicable(
             cfg, ("whole_word_mask", "mlm_probability"), f"--objective {cfg.objective}"
         )
-    run = Run(cfg.out, tensorboard_dir=cfg.logging_dir)
+    run = Run(cfg.out)
+    # The engine's subscribers: run log, bar, early stopping, trackers (one not installed fails here).
+    callbacks = for_training(cfg, run)
     if streamed(cfg):  # corpora larger than memory: the training documents are only ever streamed
         split = split_stream(
             cfg.data, cfg.valid, cfg.text_column, cfg.limit, cfg.valid_fraction, cfg.seed
@@ -387,16 +399,24 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
             valid_collate([valid_data[i] for i in range(s, min(s + bs, len(valid_data)))])
             for s in range(0, len(valid_data), bs)
         ]
-    cfg.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
+    cfg = settle(
+        cfg,
+        eval_batch_size=cfg.eval_batch_size
+        or Choice(2 * cfg.batch_size, "twice the training batch"),
+    )
     lengths = (
         np.full(len(train_data), cfg.block_size)
         if hasattr(train_data, "block_size")
         else np.array([len(train_data[i]["input_ids"]) for i in range(len(train_data))])
     )
-    choice = choose_precision(cfg, model, lengths, run)
+    # What the machine decides: precision and attention kernel, measured on this run's batches.
+    chosen = choose_precision(cfg, model, lengths, run)
+    cfg = settle(cfg, chosen.choices(cfg))
+    choice = chosen.measured
+    head = [choice.describe()] if choice else []
     run.write_config(
         {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")},
-        notes=[choice.describe()] if choice else (),
+        notes=head + notes(cfg, skip=("precision", "attn_implementation") if head else ()),
     )
     n_params = sum(p.numel() for p in model.parameters())
     run.say(
@@ -428,7 +448,7 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         accuracy=lambda out, batch: token_accuracy(cfg.objective, out, batch),
         on_epoch=collate.set_epoch,
     )
-    state = native.train(cfg, model, job, run)
+    state = native.train(cfg, model, job, run, callbacks)
     if state.epochs_log and run.main:
         plots.training_curves(state.epochs_log, run.dir / "training_curves.png")
     metrics.update(
@@ -449,6 +469,7 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_after"].items())
         )
     run.write_metrics(metrics)
+    callbacks.on_run_end(metrics, run.dir)
     return PretrainResult(run.dir, run.model_dir, metrics)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from warmstart import distributed
-from warmstart.config import FinetuneConfig
+from warmstart.callbacks.early_stopping import LOWER_IS_BETTER, better  # noqa: F401
+from warmstart.config import Choice, FinetuneConfig
 from warmstart.data.batching import IGNORE
 from warmstart.errors import UserError
 from warmstart.models import precision as measured
@@ -145,31 +146,52 @@ def mixed_precision(precision: str, cpu: bool) -> str:
     return {"fp32": "no"}.get(precision, precision)
 
 
+@dataclass
+class PrecisionChoice:
+    """What a run trains with: its precision and attention kernel, decided before its config is
+    written, and why (the task settles the run's settings with ``choices``)."""
+
+    precision: str
+    attention: str | None  # None: a config without the option keeps the model's own
+    measured: measured.Choice | None = None  # the timing behind an automatic choice, if one ran
+    reason: str = ""
+
+    def choices(self, cfg: Any) -> dict[str, Choice]:
+        made = {"precision": Choice(self.precision, self.reason if cfg.precision == "auto" else "")}
+        if self.attention is not None and hasattr(cfg, "attn_implementation"):
+            given = cfg.attn_implementation != "auto"
+            made["attn_implementation"] = Choice(self.attention, "" if given else self.reason)
+        return made
+
+
 def choose_precision(
     cfg: Any, model: torch.nn.Module, lengths: np.ndarray, run: Any
-) -> measured.Choice | None:
-    """Resolve 'auto' in ``cfg.precision`` and ``cfg.attn_implementation`` in place for this run,
-    before its config is written, and give ``model`` that attention kernel. A resumed run keeps what
-    its start chose (config.yaml); on GPUs (and under a launcher that set a precision) the rule of
+) -> PrecisionChoice:
+    """Resolve 'auto' in ``cfg.precision`` and ``cfg.attn_implementation`` for this run, before its
+    config is written, and give ``model`` that attention kernel. A resumed run keeps what its start
+    chose (config.yaml); on GPUs (and under a launcher that set a precision) the rule of
     ``mixed_precision`` and the model's own kernel; on CPUs a measured choice (models.precision) on
     the run's own batch shape, made by the main process and shared, so every process trains alike;
-    the measured choice is logged."""
-    kernel = getattr(
-        cfg, "attn_implementation", None
-    )  # None: a config without the option keeps the model's own
+    the measured choice is logged. ``cfg`` is only read."""
+    precision = cfg.precision
+    # None: a config without the option keeps the model's own.
+    kernel = getattr(cfg, "attn_implementation", None)
+    reason = ""
     if cfg.resume:
         saved = run.saved_config()
-        cfg.precision = saved.get("precision", "auto") if cfg.precision == "auto" else cfg.precision
+        precision = saved.get("precision", "auto") if precision == "auto" else precision
         kernel = saved.get("attn_implementation", "auto") if kernel == "auto" else kernel
         if kernel == "auto" and saved.get("precision") not in (None, "auto"):
             kernel = None  # started before the kernel was chosen: it trained with the model's own
+        reason = "as the run's start chose (config.yaml)"
     choice = None
     own = measured.own_attention(model)
     if torch.cuda.is_available() and not cfg.cpu:
-        if cfg.precision == "auto":
+        if precision == "auto":
             chosen = mixed_precision("auto", cfg.cpu)
-            cfg.precision = "fp32" if chosen == "no" else chosen
-    elif cfg.precision == "auto" or (kernel == "auto" and own):
+            precision = "fp32" if chosen == "no" else chosen
+            reason = "the GPU's rule: bf16 where it supports it, else fp32"
+    elif precision == "auto" or (kernel == "auto" and own):
         tokens = float(np.mean(lengths)) if len(lengths) else 32.0
         choice = (
             measured.measure(model, "train", cfg.batch_size, tokens)
@@ -177,11 +199,11 @@ def choose_precision(
             else None
         )
         choice = distributed.broadcast(choice, cpu=True)
-        run.say(choice.describe(None if cfg.precision == "auto" else cfg.precision))
-        cfg.precision = choice.precision if cfg.precision == "auto" else cfg.precision
-        kernel = (
-            (choice.attention(cfg.precision) or kernel) if kernel == "auto" else kernel
-        )  # "": no choice
+        reason = choice.describe(None if precision == "auto" else precision)
+        run.say(reason)
+        precision = choice.precision if precision == "auto" else precision
+        # "": no choice
+        kernel = (choice.attention(precision) or kernel) if kernel == "auto" else kernel
     if kernel in ("auto", None) or not own:  # nothing chosen, or nothing to choose: the model's own
         kernel = own or kernel
     elif kernel != own:
@@ -191,9 +213,7 @@ def choose_precision(
             raise UserError(
                 f"--attn-implementation {kernel}: {str(e).strip().splitlines()[0]}"
             ) from None
-    if kernel is not None and hasattr(cfg, "attn_implementation"):
-        cfg.attn_implementation = kernel
-    return choice
+    return PrecisionChoice(precision, kernel, choice, reason)
 
 
 def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -233,13 +253,6 @@ def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Op
         return cls(groups, lr=cfg.lr)
 
 
-LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mae", "cer", "wer")
-
-
-def better(metric: str, new: float, old: float | None) -> bool:
-    return old is None or (new < old if metric in LOWER_IS_BETTER else new > old)
-
-
 def schedule(cfg: FinetuneConfig, batches_per_epoch: int) -> tuple[int, int, int]:
     """(optimizer steps per epoch, total steps, warm-up steps) — the same arithmetic for both
     engines."""
@@ -248,16 +261,44 @@ def schedule(cfg: FinetuneConfig, batches_per_epoch: int) -> tuple[int, int, int
     return per_epoch, total, math.ceil(cfg.warmup_ratio * total)
 
 
-def judge_epoch(cfg, state, value: float, epoch: int, save_best) -> None:
-    """Keep the best epoch (saving its model) and count epochs without improvement for --patience.
-    ``state`` has best_metric, best_epoch, bad_epochs and stopped_early (both engines' State)."""
-    if better(cfg.metric_for_best, value, state.best_metric):
+def note_epoch(metric: str, state, value: float, epoch: int) -> bool:
+    """Keep the best epoch by the valid ``metric`` (``value`` this epoch's) and count the epochs
+    without improvement; whether this one is the new best, whose model the engine then saves.
+    (When to stop is callbacks.EarlyStopping's to say.) ``state``: either engine's State."""
+    if better(metric, value, state.best_metric):
         state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
-        save_best()
-    else:
-        state.bad_epochs += 1
-        if cfg.patience is not None and state.bad_epochs >= cfg.patience:
-            state.stopped_early = True
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def begin_info(cfg, job: Job, run, engine: str, state, **counts: int) -> dict:
+    """What both engines tell callbacks.Callback.on_train_begin: ``counts`` (total_steps, epochs,
+    steps_per_epoch), where training stands (a resumed run's step and epoch records) and the run's
+    settings as config.yaml holds them (read by the main process, the one that reports)."""
+    return {
+        "engine": engine,
+        **counts,
+        "unit": job.unit,
+        "rows": len(job.train),
+        "resumed_step": state.step,
+        "history": list(state.epochs_log),
+        "metric_for_best": cfg.metric_for_best,
+        "settings": run.saved_config() if run.main else {},
+        "run_dir": run.dir,
+    }
+
+
+def end_summary(state) -> dict:
+    """What both engines tell callbacks.Callback.on_train_end."""
+    return {
+        "step": state.step,
+        "epochs": len(state.epochs_log),
+        "best_epoch": state.best_epoch,
+        "stopped_early": state.stopped_early,
+        "train_seconds": state.train_seconds,
+        "samples": state.samples,
+    }
 
 
 def full_weights(accelerator: Any, model: torch.nn.Module) -> dict:

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from warmstart import distributed
+from warmstart.callbacks import CallbackList, Control, for_training
 from warmstart.data.batching import LengthGroupedBatches
 from warmstart.distributed import batch_part
 from warmstart.errors import UserError
@@ -28,23 +28,30 @@ from warmstart.runs import Run
 from warmstart.training.common import (
     Job,
     State,
+    begin_info,
+    end_summary,
     full_weights,
-    judge_epoch,
     mixed_precision,
+    note_epoch,
     optimizer_for,
     schedule,
 )
 from warmstart.training.dropout import faster_dropout
 
 
-def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
-    """Train ``model`` on ``job`` with the options of ``cfg`` (a FinetuneConfig or PretrainConfig).
+def train(
+    cfg: Any, model: torch.nn.Module, job: Job, run: Run, callbacks: CallbackList | None = None
+) -> State:
+    """Train ``model`` on ``job`` with the options of ``cfg`` (a FinetuneConfig or PretrainConfig),
+    telling ``callbacks`` (default: those the options ask for, callbacks.for_training) each event:
+    the run log, the progress bar, early stopping and the trackers are among them.
 
     Under `accelerate launch` with N processes, ``cfg.batch_size`` is per process: the sampler cuts
     global batches of batch_size × N and each process trains on its slice of every one
     (distributed.batch_part), so N processes take the same steps on the same batches as one process
     with N times the batch size. State (position, sums, best epoch) is global and held alike by
     every process; the main one writes it."""
+    callbacks = for_training(cfg, run) if callbacks is None else callbacks
     # Accelerate keeps one AcceleratorState per process: a second run in the same Python process
     # (the API called twice, a benchmark) with another precision would be refused. Its settings are
     # this run's alone.
@@ -99,18 +106,20 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
     state.processes = world
 
     def checkpoint() -> None:
-        run.save_checkpoint(
+        folder = run.save_checkpoint(
             state.step,
             lambda d: accelerator.save_state(str(d)),
             asdict(state),
             cfg.save_total_limit,
             barrier=accelerator.wait_for_everyone,
         )
+        callbacks.on_save("checkpoint", folder)
 
     def save_best() -> None:
         weights = full_weights(accelerator, model)
         if accelerator.is_main_process:
             run.save_model(lambda d: job.save(accelerator.unwrap_model(model), d, weights))
+        callbacks.on_save("model", run.model_dir)
 
     run.say(
         f"training {len(job.train)} {job.unit}: {n_epochs} epoch(s), {total_steps} optimizer steps,"
@@ -118,13 +127,17 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
         + (f" per process x {world} processes" if world > 1 else "")
         + f", device {accelerator.device}, precision {cfg.precision}→{accelerator.mixed_precision}"
     )
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="train",
-        unit="step",
-        disable=not cfg.progress or not accelerator.is_main_process,
-        dynamic_ncols=True,
+    callbacks.on_train_begin(
+        begin_info(
+            cfg,
+            job,
+            run,
+            "native",
+            state,
+            total_steps=total_steps,
+            epochs=n_epochs,
+            steps_per_epoch=steps_per_epoch,
+        )
     )
     model.train()
     t_log, n_log = time.time(), 0
@@ -179,21 +192,16 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
                 continue
             scheduler.step()
             state.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            callbacks.on_step({"step": state.step, "loss": loss})
             if state.step % cfg.logging_steps == 0:
-                rate = n_log / max(time.time() - t_log, 1e-9)
-                rec = {
-                    "step": state.step,
-                    "epoch": round(state.epoch + state.batches_done / n_batches, 4),
-                    "loss": state.log_loss_sum / state.log_seen,
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": rate,
-                }
-                run.log(rec)
-                run.say(
-                    f"step {state.step}/{total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
-                    f"{rate:.1f} samples/s"
+                callbacks.on_log(
+                    {
+                        "step": state.step,
+                        "epoch": round(state.epoch + state.batches_done / n_batches, 4),
+                        "loss": state.log_loss_sum / state.log_seen,
+                        "lr": scheduler.get_last_lr()[0],
+                        "samples_per_s": n_log / max(time.time() - t_log, 1e-9),
+                    }
                 )
                 t_log, n_log, state.log_loss_sum, state.log_seen = time.time(), 0, 0.0, 0
             if state.step >= total_steps:
@@ -205,12 +213,14 @@ def train(cfg: Any, model: torch.nn.Module, job: Job, run: Run) -> State:
                 checkpoint()
                 t_loop = time.time()
         state.train_seconds += time.time() - t_loop
-        end_of_epoch(cfg, state, model, accelerator, job, run, time.time() - t_epoch, save_best)
+        end_of_epoch(
+            cfg, state, model, accelerator, job, run, time.time() - t_epoch, save_best, callbacks
+        )
         checkpoint()
-    bar.close()
     if job.evaluate is None or state.best_epoch is None:
         save_best()  # no valid split: the final model is the last one
     accelerator.wait_for_everyone()
+    callbacks.on_train_end(end_summary(state))
     return state
 
 
@@ -223,7 +233,10 @@ def end_of_epoch(
     run: Run,
     seconds: float,
     save_best: Callable[[], None],
+    callbacks: CallbackList,
 ) -> None:
+    """The epoch's record (train sums, valid metrics) to the callbacks; the best model kept; a stop
+    asked by a callback (early stopping, a pruned tune trial) ends training after this epoch."""
     rec: dict = {
         "step": state.step,
         "epoch": state.epoch + 1,
@@ -232,25 +245,24 @@ def end_of_epoch(
     if job.accuracy is not None:
         rec["train_accuracy"] = state.correct / max(state.counted, 1)
     rec["epoch_seconds"] = round(seconds, 2)
+    new_best = False
     if job.evaluate is not None:
         metrics = job.evaluate(
             accelerator.unwrap_model(model), accelerator.device, accelerator.autocast
         )
-        rec.update({f"valid_{k}": v for k, v in metrics.items()})
-        judge_epoch(cfg, state, rec[f"valid_{cfg.metric_for_best}"], state.epoch + 1, save_best)
+        valid = {f"valid_{k}": v for k, v in metrics.items()}
+        rec.update(valid)
+        callbacks.on_evaluate({"step": rec["step"], "epoch": rec["epoch"], **valid})
+        new_best = note_epoch(
+            cfg.metric_for_best, state, rec[f"valid_{cfg.metric_for_best}"], state.epoch + 1
+        )
         model.train()
     rec["elapsed_seconds"] = round(time.time() - run.started, 2)
-    run.log(rec)
+    control = Control()
+    callbacks.on_epoch_end(rec, control)
     state.epochs_log.append(rec)
-    run.say(
-        f"epoch {rec['epoch']}: "
-        + "  ".join(
-            f"{k.replace('_', ' ')} {v:.4f}"
-            for k, v in rec.items()
-            if k.startswith(("train_", "valid_"))
-        )
-        + f" | {seconds:.0f}s"
-        + ("  (early stop)" if state.stopped_early else "")
-    )
+    if new_best:
+        save_best()
+    state.stopped_early = state.stopped_early or control.stop
     state.epoch += 1
     state.batches_done, state.loss_sum, state.correct, state.counted, state.seen = 0, 0.0, 0, 0, 0

@@ -21,14 +21,18 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from warmstart import distributed
+from warmstart.callbacks import CallbackList, Control, for_training
 from warmstart.config import FinetuneConfig
+from warmstart.progress import on_terminal
 from warmstart.runs import Run, checkpoint_step
 from warmstart.training.common import (
     Job,
     State,
+    begin_info,
+    end_summary,
     full_weights,
-    judge_epoch,
     mixed_precision,
+    note_epoch,
     optimizer_for,
     schedule,
 )
@@ -69,10 +73,20 @@ class _Trainer(Trainer):
     does."""
 
     def __init__(
-        self, *args, stats: State, job: Job, run: Run, keep: int | None, buckets: int, **kwargs
+        self,
+        *args,
+        stats: State,
+        job: Job,
+        run: Run,
+        keep: int | None,
+        buckets: int,
+        events: CallbackList,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.stats, self.job, self.run, self.keep, self.buckets = stats, job, run, keep, buckets
+        self.events = events  # ours (callbacks.Callback), told of each checkpoint written
+        self.last_loss: float | None = None  # the last training micro-batch's mean loss
         self._writing_in: Path | None = None
 
     def _get_train_sampler(self, train_dataset=None):
@@ -115,6 +129,7 @@ class _Trainer(Trainer):
             mean = (
                 loss.item() if self.job.loss is not None else self.job.batch_loss(outputs, inputs)
             )
+            self.last_loss = mean
             self.stats.loss_sum += mean * counted
             self.stats.correct += correct
             self.stats.seen += counted
@@ -150,13 +165,14 @@ class _Trainer(Trainer):
             finally:
                 self._writing_in = None
 
-        self.run.save_checkpoint(
+        folder = self.run.save_checkpoint(
             self.state.global_step,
             write,
             state,
             self.keep,
             barrier=self.accelerator.wait_for_everyone,
         )
+        self.events.on_save("checkpoint", folder)
 
     def counters(self) -> dict:
         """What a resumed run needs besides the Trainer's own state: our State with the epoch's sums
@@ -184,34 +200,33 @@ class _Trainer(Trainer):
         return int(distributed.sum_all([self.stats.samples], self.args.use_cpu)[0])
 
 
-class BarOnly(ProgressCallback):
-    """The Trainer's progress bar without its dict-per-log printing (RunCallback prints our log
-    lines)."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        pass
-
-
 class RunCallback(TrainerCallback):
-    """Writes our history.jsonl and epoch records, keeps the best model in model/, stops early.
+    """Translates the Trainer's events into ours (callbacks.Callback) with the records the native
+    engine makes, keeps the best model in model/ and ends training when a callback asks.
 
     Its counters go into each Trainer checkpoint's state.json (_Trainer.counters), so a resumed run
-    keeps them. Every process runs it; counts are summed over the processes, the main one writes."""
+    keeps them. Every process runs it and tells its callbacks (counts are summed over the processes;
+    the callbacks that write do so in the main one), as every process of the native engine does."""
 
     def __init__(
-        self, cfg: FinetuneConfig, run: Run, stats: State, save_best, job: Job, total_steps: int
+        self,
+        cfg: FinetuneConfig,
+        run: Run,
+        stats: State,
+        save_best,
+        job: Job,
+        counts: dict,
+        events: CallbackList,
     ):
         self.cfg, self.run, self.stats, self.save_best = cfg, run, stats, save_best
-        self.has_valid, self.metric_names, self.total_steps = (
-            job.valid is not None,
-            job.metric_names,
-            total_steps,
-        )
+        self.job, self.counts, self.events = job, counts, events
+        self.has_valid, self.metric_names = job.valid is not None, job.metric_names
         self.job_has_accuracy = job.accuracy is not None
         self.t_log, self.n_log = time.time(), 0
         self.t_epoch = time.time()
         self.trainer: _Trainer | None = None
         self.resumed_log: tuple[float, int] | None = None
+        self.pending: dict | None = None
 
     KEPT = ("best_metric", "best_epoch", "bad_epochs", "epochs_log", "stopped_early")
 
@@ -233,29 +248,30 @@ class RunCallback(TrainerCallback):
             loss, step = self.resumed_log
             self.trainer._tr_loss.fill_(loss)
             self.trainer._globalstep_last_logged = step
+        self.stats.step = state.global_step
+        self.events.on_train_begin(
+            begin_info(self.cfg, self.job, self.run, "trainer", self.stats, **self.counts)
+        )
 
     def on_epoch_begin(self, args, state, control, **kw):
         self.t_epoch = time.time()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.events.on_step({"step": state.global_step, "loss": self.trainer.last_loss})
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs:
             return
         samples = self.trainer.global_samples()  # every process logs this line: a collective
-        if not state.is_world_process_zero:
-            return
-        seen = samples - self.n_log
-        rate = seen / max(time.time() - self.t_log, 1e-9)
-        rec = {
-            "step": state.global_step,
-            "epoch": round(state.epoch or 0, 4),
-            "loss": logs["loss"],
-            "lr": logs.get("learning_rate"),
-            "samples_per_s": rate,
-        }
-        self.run.log(rec)
-        self.run.say(
-            f"step {rec['step']}/{self.total_steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
-            f"{rate:.1f} samples/s"
+        rate = (samples - self.n_log) / max(time.time() - self.t_log, 1e-9)
+        self.events.on_log(
+            {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0, 4),
+                "loss": logs["loss"],
+                "lr": logs.get("learning_rate"),
+                "samples_per_s": rate,
+            }
         )
         self.t_log, self.n_log = time.time(), samples
 
@@ -276,52 +292,44 @@ class RunCallback(TrainerCallback):
         # carries its sums on).
         s.loss_sum, s.correct, s.seen = 0.0, 0, 0
         if not self.has_valid:
-            self._finish_epoch(state, control)
+            self._finish_epoch(control)
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
-        rec = getattr(self, "pending", None)
+        rec = self.pending
         if rec is None or not metrics:
             return
-        rec.update(
-            {f"valid_{k}": metrics[f"eval_{k}"] for k in ("loss", *self.metric_names)},
-            epoch_seconds=round(time.time() - self.t_epoch, 2),
+        valid = {f"valid_{k}": metrics[f"eval_{k}"] for k in ("loss", *self.metric_names)}
+        rec.update(valid, epoch_seconds=round(time.time() - self.t_epoch, 2))
+        self.events.on_evaluate({"step": rec["step"], "epoch": rec["epoch"], **valid})
+        best = self.cfg.metric_for_best
+        self._finish_epoch(
+            control, note_epoch(best, self.stats, rec[f"valid_{best}"], rec["epoch"])
         )
-        judge_epoch(
-            self.cfg,
-            self.stats,
-            rec[f"valid_{self.cfg.metric_for_best}"],
-            rec["epoch"],
-            self.save_best,
-        )
-        control.should_training_stop = control.should_training_stop or self.stats.stopped_early
-        self._finish_epoch(state, control)
 
-    def _finish_epoch(self, state, control) -> None:
+    def _finish_epoch(self, control, new_best: bool = False) -> None:
         rec, self.pending = self.pending, None
         rec["elapsed_seconds"] = round(time.time() - self.run.started, 2)
-        self.run.log(rec)
+        ours = Control()
+        self.events.on_epoch_end(rec, ours)
         self.stats.epochs_log.append(rec)
-        msg = f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f}"
-        if "train_accuracy" in rec:
-            msg += f" acc {rec['train_accuracy']:.4f}"
-        if "valid_loss" in rec:
-            best = self.cfg.metric_for_best
-            shown = "accuracy" if "valid_accuracy" in rec else best
-            msg += (
-                f" | valid loss {rec['valid_loss']:.4f}"
-                f" {shown[:3] if shown == 'accuracy' else shown} {rec[f'valid_{shown}']:.4f}"
-            )
-        self.run.say(
-            msg
-            + f" | {rec['epoch_seconds']:.0f}s"
-            + ("  (early stop)" if self.stats.stopped_early else "")
-        )
+        if new_best:
+            self.save_best()
+        self.stats.stopped_early = self.stats.stopped_early or ours.stop
+        control.should_training_stop = control.should_training_stop or ours.stop
         control.should_save = True  # a checkpoint at every epoch end, whatever --save-steps says
 
 
-def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> State:
-    """Train ``model`` on ``job`` with the HF Trainer; the same State as the native engine comes
-    back."""
+def train(
+    cfg: FinetuneConfig,
+    model: torch.nn.Module,
+    job: Job,
+    run: Run,
+    callbacks: CallbackList | None = None,
+) -> State:
+    """Train ``model`` on ``job`` with the HF Trainer, telling ``callbacks`` (default: those the
+    options ask for, callbacks.for_training) the same events with the same records as the native
+    engine; the same State comes back."""
+    callbacks = for_training(cfg, run) if callbacks is None else callbacks
     train_data, valid_data = job.train, job.valid
     precision = mixed_precision(cfg.precision, cfg.cpu)
     # Under `accelerate launch` / torchrun the Trainer runs DDP itself: batch_size is per process.
@@ -352,7 +360,7 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
         save_steps=cfg.save_steps or 500,
         save_total_limit=None,  # Run.save_checkpoint keeps the last --save-total-limit
         report_to="none",
-        disable_tqdm=not cfg.progress,
+        disable_tqdm=not (cfg.progress and on_terminal()),
         dataloader_num_workers=0,
         # classifiers use every parameter; the search costs a graph pass
         ddp_find_unused_parameters=False,
@@ -368,8 +376,14 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
             run.save_model(
                 lambda d: job.save(trainer.accelerator.unwrap_model(trainer.model), d, weights)
             )
+        callbacks.on_save("model", run.model_dir)
 
-    callback = RunCallback(cfg, run, stats, save_best, job, total_steps)
+    counts = dict(
+        total_steps=total_steps,
+        epochs=-(-total_steps // per_epoch),
+        steps_per_epoch=per_epoch,
+    )
+    callback = RunCallback(cfg, run, stats, save_best, job, counts, callbacks)
     trainer = _Trainer(
         model=model,
         args=args,
@@ -385,12 +399,12 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
         run=run,
         keep=cfg.save_total_limit,
         buckets=cfg.length_buckets,
+        events=callbacks,
     )
     callback.trainer = trainer
+    # Our callbacks draw the bar and say the log lines.
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    if cfg.progress:
-        trainer.add_callback(BarOnly())
     last = (
         run.resume_checkpoint(
             required=("trainer_state.json",), barrier=trainer.accelerator.wait_for_everyone
@@ -421,4 +435,5 @@ def train(cfg: FinetuneConfig, model: torch.nn.Module, job: Job, run: Run) -> St
     stats.samples = trainer.global_samples()
     if valid_data is None or stats.best_epoch is None:
         save_best()
+    callbacks.on_train_end(end_summary(stats))
     return stats
