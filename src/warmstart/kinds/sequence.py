@@ -118,6 +118,27 @@ PAIR_ONLY = (
     "predictions",
 )
 TAG_ONLY = ("tag_column", "base_tags")
+# evaluate's options that only a sequence classifier reads (--stride is a tagger's too).
+SEQUENCE_ONLY = (
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "label_separator",
+    "long_text",
+    "chunk_aggregation",
+)
+
+
+def refuse_pair_options(cfg: EvaluateConfig) -> None:
+    """evaluate's text-to-text options, given for a classifier or a tagger."""
+    pair_only = given_flags(cfg, PAIR_ONLY)
+    if pair_only:
+        raise UserError(
+            f"{', '.join(pair_only)} only apply to text-to-text models (finetune --task seq2seq or"
+            " causal-lm)"
+        )
+
+
 # Problem type -> kind: single-label here, multi-label and regression added by kinds.problems.
 PROBLEMS: dict[str, type[SequenceClassification]] = {}
 
@@ -382,29 +403,14 @@ class SequenceClassification(TaskKind):
 
     @classmethod
     def evaluate(cls, cfg: EvaluateConfig, path: str, model_kind: str) -> dict:
-        pair_only = given_flags(cfg, PAIR_ONLY)
-        if pair_only:
-            raise UserError(
-                f"{', '.join(pair_only)} only apply to text-to-text models (finetune --task seq2seq"
-                " or causal-lm)"
-            )
+        refuse_pair_options(cfg)
         tag_only = given_flags(cfg, TAG_ONLY)
         if tag_only:
             raise UserError(f"{', '.join(tag_only)} only apply to taggers (finetune --task tokens)")
         ex = read_examples(
             cfg.data, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=cfg.limit
         )
-        clf = Classifier.load(
-            cfg.model,
-            cfg.max_length,
-            cfg.cpu,
-            cfg.backend,
-            cfg.quantize,
-            cfg.precision,
-            cfg.long_text,
-            cfg.stride,
-            cfg.chunk_aggregation,
-        )
+        clf = cls.load_saved(cfg)
         y = cls.file_targets(cfg, clf, ex)
         t0 = time.time()
         outputs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)
@@ -417,6 +423,21 @@ class SequenceClassification(TaskKind):
             seconds=round(seconds, 2), texts_per_s=round(len(ex) / max(seconds, 1e-9), 2)
         )
         return metrics
+
+    @classmethod
+    def load_saved(cls, cfg: EvaluateConfig | PredictConfig) -> Classifier:
+        """The saved classifier as evaluate and predict run it (backend, precision, long texts)."""
+        return Classifier.load(
+            cfg.model,
+            cfg.max_length,
+            cfg.cpu,
+            cfg.backend,
+            cfg.quantize,
+            cfg.precision,
+            cfg.long_text,
+            cfg.stride,
+            cfg.chunk_aggregation,
+        )
 
     @classmethod
     def file_targets(cls, cfg: EvaluateConfig, clf: Classifier, ex: Examples) -> np.ndarray:
@@ -459,17 +480,7 @@ class SequenceClassification(TaskKind):
             " --long-text chunk's windows)",
         )
         ex = read_texts(cfg.texts, cfg.input, cfg.text_column, cfg.text_pair_column, cfg.limit)
-        clf = Classifier.load(
-            cfg.model,
-            cfg.max_length,
-            cfg.cpu,
-            cfg.backend,
-            cfg.quantize,
-            cfg.precision,
-            cfg.long_text,
-            cfg.stride,
-            cfg.chunk_aggregation,
-        )
+        clf = cls.load_saved(cfg)
         # Sharded under accelerate launch.
         probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)
         return [Prediction(text, **r) for text, r in zip(ex.texts, clf.records(probs))]

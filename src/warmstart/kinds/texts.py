@@ -15,20 +15,11 @@ from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
 from warmstart.inference.seq2seq import InstructionWriter, TextToText, Written, load_writer
 from warmstart.kinds.base import Prediction, TaskKind
+from warmstart.kinds.sequence import SEQUENCE_ONLY, TAG_ONLY
 from warmstart.metrics import format_text_metrics, text_metric_names, text_metrics
 
 # evaluate's options of the other kinds, refused for a text-to-text model.
-NOT_TEXT_TO_TEXT = (
-    "text_column",
-    "text_pair_column",
-    "label_column",
-    "label_separator",
-    "long_text",
-    "chunk_aggregation",
-    "stride",
-    "tag_column",
-    "base_tags",
-)
+NOT_TEXT_TO_TEXT = (*SEQUENCE_ONLY, "stride", *TAG_ONLY)
 
 
 def score_texts(

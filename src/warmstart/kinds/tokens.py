@@ -40,7 +40,7 @@ from warmstart.errors import UserError
 from warmstart.inference.batched import predict_logits
 from warmstart.inference.tagger import Tagged, Tagger
 from warmstart.kinds.base import FOR_CAUSAL_LM, FOR_TEXT_TO_TEXT, ModelKind, TaskKind
-from warmstart.kinds.sequence import PAIR_ONLY
+from warmstart.kinds.sequence import SEQUENCE_ONLY, refuse_pair_options
 from warmstart.metrics import format_tagging_table, softmax, tagging_metrics
 from warmstart.models.classifier import load_classifier
 from warmstart.models.registry import dropout_of
@@ -344,24 +344,9 @@ class TokenClassification(TaskKind):
     # -- a saved model read back --------------------------------------------------------------------
     @classmethod
     def evaluate(cls, cfg: EvaluateConfig, path: str, model_kind: str) -> dict:
-        pair_only = given_flags(cfg, PAIR_ONLY)
-        if pair_only:
-            raise UserError(
-                f"{', '.join(pair_only)} only apply to text-to-text models (finetune --task seq2seq"
-                " or causal-lm)"
-            )
+        refuse_pair_options(cfg)
         # --stride applies to a tagger's windows (and to a classifier's with --long-text chunk).
-        sequence_only = given_flags(
-            cfg,
-            (
-                "text_column",
-                "text_pair_column",
-                "label_column",
-                "label_separator",
-                "long_text",
-                "chunk_aggregation",
-            ),
-        )
+        sequence_only = given_flags(cfg, SEQUENCE_ONLY)
         if sequence_only:
             raise UserError(f"{', '.join(sequence_only)} do not apply to a tagger")
         sents = read_sentences(cfg.data, cfg.tag_column, limit=cfg.limit, base_tags=cfg.base_tags)
