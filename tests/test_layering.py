@@ -34,6 +34,8 @@ LAYERS = [
     {"warmstart.kinds", "warmstart.lowshot"},
     {"warmstart.tuning"},  # tune's search: space, study, trial processes, report
     {"warmstart.serving"},
+    # model cards and publishing: read run and model folders, never a task kind
+    {"warmstart.hub"},
     {"warmstart.tasks"},
     # entry points: like the leaves they may import each other (__main__ runs cli)
     {"warmstart", "warmstart.__main__", "warmstart.cli", "warmstart.commands"},
@@ -54,6 +56,7 @@ COMMANDS = {
     "serve",
     "export",
     "calibrate",
+    "push",
 }
 
 

@@ -11,16 +11,14 @@ moving film."])[0].label"""
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING
 
 from warmstart.commands import COMMANDS
 
 __version__ = "0.1.0"
 
-# Set before any submodule imports huggingface_hub or transformers: model files are never fetched.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No environment variable is set here: a library must not switch the Hub off (or anything else)
+# for the program that imports it. The CLI, a process of its own, sets TOKENIZERS_PARALLELISM.
 
 # Built from the command table and imported on first use, so `warmstart --help` does not wait for
 # torch.
@@ -34,6 +32,7 @@ for _c in COMMANDS.values():
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from warmstart.config import (
         CalibrateConfig,
+        DownloadConfig,
         EmbedConfig,
         EvaluateConfig,
         ExportConfig,
@@ -43,6 +42,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         PredictConfig,
         PretrainConfig,
         ProbeConfig,
+        PushConfig,
         ServeConfig,
         TuneConfig,
         ZeroshotConfig,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from warmstart.errors import UserError
     from warmstart.serving import serve
     from warmstart.tasks.calibrate import CalibrateResult, calibrate
+    from warmstart.tasks.download import DownloadResult, download
     from warmstart.tasks.embed import EmbedResult, embed
     from warmstart.tasks.evaluate import EvaluateResult, evaluate
     from warmstart.tasks.export import ExportResult, export
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from warmstart.tasks.predict import Prediction, predict
     from warmstart.tasks.pretrain import PretrainResult, pretrain
     from warmstart.tasks.probe import ProbeResult, probe
+    from warmstart.tasks.push import Pushed, push
     from warmstart.tasks.tune import TuneResult, tune
     from warmstart.tasks.zeroshot import ZeroshotResult, zeroshot
 
@@ -73,6 +75,9 @@ __all__ = [
     "CalibrateConfig",
     "CalibrateResult",
     "calibrate",
+    "DownloadConfig",
+    "DownloadResult",
+    "download",
     "EmbedConfig",
     "EmbedResult",
     "EvaluateConfig",
@@ -91,6 +96,8 @@ __all__ = [
     "PretrainResult",
     "ProbeConfig",
     "ProbeResult",
+    "PushConfig",
+    "Pushed",
     "ServeConfig",
     "UserError",
     "TuneConfig",
@@ -107,6 +114,7 @@ __all__ = [
     "predict",
     "pretrain",
     "probe",
+    "push",
     "serve",
     "tune",
     "zeroshot",

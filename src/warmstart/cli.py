@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -91,7 +92,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="warmstart", description="Put pre-trained transformers to work, offline.")
+    p = _Parser(
+        prog="warmstart",
+        description="Put pre-trained transformers to work: offline first, the Hub when asked.",
+    )
     p.add_argument("--version", action="version", version=f"warmstart {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
@@ -170,6 +174,9 @@ def _parse_tune(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # This process is the CLI's own, so it may set its environment (the library sets none):
+    # tokenizers' thread pool would otherwise warn at the first fork of a worker process.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse(argv)
     command = args.pop("command", None)
     options = args.pop("options", None)  # tune: the flags of the command it tunes (_parse_tune)

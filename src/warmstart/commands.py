@@ -131,5 +131,20 @@ COMMANDS: dict[str, Command] = {
             "hyperparameter search (Optuna TPE, pruning) over finetune or probe options; keeps the"
             " best trial",
         ),
+        Command(
+            "download",
+            "DownloadConfig",
+            "DownloadResult",
+            ("model",),
+            "fetch a model from the Hugging Face Hub into the local cache, to use it offline later",
+        ),
+        Command(
+            "push",
+            "PushConfig",
+            "Pushed",
+            ("model",),
+            "publish a saved model (run or model folder, its model card included; --with-onnx its"
+            " ONNX export) to a Hugging Face repo",
+        ),
     )
 }

@@ -370,6 +370,8 @@ NOT_COMPARED = {
     "save_steps",
     "save_total_limit",
     "num_processes",
+    "push_to_hub",  # where the finished model is published, not what the run computes
+    "offline",  # whether a Hub model may be downloaded; the commit it is (revision) is compared
 }
 
 

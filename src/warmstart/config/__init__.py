@@ -3,6 +3,7 @@ from files, flags and keyword arguments (loading)."""
 
 from warmstart.config.commands import (
     CalibrateConfig,
+    DownloadConfig,
     EmbedConfig,
     EvaluateConfig,
     ExportConfig,
@@ -12,6 +13,7 @@ from warmstart.config.commands import (
     PredictConfig,
     PretrainConfig,
     ProbeConfig,
+    PushConfig,
     ServeConfig,
     TuneConfig,
     ZeroshotConfig,
@@ -44,6 +46,7 @@ __all__ = [
     "given_flags",
     "refuse_inapplicable",
     "CalibrateConfig",
+    "DownloadConfig",
     "TRUNCATIONS",
     "DataOptions",
     "EmbedConfig",
@@ -57,6 +60,7 @@ __all__ = [
     "PredictConfig",
     "PretrainConfig",
     "ProbeConfig",
+    "PushConfig",
     "ServeConfig",
     "TrainOptions",
     "TuneConfig",

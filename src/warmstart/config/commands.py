@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from warmstart.config.options import (
     TRUNCATIONS,
     DataOptions,
+    DatasetOptions,
     DecodeOptions,
     FeatureOptions,
     InferenceOptions,
     InstructionOptions,
     LongTextOptions,
     LoraOptions,
+    ModelSourceOptions,
     PairOptions,
     ProblemOptions,
     Seq2SeqOptions,
@@ -36,6 +38,8 @@ class FinetuneConfig(
     TagOptions,
     LongTextOptions,
     DataOptions,
+    DatasetOptions,
+    ModelSourceOptions,
     Settings,
 ):
     task: str = opt(
@@ -50,7 +54,9 @@ class FinetuneConfig(
     data: str | None = opt(
         None,
         "training data: a table (CSV, TSV, JSONL or Parquet, optionally .gz); for --task "
-        "tokens a CoNLL file (.conll: a token and a tag per line) or JSONL/Parquet",
+        "tokens a CoNLL file (.conll: a token and a tag per line) or JSONL/Parquet; or a "
+        "dataset: a Hugging Face dataset id (ORG/NAME), a save_to_disk folder, a folder or "
+        ".arrow file load_dataset reads (its train/validation/test splits are the parts)",
     )
     valid: str | None = opt(None, "separate validation table")
     test: str | None = opt(None, "separate test table")
@@ -75,7 +81,7 @@ class FinetuneConfig(
         "for --task tokens integer tags, e.g. O,B-PER,I-PER)",
     )
     model: str = opt(
-        "minilm", "alias (minilm), local folder, or Hugging Face id already in the local cache"
+        "minilm", "alias (minilm), local folder, or Hugging Face id (downloaded once, then cached)"
     )
     out: str = opt("runs/finetune", "run folder to write")
     engine: str = opt(
@@ -143,14 +149,27 @@ class FinetuneConfig(
         "probabilities; predictions unchanged), saved in the model's config.json, with "
         "calibration.json and reliability.png in the run folder",
     )
+    push_to_hub: str | None = opt(
+        None,
+        "at the end of a finished run, publish its model folder (with its model card) to "
+        "this Hugging Face repo, NAMESPACE/NAME, as `warmstart push` does; the token from "
+        "HF_TOKEN or `hf auth login`, checked before training",
+    )
 
 
 @dataclass
-class PretrainConfig(TrainOptions, Settings):
+class PretrainConfig(TrainOptions, DatasetOptions, ModelSourceOptions, Settings):
     data: str | None = opt(
         None,
         "corpus: .txt (one document per line, or blank-line separated), a table with a "
-        "text column (CSV, TSV, JSONL, Parquet), or a folder of .txt files",
+        "text column (CSV, TSV, JSONL, Parquet), a folder of .txt files, or a dataset: a "
+        "Hugging Face dataset id or a save_to_disk folder (its train split; its validation "
+        "split is held out)",
+    )
+    streaming: bool = opt(
+        False,
+        "--data as a dataset: read it as a stream (an IterableDataset; a Hub dataset is "
+        "never downloaded whole); under accelerate launch each process tokenises its shard",
     )
     objective: str = opt(
         "clm",
@@ -165,7 +184,7 @@ class PretrainConfig(TrainOptions, Settings):
     text_column: str | None = opt(None, "text column of a table corpus (auto-detected)")
     limit: int | None = opt(None, "read only the first N documents", ge=1)
     model: str | None = opt(
-        None, "model to continue pre-training: alias (minilm, smollm2), folder or cached id"
+        None, "model to continue pre-training: alias (minilm, smollm2), folder or Hugging Face id"
     )
     from_scratch: bool = opt(
         False, "a new model from a --size preset and a tokenizer trained on the corpus"
@@ -197,10 +216,22 @@ class PretrainConfig(TrainOptions, Settings):
 
 @dataclass
 class EvaluateConfig(
-    InferenceOptions, DecodeOptions, PairOptions, TagOptions, LongTextOptions, DataOptions, Settings
+    InferenceOptions,
+    DecodeOptions,
+    PairOptions,
+    TagOptions,
+    LongTextOptions,
+    DataOptions,
+    DatasetOptions,
+    ModelSourceOptions,
+    Settings,
 ):
-    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
-    data: str = opt("", "labelled table to evaluate on")
+    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or Hugging Face id")
+    data: str = opt(
+        "",
+        "labelled table to evaluate on, or a dataset (Hub id or save_to_disk folder: its test"
+        " split, else its validation split)",
+    )
     label_separator: str | None = opt(
         None,
         "multi-label: the character joining a row's labels (default: the one "
@@ -217,14 +248,17 @@ class EvaluateConfig(
 
 
 @dataclass
-class PredictConfig(InferenceOptions, DecodeOptions, LongTextOptions, Settings):
-    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or cached id")
+class PredictConfig(
+    InferenceOptions, DecodeOptions, LongTextOptions, DatasetOptions, ModelSourceOptions, Settings
+):
+    model: str = opt("", "fine-tuned model: run folder, its model/ folder, or Hugging Face id")
     texts: list[str] = opt([], "texts to classify or tag (else --input, else stdin, one per line)")
     input: str | None = opt(
         None,
         "file of texts: .txt (one per line, blank lines skipped) or a table with a text "
         "column; for a tagger "
-        "also pre-split words: a CoNLL file or JSONL/Parquet with a tokens column",
+        "also pre-split words: a CoNLL file or JSONL/Parquet with a tokens column; or a "
+        "dataset (Hub id or save_to_disk folder: its test split, else validation)",
     )
     text_column: str | None = opt(None, "text column of an --input table (auto-detected)")
     text_pair_column: str | None = opt(None, "second text column of an --input table")
@@ -251,12 +285,12 @@ class PredictConfig(InferenceOptions, DecodeOptions, LongTextOptions, Settings):
 
 
 @dataclass
-class GenerateConfig(Settings):
+class GenerateConfig(ModelSourceOptions, Settings):
     prompts: list[str] = opt([], "prompts to continue (else --input, else stdin, one per line)")
     model: str = opt(
         "smollm2",
         "causal LM: alias (smollm2: the bundled SmolLM2-135M-Instruct), a local folder "
-        "(GPT-2, GPT-Neo, Llama, Qwen...), or a Hugging Face id already in the local cache",
+        "(GPT-2, GPT-Neo, Llama, Qwen...), or a Hugging Face id",
     )
     input: str | None = opt(
         None, "file of prompts: one per line, or JSON Lines (.jsonl) with a 'prompt' field"
@@ -334,12 +368,11 @@ class GenerateConfig(Settings):
 
 
 @dataclass
-class ServeConfig(LongTextOptions, Settings):
+class ServeConfig(LongTextOptions, ModelSourceOptions, Settings):
     model: str = opt(
         "",
         "model to serve: a fine-tuned classifier (run folder or its model/ folder), an encoder"
-        " (minilm), a causal LM (smollm2, a GPT-2 folder...), or a Hugging Face id in the local"
-        " cache",
+        " (minilm), a causal LM (smollm2, a GPT-2 folder...), or a Hugging Face id",
     )
     host: str = opt(
         "127.0.0.1", "address to listen on (0.0.0.0: every network interface; set an API key first)"
@@ -400,9 +433,9 @@ class ServeConfig(LongTextOptions, Settings):
 
 
 @dataclass
-class EmbedConfig(FeatureOptions, Settings):
+class EmbedConfig(FeatureOptions, ModelSourceOptions, Settings):
     model: str = opt(
-        "minilm", "encoder or causal LM: alias (minilm, smollm2), local folder, or cached id"
+        "minilm", "encoder or causal LM: alias (minilm, smollm2), local folder, or Hugging Face id"
     )
     data: str = opt(
         "",
@@ -435,7 +468,7 @@ class EmbedConfig(FeatureOptions, Settings):
 
 
 @dataclass
-class ProbeConfig(FeatureOptions, DataOptions, Settings):
+class ProbeConfig(FeatureOptions, DataOptions, ModelSourceOptions, Settings):
     data: str | None = opt(
         None, "training table, or a .parquet written by `embed` (with its label column)"
     )
@@ -459,7 +492,7 @@ class ProbeConfig(FeatureOptions, DataOptions, Settings):
         None, "names for integer labels 0..K-1, comma separated (e.g. negative,positive)"
     )
     model: str = opt(
-        "minilm", "model whose features are probed, for tables (alias, folder or cached id)"
+        "minilm", "model whose features are probed, for tables (alias, folder or Hugging Face id)"
     )
     c: float | None = opt(
         None,
@@ -475,7 +508,7 @@ class ProbeConfig(FeatureOptions, DataOptions, Settings):
 
 
 @dataclass
-class ZeroshotConfig(Settings):
+class ZeroshotConfig(ModelSourceOptions, Settings):
     labels: str = opt(
         "",
         "candidate labels, comma separated; with integer labels 0..K-1 in --label-column they "
@@ -492,7 +525,7 @@ class ZeroshotConfig(Settings):
     model: str | None = opt(
         None,
         "model for the method (default: minilm for similarity, smollm2 for prompt; "
-        "nli needs a local NLI model)",
+        "nli needs an NLI model: a Hugging Face id such as facebook/bart-large-mnli, or a folder)",
     )
     template: str | None = opt(
         None,
@@ -537,7 +570,7 @@ class ZeroshotConfig(Settings):
 
 
 @dataclass
-class FewshotConfig(Settings):
+class FewshotConfig(ModelSourceOptions, Settings):
     method: str = opt(
         "setfit",
         "setfit: contrastive fine-tuning of a sentence encoder on pairs, then a logistic "
@@ -612,7 +645,7 @@ class FewshotConfig(Settings):
 
 
 @dataclass
-class CalibrateConfig(InferenceOptions, LongTextOptions, DataOptions, Settings):
+class CalibrateConfig(InferenceOptions, LongTextOptions, DataOptions, ModelSourceOptions, Settings):
     model: str = opt(
         "", "fine-tuned classifier to calibrate, written in place: run folder or its model/ folder"
     )
@@ -635,8 +668,8 @@ class CalibrateConfig(InferenceOptions, LongTextOptions, DataOptions, Settings):
 
 
 @dataclass
-class ExportConfig(Settings):
-    model: str = opt("", "fine-tuned classifier: run folder, its model/ folder, or cached id")
+class ExportConfig(ModelSourceOptions, Settings):
+    model: str = opt("", "fine-tuned classifier: run folder, its model/ folder, or Hugging Face id")
     onnx: bool = opt(
         False, "export to ONNX (fp32, plus int8 with --quantize int8); the only format so far"
     )
@@ -649,6 +682,28 @@ class ExportConfig(Settings):
         choices=("int8", "none"),
     )
     overwrite: bool = opt(False, "export again even when an up-to-date export is there")
+
+
+@dataclass
+class PushConfig(Settings):
+    model: str = opt(
+        "", "model to publish, its model card (README.md) included: run folder or model folder"
+    )
+    repo: str = opt("", "Hugging Face repo to push to: NAMESPACE/NAME (created when missing)")
+    private: bool | None = opt(
+        None, "create the repo private (an existing repo keeps its visibility)"
+    )
+    revision: str | None = opt(
+        None, "branch to push to, created from main when missing (default: main)"
+    )
+    commit_message: str | None = opt(
+        None, "the commit's message (default: Upload RUN/model with warmstart)"
+    )
+    with_onnx: bool = opt(
+        False,
+        "also upload the ONNX export (fp32 and int8) as onnx/, exporting first when it is "
+        "missing or stale (classifiers and taggers)",
+    )
 
 
 @dataclass
@@ -725,3 +780,11 @@ class TuneConfig(Settings):
     overwrite: bool = opt(
         False, "delete the search in --out and start again (without it, a search there resumes)"
     )
+
+
+@dataclass
+class DownloadConfig(Settings):
+    model: str = opt(
+        "", "Hugging Face id of the model to fetch into the local cache (ORG/NAME), for offline use"
+    )
+    revision: str | None = opt(None, "branch, tag or commit to fetch (default: main)")

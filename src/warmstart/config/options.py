@@ -56,6 +56,28 @@ def within_bounds(value: float, bounds: dict[str, float]) -> bool:
 
 
 @dataclass
+class ModelSourceOptions:
+    """Where a --model that is a Hugging Face id comes from (every command taking --model):
+    the local cache, else a download (models.download), unless offline."""
+
+    revision: str | None = opt(
+        None,
+        "--model as a Hugging Face id: the branch, tag or commit to use (default: main); "
+        "the commit it resolves to is recorded in config.yaml",
+    )
+    offline: bool = opt(
+        False,
+        "never use the network: aliases, folders and the Hugging Face cache only (as "
+        "HF_HUB_OFFLINE=1 does)",
+    )
+    trust_remote_code: bool = opt(
+        False,
+        "allow a Hub model whose config needs its own Python code (auto_map); that code "
+        "runs on this machine, so read it first",
+    )
+
+
+@dataclass
 class DataOptions:
     """Where the labelled table is and which columns hold text and labels (shared by
     finetune/evaluate)."""
@@ -68,6 +90,22 @@ class DataOptions:
     )
     max_length: int | None = opt(
         None, "truncate texts to this many tokens (default: the model's limit)", ge=1
+    )
+
+
+@dataclass
+class DatasetOptions:
+    """Which version of a dataset --data (or predict's --input) names when it is a Hugging Face
+    dataset id (data.hub): finetune, evaluate, predict, pretrain."""
+
+    data_config: str | None = opt(
+        None,
+        "--data as a Hugging Face dataset id: its configuration (subset), as load_dataset's name "
+        "(e.g. sst2 of glue)",
+    )
+    data_revision: str | None = opt(
+        None,
+        "--data as a Hugging Face dataset id: the branch, tag or commit to read (default: main)",
     )
 
 

@@ -8,7 +8,13 @@ A corpus is one of
 - a table (CSV, TSV, JSON Lines, JSON, Parquet; see :mod:`warmstart.data.tables`): one document per
   row of the text column, found by name (``text``, ``review``, …) or given as ``text_column``;
 - a folder: every ``*.txt`` / ``*.txt.gz`` file below it, recursively, in sorted path order, each
-  read as above.
+  read as above;
+- a dataset (data.hub: a save_to_disk folder or a Hub id, as a :class:`~warmstart.data.hub.DatasetRef`
+  with its config, revision and ``streaming``): one document per row of its train split's text
+  column, read in batches of rows, never whole (``streaming`` reads an IterableDataset: a Hub
+  dataset is not even downloaded whole). Its validation split, if any, is the held-out part; else
+  rows are held out as documents of a file are. Under several processes each tokenises its shard of
+  the rows (``StreamedSplit.shard``: datasets' ``split_dataset_by_node``).
 
 Documents are stripped of surrounding whitespace and empty ones are skipped (they separate nothing
 in a corpus); everything else is kept verbatim. Problems become a
@@ -23,21 +29,48 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from warmstart.data.hub import DatasetRef, is_dataset, open_dataset, ref_of, rows
 from warmstart.data.tables import TEXT_COLUMNS, file_format, find_column, read_table
-from warmstart.errors import UserError, where
+from warmstart.errors import Place, UserError, where
+
+Source = str | Path | DatasetRef  # what --data names: a corpus file or folder, or a dataset
+
+
+def corpus_source(cfg: Any) -> str | DatasetRef:
+    """What pretrain's --data names: the path of a corpus file or folder, or a dataset (a
+    save_to_disk folder or a Hub id) with --data-config, --data-revision and --streaming."""
+    ref = ref_of(cfg, cfg.data, folders=False)
+    return ref if ref is not None else cfg.data
+
+
+def _dataset(source: Source) -> DatasetRef | None:
+    if isinstance(source, DatasetRef):
+        return source
+    if isinstance(source, (str, Path)) and is_dataset(str(source), folders=False):
+        return DatasetRef(str(source))
+    return None
 
 
 def read_corpus(
-    path: str | Path, text_column: str | None = None, limit: int | None = None
+    path: Source, text_column: str | None = None, limit: int | None = None
 ) -> list[str]:
-    """The documents of a corpus file or folder, in order; at most ``limit`` of them.
+    """The documents of a corpus file or folder, in order; at most ``limit`` of them (of a dataset:
+    its train split's, from its first ``limit`` rows).
 
     Raises UserError for a missing path, an unknown format, undecodable bytes, a missing column, a
     ``text_column`` given for plain text, or a corpus without any text.
     """
+    ref = _dataset(path)
+    if ref is not None:
+        corpus = DatasetCorpus.open(ref, text_column, limit)
+        docs = [d for d in corpus.documents(corpus.train) if d is not None]
+        if not docs:
+            raise UserError(f"{corpus.place} contains no text: the corpus is empty")
+        return docs
     path = _checked(path, limit)
     if path.is_dir():
         docs = _read_folder(path, text_column, limit)
@@ -188,9 +221,12 @@ def _txt_files(folder: Path) -> list[Path]:
     return files
 
 
-def fingerprint(path: str | Path) -> str:
+def fingerprint(path: Source) -> str:
     """Identifies a corpus file or folder by path, size and modification time of its files (cheap:
-    no read)."""
+    no read); a dataset by datasets' fingerprint of its splits (and its Hub commit)."""
+    ref = _dataset(path)
+    if ref is not None:
+        return DatasetCorpus.open(ref, None, None).fingerprint
     path = Path(path).expanduser().resolve()
     files = _txt_files(path) if path.is_dir() else [path]
     h = hashlib.sha256()
@@ -275,7 +311,7 @@ def held_out(n: int, fraction: float, seed: int, source: str) -> set[int]:
     n_valid = max(1, int(round(fraction * n))) if fraction > 0 else 0
     if n_valid and n - n_valid < 1:
         raise UserError(
-            f"file '{source}' has {n} document(s): too few to hold some out for validation"
+            f"{where(source)} has {n} document(s): too few to hold some out for validation"
         )
     return set(np.random.default_rng(seed).permutation(n)[:n_valid].tolist())
 
@@ -289,10 +325,15 @@ class StreamedSplit:
     n_train: int
     valid: list[str]
     held: str  # what decides the held-out part, for cache keys
+    fingerprint: str = ""  # what identifies the corpus's contents, for cache keys
+    # A dataset's rows dealt to process ``rank`` of ``world`` (every world-th row from its rank):
+    # each a training document or None (a held-out or empty row), in order, so that the rows of
+    # all processes can be put back in corpus order (objectives.stream.merge_parts).
+    shard: Callable[[int, int], Iterator[str | None]] | None = None
 
 
 def split_stream(
-    data: str,
+    data: Source,
     valid: str | None,
     text_column: str | None,
     limit: int | None,
@@ -302,6 +343,10 @@ def split_stream(
     """The train/valid split of ``read_corpus`` + :func:`held_out`, without holding the training
     part: one pass counts the documents, one collects the held-out ones; ``train()`` streams the
     rest."""
+    ref = _dataset(data)
+    if ref is not None:
+        corpus = DatasetCorpus.open(ref, text_column, limit)
+        return corpus.split(valid, fraction, seed, text_column, limit)
     path = Path(data).expanduser()
     table = path.is_file() and file_format(path)[0] != "txt"
     whole = (
@@ -314,7 +359,11 @@ def split_stream(
     n = sum(1 for _ in docs())
     if valid:
         return StreamedSplit(
-            docs, n, read_corpus(valid, text_column, limit), f"file {fingerprint(valid)}"
+            docs,
+            n,
+            read_corpus(valid, text_column, limit),
+            _held_by(valid),
+            fingerprint(data),
         )
     held = held_out(n, fraction, seed, data)
     return StreamedSplit(
@@ -322,4 +371,128 @@ def split_stream(
         n - len(held),
         [d for i, d in enumerate(docs()) if i in held],
         f"fraction {fraction} seed {seed}",
+        fingerprint(data),
     )
+
+
+def _held_by(valid: str) -> str:
+    """What identifies a --valid corpus (a file, a folder or a dataset) in cache keys."""
+    ref = _dataset(valid)
+    return f"file {fingerprint(valid)}" if ref is None else f"dataset {ref}"
+
+
+@dataclass
+class DatasetCorpus:
+    """A dataset as a corpus: its train split (the first ``limit`` rows), the text column, and its
+    validation split if it has one. Rows are read in batches, never the whole split."""
+
+    place: Place
+    train: Any  # Dataset, or IterableDataset with --streaming
+    valid: Any | None
+    column: str
+    fingerprint: str
+    stated_rows: int | None = None  # of a stream: the train split's rows as its metadata states
+
+    @classmethod
+    def open(cls, ref: DatasetRef, text_column: str | None, limit: int | None) -> DatasetCorpus:
+        opened = open_dataset(ref)
+        roles = opened.roles()
+        if "train" not in roles:
+            raise UserError(
+                f"{ref.place(None)} has no train split to pre-train on (splits:"
+                f" {opened.describe()})"
+            )
+        train = opened.splits[roles["train"]]
+        place = opened.split(roles["train"]).place
+        columns = train.column_names or list(next(iter(train), {}))
+        column = find_column(
+            pd.DataFrame(columns=columns), place, text_column, TEXT_COLUMNS, "text", "--text-column"
+        )
+        valid = opened.splits[roles["valid"]] if "valid" in roles else None
+        if valid is not None and column not in (valid.column_names or [column]):
+            raise UserError(
+                f"{opened.split(roles['valid']).place} has no column '{column}' (the train split's"
+                " text column)"
+            )
+        digest = hashlib.sha256(f"{opened.fingerprint}|{roles}".encode()).hexdigest()[:20]
+        splits = getattr(getattr(train, "info", None), "splits", None) or {}
+        stated = splits[roles["train"]].num_examples if roles["train"] in splits else None
+        if stated is not None and limit is not None:
+            stated = min(stated, limit)
+        return cls(
+            place, _head(train, limit), _head(valid, limit), column, f"dataset {digest}", stated
+        )
+
+    def documents(self, data: Any, rank: int = 0, world: int = 1) -> Iterator[str | None]:
+        """The stripped text of each row of ``data`` (a split, or a process's shard of one: its row
+        j is row j * world + rank); None for a missing or blank cell, an absent document as a blank
+        line is in plain text."""
+        for j, value in enumerate(rows(data, self.column)):
+            if value is None:
+                yield None
+            elif not isinstance(value, str):
+                row = j * world + rank + 1
+                raise UserError(
+                    f"{where(self.place, row, self.column)}: expected text, found"
+                    f" {type(value).__name__} {value!r:.40}"
+                )
+            else:
+                yield value.strip() or None
+
+    def n_rows(self) -> int:
+        """Rows of the train split: its length, the count its metadata states when streamed, else
+        one pass that counts them."""
+        if hasattr(self.train, "__len__"):
+            return len(self.train)
+        if self.stated_rows is not None:
+            return self.stated_rows
+        return sum(len(b[self.column]) for b in self.train.select_columns([self.column]).iter(1000))
+
+    def split(
+        self,
+        valid: str | None,
+        fraction: float,
+        seed: int,
+        text_column: str | None = None,
+        limit: int | None = None,
+    ) -> StreamedSplit:
+        """The held-out part: --valid, else the dataset's validation split, else a seeded
+        ``fraction`` of the train split's rows (:func:`held_out` over rows); the rest streamed."""
+        n = self.n_rows()
+        if valid:
+            valid_docs, held, how = read_corpus(valid, text_column, limit), set(), _held_by(valid)
+        elif self.valid is not None:
+            valid_docs = [d for d in self.documents(self.valid) if d is not None]
+            held, how = set(), "the dataset's validation split"
+        else:
+            held = held_out(n, fraction, seed, self.place)
+            valid_docs = [
+                d for i, d in enumerate(self.documents(self.train)) if i in held and d is not None
+            ]
+            how = f"fraction {fraction} seed {seed} of rows"
+
+        def train() -> Iterator[str]:
+            for i, d in enumerate(self.documents(self.train)):
+                if d is not None and i not in held:
+                    yield d
+
+        def shard(rank: int, world: int) -> Iterator[str | None]:
+            from datasets.distributed import split_dataset_by_node
+
+            stream = self.train
+            if hasattr(stream, "to_iterable_dataset"):  # a Dataset: dealt row by row, in order
+                stream = stream.to_iterable_dataset()
+            mine = split_dataset_by_node(stream, rank, world, strategy="examples")
+            for j, d in enumerate(self.documents(mine, rank, world)):
+                yield None if j * world + rank in held else d
+
+        return StreamedSplit(train, n - len(held), valid_docs, how, self.fingerprint, shard)
+
+
+def _head(data: Any, limit: int | None) -> Any:
+    """The first ``limit`` rows of a Dataset or IterableDataset (all without a limit)."""
+    if data is None or limit is None:
+        return data
+    if hasattr(data, "__len__"):
+        return data.select(range(min(limit, len(data))))
+    return data.take(limit)

@@ -2,7 +2,8 @@
 JSON Lines, JSON or Parquet, optionally gzipped; or a pronouncing dictionary in CMUdict's format
 (``.dict``: a word and its phonemes per line), read as the columns ``word`` and ``phonemes``. Every
 problem is a UserError naming the file, row and column, with the table rules of data.tables (row
-numbers are 1-based data rows)."""
+numbers are 1-based data rows). A split of a dataset (data.hub) is read as a table, its struct columns
+flattened (``translation.en``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from warmstart.data.tables import column_texts, find_column, read_table
+from warmstart.data.hub import DatasetSplit
+from warmstart.data.tables import column_texts, find_column, read_table, source_of
 from warmstart.errors import UserError, where
 
 # Looked for in this order when --source-column / --target-column are not given (case and spaces
@@ -80,7 +82,7 @@ class Pairs:
 
 def pairs_from_table(
     df: pd.DataFrame,
-    path: str,
+    path: str | Path,
     source_column: str | None = None,
     target_column: str | None = None,
     targets: bool = True,
@@ -99,7 +101,7 @@ def pairs_from_table(
     # A blank source or target is an error: an empty target teaches nothing and an empty reference
     # cannot be scored.
     return Pairs(
-        source=str(path),
+        source=source_of(path),
         sources=column_texts(df, path, scol, "source text"),
         targets=column_texts(df, path, tcol, "target text") if tcol is not None else None,
         rows=list(range(1, len(df) + 1)),
@@ -109,13 +111,17 @@ def pairs_from_table(
 
 
 def read_pairs(
-    path: str,
+    path: str | DatasetSplit,
     source_column: str | None = None,
     target_column: str | None = None,
     limit: int | None = None,
     targets: bool = True,
 ) -> Pairs:
-    """Source/target pairs from the table at ``path`` (the first ``limit`` rows)."""
+    """Source/target pairs from the table at ``path`` or a dataset's split (the first ``limit``
+    rows)."""
+    if isinstance(path, DatasetSplit):
+        df = read_table(path, limit)
+        return pairs_from_table(df, path.place, source_column, target_column, targets)
     if Path(path).suffix.lower() == ".dict":
         return pairs_from_table(
             read_pronunciations(path, limit),

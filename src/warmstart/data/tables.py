@@ -1,8 +1,9 @@
-"""Read labelled tables (CSV, TSV, JSON Lines, Parquet; gzipped or not), pick columns, map labels,
-split. Every problem becomes a UserError naming the file, row and column.
+"""Read labelled tables (CSV, TSV, JSON Lines, Parquet; gzipped or not) or a split of a dataset
+(data.hub), pick columns, map labels, split. Every problem becomes a UserError naming the file (or
+the dataset's split), row and column.
 
 Row numbers are 1-based data rows in file order (the header does not count), so row 1 of a CSV is
-its second line."""
+its second line; a dataset's rows are numbered the same way in split order."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from warmstart.errors import UserError, where
+from warmstart.data.hub import DatasetSplit, dataset_parts, ref_of
+from warmstart.errors import Place, UserError, where
 
 TEXT_COLUMNS = ("text", "review", "sentence", "sentence1", "content", "document", "comment", "body")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "target", "category", "y")
@@ -75,8 +77,13 @@ def _decode(path: Path, raw: bytes, fmt: str) -> str:
         ) from None
 
 
-def read_table(path_like: str | Path, limit: int | None = None) -> pd.DataFrame:
-    """Read a table into a DataFrame. CSV/TSV cells stay strings ('NA' is text, not missing)."""
+def read_table(path_like: str | Path | DatasetSplit, limit: int | None = None) -> pd.DataFrame:
+    """Read a table into a DataFrame. CSV/TSV cells stay strings ('NA' is text, not missing). A
+    dataset's split is read as it is (its first ``limit`` rows)."""
+    if isinstance(path_like, DatasetSplit):
+        if len(path_like) == 0:
+            raise UserError(f"{path_like.place} has no rows")
+        return path_like.frame(limit)
     path = Path(path_like).expanduser()
     if not path.is_file():
         raise UserError(
@@ -135,6 +142,18 @@ def read_table(path_like: str | Path, limit: int | None = None) -> pd.DataFrame:
     return df
 
 
+def source_of(path: Path | str) -> str:
+    """What a reader records as where its rows come from: the file's name, or a dataset split's
+    Place (which messages name as it reads)."""
+    return path if isinstance(path, Place) else str(path)
+
+
+def splits_note(path: object) -> str:
+    """'; splits: train, test' for a dataset's split, so a missing column's message also says which
+    splits there are; '' for a file."""
+    return f"; splits: {', '.join(path.splits)}" if isinstance(path, Place) and path.splits else ""
+
+
 def find_column(
     df: pd.DataFrame,
     path: Path | str,
@@ -146,7 +165,7 @@ def find_column(
 ) -> str | None:
     """The column named by the user, else the first of ``candidates`` present (case and spaces
     ignored)."""
-    columns = ", ".join(f"'{c}'" for c in df.columns)
+    columns = ", ".join(f"'{c}'" for c in df.columns) + splits_note(path)
     if given is not None:
         if given in df.columns:
             return given
@@ -188,9 +207,11 @@ class Examples:
     labels: list[str] | None
     rows: list[int]
     label_column: str | None = None
-    # Regression on several columns (--label-column a,b): (rows, columns) numbers; ``labels`` then
-    # joins them.
+    # Regression on several columns (--label-column a,b), or a dataset's float column: (rows,
+    # columns) numbers; ``labels`` then joins them.
     targets: np.ndarray | None = None
+    # A dataset's ClassLabel names: label id i (the raw value 'i') is named label_names[i].
+    label_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -246,7 +267,7 @@ def examples_from_table(
         if None in labels:
             raise UserError(f"{where(path, labels.index(None) + 1, lcol)}: label is missing")
     return Examples(
-        source=str(path),
+        source=source_of(path),
         texts=column_texts(df, path, tcol),
         pairs=column_texts(df, path, pcol) if pcol else None,
         labels=labels,
@@ -279,15 +300,36 @@ def _numeric_columns(
 
 
 def read_examples(
-    path: str,
+    path: str | DatasetSplit,
     text_column: str | None = None,
     text_pair_column: str | None = None,
     label_column: str | None = None,
     labelled: bool = True,
     limit: int | None = None,
 ) -> Examples:
+    if isinstance(path, DatasetSplit):
+        read_table(path, 0)  # an empty split fails as an empty file does
+        df = path.frame(limit, lists="json")  # a list of labels is a JSON list, as in a CSV cell
+        ex = examples_from_table(
+            df, path.place, text_column, text_pair_column, label_column, labelled
+        )
+        return typed(ex, path)
     df = read_table(path, limit)
     return examples_from_table(df, path, text_column, text_pair_column, label_column, labelled)
+
+
+def typed(ex: Examples, split: DatasetSplit) -> Examples:
+    """What the label column's feature says: a ClassLabel's names are the label names; a float
+    column is regression targets (whatever its values look like)."""
+    if ex.label_column is None or ex.targets is not None or ex.labels is None:
+        return ex
+    names = split.class_names(ex.label_column)
+    if names is not None:
+        return replace(ex, label_names=names)
+    if split.floats(ex.label_column):
+        targets = np.asarray([float(v) for v in ex.labels], dtype=np.float32)[:, None]
+        return replace(ex, targets=targets)
+    return ex
 
 
 def _numeric(values: list[str]) -> bool:
@@ -315,6 +357,12 @@ class LabelMap:
             raise UserError(
                 f"{where(ex.source)}, column '{column}': every row has the label '{values[0]}'; "
                 "classification needs at least two classes"
+            )
+        if names is None and ex.label_names is not None:
+            # A ClassLabel: its every class, in its order, whether or not the training rows have
+            # each (ids are the raw values 0..K-1, as --label-names names them).
+            return cls(
+                names=list(ex.label_names), values=[str(i) for i in range(len(ex.label_names))]
             )
         if names is not None:
             if len(names) != len(values):
@@ -419,35 +467,46 @@ def split_examples(ex: Any, spec: str, shuffle: bool, seed: int) -> list[Any]:
     return parts
 
 
-def load_splits(cfg, read: Callable[[str, int | None], Any] | None = None) -> dict[str, Any]:
+def load_splits(cfg, read: Callable[[Any, int | None], Any] | None = None) -> dict[str, Any]:
     """The train (and valid/test) parts a config names: --data cut by --split, or --valid/--test
-    files; then the --max-*-samples caps and --limit. ``cfg`` has finetune's data and split options
-    (finetune, probe). ``read(path, limit)`` reads one file (default: a labelled table with the
-    config's columns); what it returns has ``len``, ``take`` and ``source`` like Examples
+    files, or a dataset's train/validation/test splits (data.hub); then the --max-*-samples caps
+    and --limit. ``cfg`` has finetune's data and split options (finetune, probe). ``read(path,
+    limit)`` reads one file or a dataset's split (a DatasetSplit; default: a labelled table with
+    the config's columns); what it returns has ``len``, ``take`` and ``source`` like Examples
     (data.tagged.Sentences does)."""
     if not cfg.data:
         raise UserError("no training data: pass --data FILE")
     if read is None:
 
-        def read(path: str, limit: int | None) -> Examples:
+        def read(path: str | DatasetSplit, limit: int | None) -> Examples:
             return read_examples(
                 path, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=limit
             )
 
+    # A dataset (data.hub): its train/validation/test splits are the parts, read by the same
+    # ``read``; with --split its train split is cut as a file is.
+    ref = ref_of(cfg, cfg.data)
+    splits = dataset_parts(ref, cfg.split) if ref is not None else {"train": cfg.data}
     # --limit caps every split; with --split it applies after splitting so the parts keep their
     # places.
-    ex = read(cfg.data, None if cfg.split else cfg.limit)
+    ex = read(splits["train"], None if cfg.split else cfg.limit)
     parts = (
         dict(zip(ROLES, split_examples(ex, cfg.split, cfg.shuffle, cfg.seed)))
         if cfg.split
         else {"train": ex}
     )
+    for role in ROLES[1:]:
+        if role in splits:
+            parts[role] = read(splits[role], cfg.limit)
     for role, path in (("valid", cfg.valid), ("test", cfg.test)):
         if path:
             if role in parts:
-                raise UserError(
-                    f"--{role} is given but --split '{cfg.split}' already makes a {role} part"
+                made = (
+                    f"--split '{cfg.split}' already makes"
+                    if cfg.split
+                    else f"{splits[role].place} is already"
                 )
+                raise UserError(f"--{role} is given but {made} a {role} part")
             parts[role] = read(path, cfg.limit)
     caps = {
         "train": cfg.max_train_samples,

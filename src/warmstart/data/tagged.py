@@ -2,6 +2,9 @@
 with list columns (Parquet/JSONL); the tag set's scheme (IOB2, IOBES or plain tags) and Brown-style
 base tags.
 
+A split of a dataset (data.hub: ``tokens`` + ``ner_tags`` as conll2003 has them) is read as a
+table; its tags, a list of ClassLabel ids, are read as their names.
+
 Every problem names the file and line (CoNLL) or row (tables) and column. Rows of a table are
 1-based; lines of a CoNLL file are 1-based lines of the file, so an editor jumps to them."""
 
@@ -15,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from warmstart.data.tables import file_format, read_table
-from warmstart.errors import UserError, where
+from warmstart.data.hub import DatasetSplit
+from warmstart.data.tables import file_format, read_table, source_of, splits_note
+from warmstart.errors import Place, UserError, where
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".conll03", ".iob", ".iob2", ".bio", ".bioes", ".iobes")
 TOKEN_COLUMNS = ("tokens", "words", "token", "word")
@@ -34,6 +38,10 @@ class Sentences:
     tags: list[list[str]] | None
     starts: list[int]
     unit: str = "line"
+    # A dataset's ClassLabel tag names: all of them are tags the model can say, even those no
+    # sentence here has.
+    tag_names: list[str] | None = None
+    tag_column: str | None = None  # the table column the tags came from
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -72,23 +80,34 @@ def is_conll(path: Path) -> bool:
 
 
 def read_sentences(
-    path_like: str | Path,
+    path_like: str | Path | DatasetSplit,
     tag_column: int | str | None = None,
     labelled: bool = True,
     limit: int | None = None,
     base_tags: bool = False,
 ) -> Sentences:
-    """Read ``path_like``; ``tag_column`` is a CoNLL column number (default: the last) or a table
-    column name."""
-    path = Path(path_like).expanduser()
-    if not path.is_file():
-        raise UserError(
-            f"{where(path)} does not exist" if not path.exists() else f"{where(path)} is not a file"
+    """Read ``path_like`` (a file, or a dataset's split); ``tag_column`` is a CoNLL column number
+    (default: the last) or a table column name."""
+    if isinstance(path_like, DatasetSplit):
+        sents = sentences_from_table(
+            read_table(path_like, limit), path_like.place, tag_column, labelled
         )
-    if is_conll(path):
-        sents = _read_conll(path, tag_column, labelled, limit)
+        if sents.tags is not None:
+            sents.tag_names = _tag_names(path_like, sents)
     else:
-        sents = _read_table(path, tag_column, labelled, limit)
+        path = Path(path_like).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"{where(path)} does not exist"
+                if not path.exists()
+                else f"{where(path)} is not a file"
+            )
+        if is_conll(path):
+            sents = _read_conll(path, tag_column, labelled, limit)
+        else:
+            sents = _read_table(path, tag_column, labelled, limit)
+    if base_tags and sents.tag_names is not None:
+        sents.tag_names = list(dict.fromkeys(base_tag(t) for t in sents.tag_names))
     if base_tags and sents.tags is not None:
         sents.tags = [[base_tag(t) for t in tags] for tags in sents.tags]
     return sents
@@ -192,20 +211,28 @@ def _read_table(
             " a token and a tag per line, a blank line between sentences), JSON Lines or Parquet"
             " with a list of tokens and a list of tags per row"
         )
-    df = read_table(path, limit)
+    return sentences_from_table(read_table(path, limit), path, tag_column, labelled)
+
+
+def sentences_from_table(
+    df, path: Path | Place, tag_column: int | str | None, labelled: bool
+) -> Sentences:
+    """The sentences of a table already read: a list of tokens and (``labelled``) a list of tags
+    per row."""
     lower = {c.strip().lower(): c for c in df.columns}
     tcol = next((lower[c] for c in TOKEN_COLUMNS if c in lower), None)
     if tcol is None:
         raise UserError(
             f"{where(path)}: no tokens column (one of {', '.join(TOKEN_COLUMNS)}); columns: "
-            f"{', '.join(df.columns)}"
+            f"{', '.join(df.columns)}{splits_note(path)}"
         )
     gcol = None
     if labelled:
         if tag_column is not None and not str(tag_column).lstrip("-").isdigit():
             if tag_column not in df.columns:
                 raise UserError(
-                    f"{where(path)} has no column '{tag_column}' (columns: {', '.join(df.columns)})"
+                    f"{where(path)} has no column '{tag_column}' (columns:"
+                    f" {', '.join(df.columns)}{splits_note(path)})"
                 )
             gcol = str(tag_column)
         else:
@@ -213,7 +240,7 @@ def _read_table(
             if gcol is None:
                 raise UserError(
                     f"{where(path)}: no tags column (one of {', '.join(TAG_COLUMNS)}); name it with"
-                    " --tag-column"
+                    f" --tag-column (columns: {', '.join(df.columns)}{splits_note(path)})"
                 )
     tokens, tags = [], []
     for i, row in enumerate(df.itertuples(index=False), 1):
@@ -228,8 +255,20 @@ def _read_table(
                 raise UserError(f"{where(path, i, gcol)}: expected a list of tags")
             tags.append([str(t) for t in labels])
     return Sentences(
-        str(path), tokens, tags if labelled else None, list(range(1, len(tokens) + 1)), "row"
+        source_of(path),
+        tokens,
+        tags if labelled else None,
+        list(range(1, len(tokens) + 1)),
+        "row",
+        tag_column=gcol,
     )
+
+
+def _tag_names(split: DatasetSplit, sents: Sentences) -> list[str] | None:
+    """The ClassLabel names of the tag column of a dataset's split (None for tags as strings)."""
+    inner = getattr(split.feature(sents.tag_column), "feature", None)
+    names = getattr(inner, "names", None)
+    return list(names) if names is not None else None
 
 
 def check_sentences(sents: Sentences) -> None:

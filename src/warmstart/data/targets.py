@@ -47,7 +47,11 @@ def _number(value: str) -> float | None:
 def detect_problem(ex: Examples, separator: str | None) -> tuple[str, str]:
     """(problem, why) from the label values of the training rows."""
     labels = ex.labels or []
+    if ex.label_names is not None:
+        return "single-label", f"label column '{ex.label_column}' is a ClassLabel"
     if ex.targets is not None:
+        if ex.targets.shape[1] == 1:  # a dataset's float column (data.tables.typed)
+            return "regression", f"label column '{ex.label_column}' holds floats"
         return "regression", f"{ex.targets.shape[1]} numeric label columns"
     if any(v.startswith("[") for v in labels):
         return "multi-label", "labels are lists"

@@ -1,5 +1,6 @@
-"""Texts to run a model on, from command-line arguments, a file, or standard input (one per line);
-for a tagger also pre-split words (a CoNLL file or a table with a tokens column)."""
+"""Texts to run a model on, from command-line arguments, a file or a dataset's split (data.hub), or
+standard input (one per line); for a tagger also pre-split words (a CoNLL file or a table with a
+tokens column)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from warmstart.data.hub import DatasetSplit
 from warmstart.data.tables import Examples, file_format, read_examples, read_table
 from warmstart.data.tagged import TOKEN_COLUMNS, check_sentences, is_conll, read_sentences
 from warmstart.errors import UserError, where
@@ -29,7 +31,7 @@ def check_given(items: list[str], what: str, source: str) -> None:
 
 def read_texts(
     texts: list[str],
-    input: str | None,
+    input: str | DatasetSplit | None,
     text_column: str | None = None,
     text_pair_column: str | None = None,
     limit: int | None = None,
@@ -51,9 +53,16 @@ def read_texts(
     )
 
 
-def read_words(input: str, limit: int | None = None) -> list[list[str]] | None:
-    """Pre-split words for a tagger from ``input``: a CoNLL file, or a JSONL/Parquet table with a
-    tokens column (tags, if any, are ignored); None when ``input`` holds whole texts instead."""
+def read_words(input: str | DatasetSplit, limit: int | None = None) -> list[list[str]] | None:
+    """Pre-split words for a tagger from ``input``: a CoNLL file, or a JSONL/Parquet table (or a
+    dataset's split) with a tokens column (tags, if any, are ignored); None when ``input`` holds
+    whole texts instead."""
+    if isinstance(input, DatasetSplit):
+        if not {c.strip().lower() for c in input.columns} & set(TOKEN_COLUMNS):
+            return None
+        sents = read_sentences(input, labelled=False, limit=limit)
+        check_sentences(sents)
+        return sents.tokens
     path = Path(input)
     if not is_conll(path):
         if file_format(path)[0] not in ("jsonl", "json", "parquet") or not path.is_file():

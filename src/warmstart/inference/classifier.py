@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from warmstart.config.options import CHUNK_AGGREGATIONS, LONG_TEXTS
+from warmstart.config.options import CHUNK_AGGREGATIONS, LONG_TEXTS, ModelSourceOptions
 from warmstart.data.batching import Encoded, collator, encode, encode_chunks
 from warmstart.data.tables import Examples, LabelMap
 from warmstart.data.targets import problem_of
@@ -77,6 +77,8 @@ class Classifier:
         long_text: str | None = None,
         stride: int | None = None,
         aggregation: str | None = None,
+        *,
+        hub: ModelSourceOptions | None = None,
     ) -> Classifier:
         """Load ``name`` for ``backend`` (auto|torch|onnx), ``quantize`` (auto|none|int8) and
         ``precision``.
@@ -84,9 +86,10 @@ class Classifier:
         The defaults keep the fine-tuned model exactly as trained (fp32 PyTorch); predict and
         evaluate pass auto, which picks the fastest backend for the device (see backends.plan).
         ``long_text``, ``stride`` and ``aggregation`` (None: the model's own) say how texts longer
-        than ``max_length`` are read."""
+        than ``max_length`` are read; ``hub`` the command's --revision, --offline and
+        --trust-remote-code for a Hugging Face id."""
         path, forward, config, p = open_backend(
-            name, cpu, backend, quantize, precision, head="sequence"
+            name, cpu, backend, quantize, precision, head="sequence", hub=hub
         )
         tokenizer = load_tokenizer(path)
         model = forward.model if isinstance(forward, backends.TorchBackend) else None
@@ -239,12 +242,18 @@ def aggregate(logits: np.ndarray, counts: np.ndarray, how: str) -> np.ndarray:
 
 
 def open_backend(
-    name: str, cpu: bool, backend: str, quantize: str, precision: str, head: str
+    name: str,
+    cpu: bool,
+    backend: str,
+    quantize: str,
+    precision: str,
+    head: str,
+    hub: ModelSourceOptions | None = None,
 ) -> tuple[str, backends.TorchBackend | backends.OnnxBackend, object, backends.Plan]:
     """(path, forward, config, plan) of the saved classifier ``name`` (``head``: sequence or tokens)
     on the backend ``backend``/``quantize``/``precision`` resolve to; auto falls back to PyTorch
     when ONNX fails."""
-    path = resolve(name)
+    path = resolve(name, hub=hub)
     if is_export(path):
         if backend == "torch":
             raise UserError(f"'{name}' is an ONNX export: run it with --backend onnx (or auto)")

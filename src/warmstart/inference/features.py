@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from warmstart.config.options import ModelSourceOptions
 from warmstart.data.batching import Encoded
 from warmstart.data.tables import LABEL_COLUMNS
 from warmstart.errors import UserError
@@ -24,6 +25,7 @@ from warmstart.models.registry import (
     ensure_pad_token,
     is_causal,
     load_config,
+    load_options,
     load_tokenizer,
     max_length_of,
     resolve,
@@ -114,6 +116,8 @@ class Embedder:
         cpu: bool = False,
         precision: str = "auto",
         attention_dropout: float | None = None,
+        *,
+        hub: ModelSourceOptions | None = None,
     ) -> Embedder:
         from transformers import AutoModel
 
@@ -121,13 +125,13 @@ class Embedder:
             raise UserError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
         if layer_mode not in ("concat", "mean"):
             raise UserError(f"unknown --layer-mode '{layer_mode}' (concat or mean)")
-        path = resolve(name)
+        path = resolve(name, hub=hub)
         config = load_config(path)
         # For training (fewshot's SetFit): attention dropout sends CPU attention to a 7x slower
         # kernel.
         set_dropout(config, (attention_dropout, None))
         try:
-            model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+            model = AutoModel.from_pretrained(path, config=config, **load_options(path))
         except (OSError, ValueError) as e:
             raise UserError(
                 f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}"

@@ -14,12 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from warmstart.config.options import ModelSourceOptions
 from warmstart.data.batching import IGNORE, Encoded, sorted_batches
 from warmstart.errors import UserError
 from warmstart.inference.decoding import DEFAULT_BEAMS, complete_all
 from warmstart.models.causal import CausalLM
 from warmstart.models.device import pick_device
-from warmstart.models.registry import load_config, load_tokenizer, max_length_of, resolve
+from warmstart.models.registry import (
+    load_config,
+    load_options,
+    load_tokenizer,
+    max_length_of,
+    resolve,
+)
 from warmstart.progress import progress_bar
 
 
@@ -192,11 +199,17 @@ class TextToText:
 
     @classmethod
     def load(
-        cls, name: str, cpu: bool = False, precision: str = "auto", max_length: int | None = None
+        cls,
+        name: str,
+        cpu: bool = False,
+        precision: str = "auto",
+        max_length: int | None = None,
+        *,
+        hub: ModelSourceOptions | None = None,
     ) -> TextToText:
         from transformers import AutoModelForSeq2SeqLM
 
-        path = resolve(name)
+        path = resolve(name, hub=hub)
         config = load_config(path)
         if not getattr(config, "is_encoder_decoder", False):
             arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
@@ -205,7 +218,7 @@ class TextToText:
             )
         tokenizer = load_tokenizer(path)
         device = pick_device(cpu)
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, **load_options(path))
         # On a CPU fp32 unless bf16 is asked for: the measured choice (models.precision) times
         # classifiers and causal LMs, not an encoder-decoder's decoding.
         if precision == "bf16" or (
@@ -258,9 +271,15 @@ class InstructionWriter:
 
     @classmethod
     def load(
-        cls, name: str, cpu: bool = False, precision: str = "auto", max_length: int | None = None
+        cls,
+        name: str,
+        cpu: bool = False,
+        precision: str = "auto",
+        max_length: int | None = None,
+        *,
+        hub: ModelSourceOptions | None = None,
     ) -> InstructionWriter:
-        lm = CausalLM.load(name, cpu, precision)
+        lm = CausalLM.load(name, cpu, precision, hub=hub)
         config = lm.model.config
         window = max_length or getattr(config, "train_max_length", None) or lm.max_positions or 1024
         return cls(
@@ -292,10 +311,15 @@ class InstructionWriter:
 
 
 def load_writer(
-    name: str, cpu: bool = False, precision: str = "auto", max_length: int | None = None
+    name: str,
+    cpu: bool = False,
+    precision: str = "auto",
+    max_length: int | None = None,
+    *,
+    hub: ModelSourceOptions | None = None,
 ) -> TextToText | InstructionWriter:
     """What evaluate and predict run on text pairs: an encoder-decoder, or an instruction-tuned
     causal LM."""
-    if instruction_tuned(load_config(resolve(name))):
-        return InstructionWriter.load(name, cpu, precision, max_length)
-    return TextToText.load(name, cpu, precision, max_length)
+    if instruction_tuned(load_config(resolve(name, hub=hub))):
+        return InstructionWriter.load(name, cpu, precision, max_length, hub=hub)
+    return TextToText.load(name, cpu, precision, max_length, hub=hub)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from warmstart.config.options import ModelSourceOptions
 from warmstart.data.batching import collator
 from warmstart.data.tagged import scheme_of, split_words
 from warmstart.data.wordpieces import encode_words
@@ -70,10 +71,12 @@ class Tagger:
         quantize: str = "none",
         precision: str = "fp32",
         stride: int | None = None,
+        *,
+        hub: ModelSourceOptions | None = None,
     ) -> Tagger:
         """Load ``name`` as ``Classifier.load`` does (the same backends and defaults)."""
         path, forward, config, p = open_backend(
-            name, cpu, backend, quantize, precision, head="tokens"
+            name, cpu, backend, quantize, precision, head="tokens", hub=hub
         )
         tokenizer = load_tokenizer(path)
         id2label = {int(k): v for k, v in config.id2label.items()}

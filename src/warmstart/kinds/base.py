@@ -129,7 +129,7 @@ class TaskKind:
 
     def load(self, cfg: FinetuneConfig) -> tuple[str, torch.nn.Module, Any]:
         """(what the model is, for the log; the model with this kind's head; its tokenizer)."""
-        path = resolve(cfg.model)
+        path = resolve(cfg.model, hub=cfg)
         return f"{cfg.model} ({path})", self.load_model(path, cfg), load_tokenizer(path)
 
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:

@@ -41,6 +41,7 @@ from warmstart.models import (
     ensure_pad_token,
     is_causal,
     load_config,
+    load_options,
     load_tokenizer,
     resolve,
     set_dropout,
@@ -132,7 +133,7 @@ class CausalLMTuning(TextToTextKind):
             cfg, OTHER_KINDS, "--task causal-lm (it reads --source-column and --target-column)"
         )
         # An encoder cannot continue a prompt: said before the data is read or a run folder written.
-        config = load_config(resolve(cfg.model))
+        config = load_config(resolve(cfg.model, hub=cfg))
         if not is_causal(config):
             arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
             raise UserError(
@@ -213,7 +214,7 @@ class CausalLMTuning(TextToTextKind):
         config = load_config(path)
         set_dropout(config, dropout_of(cfg))
         model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, local_files_only=True, dtype=torch.float32
+            path, config=config, dtype=torch.float32, **load_options(path)
         )
         # Generation in evaluation reads prompts left-padded; training pads on the right (pad_rows).
         self.gen_tokenizer = load_tokenizer(path)

@@ -169,7 +169,7 @@ class Seq2Seq(TextToTextKind):
             )
             where = f"a new {cfg.size} BART, {cfg.tokenizer} tokenizer of {len(tokenizer)} tokens"
         else:
-            path = resolve(cfg.model)
+            path = resolve(cfg.model, hub=cfg)
             tokenizer = load_tokenizer(path)
             model = load_seq2seq(path, cfg.model, tokenizer, dropout_of(cfg))
             where = f"{cfg.model} ({path})"

@@ -20,6 +20,7 @@ from warmstart.config import (
     refuse_inapplicable,
 )
 from warmstart.data.batching import Encoded, collator, encode, pad_multiple
+from warmstart.data.hub import evaluated
 from warmstart.data.tables import Examples, LabelMap, load_splits, read_examples
 from warmstart.data.targets import class_weights, detect_problem, oversampled, problem_of
 from warmstart.data.texts import read_texts
@@ -408,7 +409,11 @@ class SequenceClassification(TaskKind):
         if tag_only:
             raise UserError(f"{', '.join(tag_only)} only apply to taggers (finetune --task tokens)")
         ex = read_examples(
-            cfg.data, cfg.text_column, cfg.text_pair_column, cfg.label_column, limit=cfg.limit
+            evaluated(cfg, cfg.data),  # a file, or a dataset's test split
+            cfg.text_column,
+            cfg.text_pair_column,
+            cfg.label_column,
+            limit=cfg.limit,
         )
         clf = cls.load_saved(cfg)
         y = cls.file_targets(cfg, clf, ex)
@@ -437,6 +442,7 @@ class SequenceClassification(TaskKind):
             cfg.long_text,
             cfg.stride,
             cfg.chunk_aggregation,
+            hub=cfg,
         )
 
     @classmethod
@@ -479,7 +485,9 @@ class SequenceClassification(TaskKind):
             "a sequence classifier (it is for taggers' entity scores; --chunk-aggregation combines"
             " --long-text chunk's windows)",
         )
-        ex = read_texts(cfg.texts, cfg.input, cfg.text_column, cfg.text_pair_column, cfg.limit)
+        ex = read_texts(
+            cfg.texts, evaluated(cfg, cfg.input), cfg.text_column, cfg.text_pair_column, cfg.limit
+        )
         clf = cls.load_saved(cfg)
         # Sharded under accelerate launch.
         probs = distributed.probabilities(clf, ex, cfg.batch_size, cfg.progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from warmstart import distributed
 from warmstart.config import EvaluateConfig, PredictConfig, given_flags, refuse_inapplicable
+from warmstart.data.hub import evaluated
 from warmstart.data.pairs import prediction_lines, read_pairs
 from warmstart.data.texts import read_texts
 from warmstart.errors import UserError
@@ -71,9 +72,9 @@ class TextToTextKind(TaskKind):
         # A source given twice (a word with two pronunciations) is written once and right when it
         # is either target.
         pairs, refs = read_pairs(
-            cfg.data, cfg.source_column, cfg.target_column, limit=cfg.limit
+            evaluated(cfg, cfg.data), cfg.source_column, cfg.target_column, limit=cfg.limit
         ).distinct()
-        writer = load_writer(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
+        writer = load_writer(cfg.model, cfg.cpu, cfg.precision, cfg.max_length, hub=cfg)
         t0 = time.time()
         metrics, written = score_texts(
             writer,
@@ -129,8 +130,8 @@ class TextToTextKind(TaskKind):
         )
         if distributed.is_distributed():
             raise UserError("predict with a text-to-text model runs in one process")
-        ex = read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit)
-        writer = load_writer(cfg.model, cfg.cpu, cfg.precision, cfg.max_length)
+        ex = read_texts(cfg.texts, evaluated(cfg, cfg.input), cfg.text_column, limit=cfg.limit)
+        writer = load_writer(cfg.model, cfg.cpu, cfg.precision, cfg.max_length, hub=cfg)
         written = writer.write(
             ex.texts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, cfg.progress
         )

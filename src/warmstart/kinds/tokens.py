@@ -24,6 +24,7 @@ from warmstart.config import (
     refuse_inapplicable,
 )
 from warmstart.data.batching import IGNORE, Encoded, pad_multiple
+from warmstart.data.hub import evaluated
 from warmstart.data.output import format_tagged
 from warmstart.data.tables import load_splits
 from warmstart.data.tagged import (
@@ -127,6 +128,8 @@ class TokenClassification(TaskKind):
         # small split), completed per entity type (B- and I-, plus E- and S- for IOBES), so the head
         # can say all of them.
         seen = {t for part in self.parts.values() for s in part.tags for t in s}
+        # A dataset's ClassLabel tags are all tags the model can say, even those no sentence has.
+        seen |= {t for part in self.parts.values() for t in part.tag_names or ()}
         self.scheme = scheme_of(sorted(seen))
         prefixes = {"IOB2": "BI", "IOBES": "BIES"}.get(self.scheme, "")
         self.tags = self.order(
@@ -349,10 +352,19 @@ class TokenClassification(TaskKind):
         sequence_only = given_flags(cfg, SEQUENCE_ONLY)
         if sequence_only:
             raise UserError(f"{', '.join(sequence_only)} do not apply to a tagger")
-        sents = read_sentences(cfg.data, cfg.tag_column, limit=cfg.limit, base_tags=cfg.base_tags)
+        sents = read_sentences(
+            evaluated(cfg, cfg.data), cfg.tag_column, limit=cfg.limit, base_tags=cfg.base_tags
+        )
         check_sentences(sents)
         tagger = Tagger.load(
-            cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride
+            cfg.model,
+            cfg.max_length,
+            cfg.cpu,
+            cfg.backend,
+            cfg.quantize,
+            cfg.precision,
+            cfg.stride,
+            hub=cfg,
         )
         known = set(tagger.tags)
         for i, tags in enumerate(sents.tags):
@@ -396,12 +408,20 @@ class TokenClassification(TaskKind):
         )
         if distributed.is_distributed():
             raise UserError("predict with a tagger runs in one process")
-        words = read_words(cfg.input, cfg.limit) if cfg.input and not cfg.texts else None
+        source = evaluated(cfg, cfg.input)  # a file, or a dataset's test split
+        words = read_words(source, cfg.limit) if cfg.input and not cfg.texts else None
         texts = None
         if words is None:
-            texts = read_texts(cfg.texts, cfg.input, cfg.text_column, limit=cfg.limit).texts
+            texts = read_texts(cfg.texts, source, cfg.text_column, limit=cfg.limit).texts
         tagger = Tagger.load(
-            cfg.model, cfg.max_length, cfg.cpu, cfg.backend, cfg.quantize, cfg.precision, cfg.stride
+            cfg.model,
+            cfg.max_length,
+            cfg.cpu,
+            cfg.backend,
+            cfg.quantize,
+            cfg.precision,
+            cfg.stride,
+            hub=cfg,
         )
         return tagger.tag(texts, words, cfg.batch_size, cfg.aggregation, cfg.progress)
 

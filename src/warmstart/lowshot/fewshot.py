@@ -218,7 +218,12 @@ def setfit_repeat(
     # ends in a Normalize module): the head then sees only directions, which is what the cosine loss
     # trained.
     emb = Embedder.load(
-        model, max_length=cfg.max_length or 256, cpu=cfg.cpu, attention_dropout=0.0, normalize=True
+        model,
+        max_length=cfg.max_length or 256,
+        cpu=cfg.cpu,
+        attention_dropout=0.0,
+        normalize=True,
+        hub=cfg,
     )
     t = time.perf_counter()
     loss = setfit_train(

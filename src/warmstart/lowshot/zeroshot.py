@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from warmstart.config.options import ModelSourceOptions
 from warmstart.data.batching import collator, encode
 from warmstart.data.tables import Examples
 from warmstart.errors import UserError
@@ -79,8 +80,15 @@ def check_labels(labels: list[str]) -> list[str]:
 class NLIMethod(ZeroShotMethod):
     method = "nli"
 
-    def __init__(self, name: str, template: str | None, cpu: bool, max_length: int | None):
-        path = resolve(name)
+    def __init__(
+        self,
+        name: str,
+        template: str | None,
+        cpu: bool,
+        max_length: int | None,
+        hub: ModelSourceOptions | None = None,
+    ):
+        path = resolve(name, hub=hub)
         self.model = load_classifier(path)
         label2id = {str(k).lower(): int(v) for k, v in (self.model.config.label2id or {}).items()}
         self.entail = next((i for k, i in label2id.items() if k.startswith("entail")), None)
@@ -139,8 +147,9 @@ class SimilarityMethod(ZeroShotMethod):
         cpu: bool,
         max_length: int | None,
         descriptions: dict[str, list[str]] | None = None,
+        hub: ModelSourceOptions | None = None,
     ):
-        self.embedder = Embedder.load(name, normalize=True, max_length=max_length, cpu=cpu)
+        self.embedder = Embedder.load(name, normalize=True, max_length=max_length, cpu=cpu, hub=hub)
         self.template = template or DEFAULT_TEMPLATES["similarity"]
         if "{label}" not in self.template:
             raise UserError(f"the label description template needs {{label}}: '{self.template}'")
@@ -186,8 +195,9 @@ class PromptMethod(ZeroShotMethod):
         chat: bool = False,
         answer_prefix: str = "The answer is",
         truncate: str = "head",
+        hub: ModelSourceOptions | None = None,
     ):
-        self.lm = CausalLM.load(name, cpu, precision="fp32")  # scores, not text: kept exact
+        self.lm = CausalLM.load(name, cpu, precision="fp32", hub=hub)  # scores: kept exact
         self.scorer = PromptScorer(self.lm, max_length or 256, truncate)
         self.template = template or (DEFAULT_CHAT_TEMPLATE if chat else DEFAULT_TEMPLATES["prompt"])
         split_template(self.template)
@@ -241,18 +251,22 @@ def load_method(
     chat: bool = False,
     answer_prefix: str = "The answer is",
     truncate: str = "head",
+    hub: ModelSourceOptions | None = None,
 ) -> ZeroShotMethod:
-    """The zero-shot method with its model loaded (``model`` None: the method's bundled default)."""
+    """The zero-shot method with its model loaded (``model`` None: the method's bundled default;
+    ``hub``: the command's --revision, --offline and --trust-remote-code for a Hugging Face id)."""
     if method not in DEFAULT_MODELS:
         raise UserError(f"unknown zero-shot method '{method}' (nli, similarity or prompt)")
     name = model or DEFAULT_MODELS[method]
     if name is None:
         raise UserError(
-            "--method nli needs --model: a local NLI model (e.g. a folder with a fine-tuned MNLI "
-            "checkpoint such as facebook/bart-large-mnli); none is bundled"
+            "--method nli needs --model: an NLI model (a Hugging Face id such as "
+            "facebook/bart-large-mnli, or a folder with a fine-tuned MNLI checkpoint); none is bundled"
         )
     if method == "nli":
-        return NLIMethod(name, template, cpu, max_length)
+        return NLIMethod(name, template, cpu, max_length, hub)
     if method == "similarity":
-        return SimilarityMethod(name, template, cpu, max_length, descriptions)
-    return PromptMethod(name, template, cpu, max_length, calibrate, chat, answer_prefix, truncate)
+        return SimilarityMethod(name, template, cpu, max_length, descriptions, hub)
+    return PromptMethod(
+        name, template, cpu, max_length, calibrate, chat, answer_prefix, truncate, hub
+    )

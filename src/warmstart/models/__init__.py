@@ -2,6 +2,7 @@
 the bundled models, device and precision, classifiers, causal LMs and from-scratch presets.
 
     registry    resolve a --model value, tell its kind, load its tokenizer
+    download    Hugging Face ids: the cache, else a download (unless offline), pinned to a commit
     bundled     the aliases minilm and smollm2 (GGUF converted once into the cache)
     device      the device, and what --precision auto means there
     classifier  a sequence classifier with its saved or a new head
@@ -18,6 +19,9 @@ _WHERE = {
     "load_classifier": "classifier",
     "auto_precision": "device",
     "pick_device": "device",
+    "pin": "download",
+    "revision_of": "download",
+    "snapshot": "download",
     **{
         name: "registry"
         for name in (
@@ -29,6 +33,7 @@ _WHERE = {
             "is_causal",
             "kind",
             "load_config",
+            "load_options",
             "load_tokenizer",
             "max_length_of",
             "resolve",

@@ -1,17 +1,19 @@
 """Causal language models for `generate`, prompt scoring and the server: a model with its tokenizer,
 set up for batched generation. The bundled SmolLM2 (`smollm2`), any other causal-LM folder (GPT-2,
-GPT-Neo, Llama, Qwen...) or a Hugging Face id already in the local cache loads the same way."""
+GPT-Neo, Llama, Qwen...) or a Hugging Face id (models.download) loads the same way."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from warmstart.config.options import ModelSourceOptions
 from warmstart.errors import UserError
 from warmstart.models.device import auto_precision, pick_device
 from warmstart.models.registry import (
     ensure_pad_token,
     is_causal,
     load_config,
+    load_options,
     load_tokenizer,
     resolve,
 )
@@ -29,14 +31,21 @@ class CausalLM:
     precision: str = "fp32"  # of the weights: fp32, bf16 or fp16 (a GPU checkpoint's own)
 
     @classmethod
-    def load(cls, name: str, cpu: bool = False, precision: str = "auto") -> CausalLM:
+    def load(
+        cls,
+        name: str,
+        cpu: bool = False,
+        precision: str = "auto",
+        *,
+        hub: ModelSourceOptions | None = None,
+    ) -> CausalLM:
         """``precision`` auto: the checkpoint's dtype on a GPU; on a CPU fp32 or bf16 weights,
         whichever decodes faster here (measured once per CPU and model: models.precision). Scores
         that must stay comparable (prompt scoring) pass fp32."""
         import torch
         from transformers import AutoModelForCausalLM
 
-        path = resolve(name, want="causal-lm")
+        path = resolve(name, want="causal-lm", hub=hub)
         config = load_config(path)
         archs = getattr(config, "architectures", None) or []
         if archs and not is_causal(config):
@@ -52,7 +61,7 @@ class CausalLM:
         if device.type == "cpu":
             dtype = torch.float32
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_options(path))
         except (OSError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             raise UserError(f"model '{name}' cannot be loaded as a causal LM: {reason}") from None

@@ -10,7 +10,13 @@ from transformers import (
 )
 
 from warmstart.errors import UserError
-from warmstart.models.registry import Dropout, has_classifier_head, has_tagger_head, set_dropout
+from warmstart.models.registry import (
+    Dropout,
+    has_classifier_head,
+    has_tagger_head,
+    load_options,
+    set_dropout,
+)
 
 HEADS = {
     "sequence": (AutoModelForSequenceClassification, has_classifier_head, "classification"),
@@ -45,17 +51,17 @@ def _load(
 ):
     auto, has_head, what = HEADS[head]
     if label_names is None:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, **load_options(path))
         if not has_head(config):
             raise UserError(
                 f"model '{path}' has no {what} head; fine-tune it first with `warmstart finetune`"
                 + (" --task tokens" if head == "tokens" else "")
             )
-        return auto.from_pretrained(path, local_files_only=True)
+        return auto.from_pretrained(path, **load_options(path))
     id2label = dict(enumerate(label_names))
     config = AutoConfig.from_pretrained(
         path,
-        local_files_only=True,
+        **load_options(path),
         num_labels=len(label_names),
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
@@ -65,7 +71,7 @@ def _load(
     config.label_values = label_values or list(label_names)
     try:
         return auto.from_pretrained(
-            path, config=config, local_files_only=True, ignore_mismatched_sizes=True
+            path, config=config, ignore_mismatched_sizes=True, **load_options(path)
         )
     except ValueError as e:
         reason = str(e).strip().splitlines()[0]

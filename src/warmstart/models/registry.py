@@ -1,20 +1,24 @@
 """The one model registry: what a --model value names (alias, local folder, run folder, Hugging Face
-cache), what kind of model it is, and its tokenizer, read without the network.
+id: from the cache, else downloaded unless offline), what kind of model it is, and its tokenizer.
 
 Every command and the server resolve models here, so an alias means the same thing everywhere and a
-model that cannot be found offline fails with the same sentence."""
+model that cannot be had fails with the same sentence."""
 
 from __future__ import annotations
 
-import difflib
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from warmstart.errors import UserError
-from warmstart.models import lora
+from warmstart.models import download, lora
 from warmstart.models.bundled import ALIASES
+
+if TYPE_CHECKING:
+    from warmstart.config.options import ModelSourceOptions
 
 # The "LOAD REPORT" table for a freshly added classification head is noise for our users.
 hf_logging.set_verbosity_error()
@@ -25,15 +29,16 @@ KINDS = ("classifier", "nli", "encoder", "causal-lm")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
-def resolve(name: str, want: str | None = None) -> str:
-    """Turn a --model value into a local folder path; never touches the network.
+def resolve(name: str, want: str | None = None, *, hub: ModelSourceOptions | None = None) -> str:
+    """Turn a --model value into a local folder path: an alias, a folder (a run folder's model/),
+    else a Hugging Face id from the cache, downloaded there first unless offline.
 
-    ``want="causal-lm"`` refuses an alias of another kind up front (``minilm`` for `generate`)."""
+    ``hub`` holds the command's --revision, --offline and --trust-remote-code (None: main, online
+    unless HF_HUB_OFFLINE=1, no remote code). ``want="causal-lm"`` refuses an alias of another
+    kind up front (``minilm`` for `generate`)."""
     if not name or not name.strip():
         raise UserError("no model given")
-    if (
-        name.strip().lower() in ALIASES
-    ):  # aliases are names, not paths: SmolLM2 or " minilm" mean the same
+    if name.strip().lower() in ALIASES:  # aliases are names, not paths: SmolLM2 or " minilm" alike
         name = name.strip().lower()
         kind, folder = ALIASES[name]
         if want == "causal-lm" and kind != "causal-lm":
@@ -42,40 +47,60 @@ def resolve(name: str, want: str | None = None) -> str:
                 "causal-LM folder"
             )
         return str(folder())
+    local = _local_folder(name)
+    if local is not None:
+        if hub is not None:  # the user's --model: a folder's code runs only with their consent too
+            _refuse_remote_code(name, local, hub)
+        return str(local)
+    return str(download.snapshot(name, hub).path)
+
+
+def _local_folder(name: str) -> Path | None:
+    """The model folder ``name`` is on disk, None when it names none (a Hugging Face id), or one
+    sentence why a folder it names is not a model."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if (
-            not (path / "config.json").is_file() and (path / "model").is_dir()
-        ):  # a warmstart run folder
+        if not (path / "config.json").is_file() and (path / "model").is_dir():  # a run folder
             path = path / "model"
-        if lora.is_adapter_folder(
-            path
-        ):  # saved with --lora-save adapter: merged onto its base once, cached
-            return str(lora.merged_copy(path))
+        if lora.is_adapter_folder(path):  # saved with --lora-save adapter: merged once, cached
+            return lora.merged_copy(path)
         if not (path / "config.json").is_file():
             raise UserError(f"folder '{name}' has no config.json, so it is not a saved model")
-        return str(path)
+        return path
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"model folder '{name}' does not exist")
-    from huggingface_hub import try_to_load_from_cache
+    if not download.is_hub_id(name):
+        raise UserError(
+            f"model '{name}' is not an alias ({download.aliases(name)}), a local folder, or a "
+            "Hugging Face id (ORG/NAME)"
+        )
+    return None
 
-    cached = try_to_load_from_cache(name, "config.json")
-    if isinstance(cached, str):
-        return str(Path(cached).parent)
-    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.6)
-    raise UserError(
-        f"model '{name}' is not available offline: it is not an alias ({', '.join(ALIASES)}"
-        + (f"; did you mean '{close[0]}'?" if close else "")
-        + "), a local folder, "
-        f"or in the Hugging Face cache; download it where there is internet (`hf download {name}`) "
-        "and copy the cache, or pass the folder where it is saved"
-    )
+
+def _config_json(folder: str | Path) -> dict:
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # load_config says what is wrong with it
+    return config if isinstance(config, dict) else {}
+
+
+def _refuse_remote_code(name: str, folder: Path, hub: ModelSourceOptions | None) -> None:
+    download.check_code(name, _config_json(folder), bool(getattr(hub, "trust_remote_code", False)))
+
+
+def load_options(path: str | Path) -> dict[str, bool]:
+    """``from_pretrained``'s keyword arguments for a resolved model folder: its files only (never
+    the network), and its own code where its config needs that. A --model needing code got past
+    ``resolve`` only with --trust-remote-code; other folders are warmstart's own runs of one."""
+    remote = download.needs_remote_code(_config_json(path))
+    return {"local_files_only": True, **({"trust_remote_code": True} if remote else {})}
 
 
 def load_config(path: str):
     """The model's config.json, or one sentence saying why it cannot be read."""
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
+        return AutoConfig.from_pretrained(path, **load_options(path))
     except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load a model from '{path}': {str(e).strip().splitlines()[0]}"
@@ -119,7 +144,7 @@ def kind(config: object) -> str:
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, **load_options(path))
     except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load a tokenizer from '{path}': {str(e).strip().splitlines()[0]}"

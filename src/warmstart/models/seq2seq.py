@@ -27,7 +27,7 @@ from transformers import (
 
 from warmstart.errors import UserError
 from warmstart.models import scratch
-from warmstart.models.registry import Dropout, is_causal, load_config, set_dropout
+from warmstart.models.registry import Dropout, is_causal, load_config, load_options, set_dropout
 
 # EncoderDecoderModel warns on its first forward pass that since transformers 4.12 it derives the
 # decoder's inputs from the labels: the behaviour warmstart relies on, nothing for a user to act on.
@@ -51,7 +51,7 @@ def load_seq2seq(
     if is_encoder_decoder(config):
         set_dropout(config, dropout)
         try:
-            return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, local_files_only=True)
+            return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, **load_options(path))
         except (OSError, ValueError) as e:
             raise UserError(
                 f"model '{name}' cannot be loaded as an encoder-decoder: "
@@ -73,7 +73,7 @@ def warm_start(
     ``path``."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    enc_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    enc_config = AutoConfig.from_pretrained(path, **load_options(path))
     if enc_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UserError(
             f"model '{name}' is a {arch}, an encoder that cannot be warm-started as a decoder "
@@ -90,13 +90,13 @@ def warm_start(
         )
     set_dropout(enc_config, dropout)
     dec_config = AutoConfig.from_pretrained(
-        path, local_files_only=True, is_decoder=True, add_cross_attention=True
+        path, is_decoder=True, add_cross_attention=True, **load_options(path)
     )
     set_dropout(dec_config, dropout)
     try:
-        encoder = AutoModel.from_pretrained(path, config=enc_config, local_files_only=True)
+        encoder = AutoModel.from_pretrained(path, config=enc_config, **load_options(path))
         decoder = AutoModelForCausalLM.from_pretrained(
-            path, config=dec_config, local_files_only=True
+            path, config=dec_config, **load_options(path)
         )
     except (OSError, ValueError) as e:
         raise UserError(

@@ -12,7 +12,12 @@ The token file is a cache: its name is a hash of everything that decides its con
 files' paths, sizes and modification times, which documents are held out, the tokenizer's full JSON,
 the separator), so a later run with the same corpus, tokenizer and settings maps it at once instead
 of tokenising again, and any change gives a new file. Block size is not part of it: blocks are cut
-on load."""
+on load.
+
+A dataset's rows (data.corpus.DatasetCorpus) can be tokenised by every process of `accelerate
+launch` at once (``write_sharded``): each takes every N-th row from its rank (datasets'
+``split_dataset_by_node``), writes its tokens and each row's token count to a part file, and the
+main process puts the rows back in corpus order: the same token file one process writes."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from warmstart import files
+from warmstart import distributed, files
 from warmstart.errors import UserError
 from warmstart.objectives.common import backend
 
@@ -114,6 +119,126 @@ def write_tokens(
         path.with_suffix(".json"), {"documents": n_docs, "tokens": n_tokens, "sep": sep}
     )
     return TokenFile(path)
+
+
+def _part(key: str, rank: int, world: int, what: str) -> Path:
+    return cache_dir() / f"{key}.part{rank}-of-{world}.{what}"
+
+
+def write_part(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[str | None],
+    sep: int,
+    key: str,
+    rank: int,
+    world: int,
+    progress=None,
+) -> None:
+    """Process ``rank``'s part of a token file: the ids of its ``rows`` (each a document or None,
+    tokenised as write_tokens does), and every row's token count (0 for None or a document that
+    tokenises to nothing), so that :func:`merge_parts` can interleave the parts."""
+    tok = backend(tokenizer)
+    sep_arr = np.asarray([sep], dtype=np.int32)
+    n_docs = 0
+
+    def flush(chunk: list[str | None], ids_file, lengths_file) -> None:
+        encodings = iter(
+            tok.encode_batch([d for d in chunk if d is not None], add_special_tokens=False)
+        )
+        parts, lengths = [], []
+        for doc in chunk:
+            ids = next(encodings).ids if doc is not None else []
+            if ids:
+                parts += [np.asarray(ids, dtype=np.int32), sep_arr]
+            lengths.append(len(ids) + 1 if ids else 0)
+        if parts:
+            ids_file.write(np.concatenate(parts).tobytes())
+        lengths_file.write(np.asarray(lengths, dtype=np.int32).tobytes())
+        if progress is not None:
+            progress(sum(d is not None for d in chunk))
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (
+        open(_part(key, rank, world, "i32"), "wb") as ids_file,
+        open(_part(key, rank, world, "len"), "wb") as lengths_file,
+    ):
+        chunk: list[str | None] = []
+        size = 0
+        for doc in rows:
+            chunk.append(doc)
+            size += len(doc) if doc is not None else 0
+            n_docs += doc is not None
+            if size >= CHUNK_CHARS or len(chunk) >= 100_000:
+                flush(chunk, ids_file, lengths_file)
+                chunk, size = [], 0
+        if chunk:
+            flush(chunk, ids_file, lengths_file)
+    files.atomic_write_json(_part(key, rank, world, "json"), {"documents": n_docs})
+
+
+def merge_parts(key: str, world: int, sep: int, rows_per_step: int = 1 << 16) -> TokenFile:
+    """The token file of ``key`` from the ``world`` parts of write_part: row j of part r is row
+    j * world + r of the corpus, so rows are taken from the parts in turn. Blocks of rows are moved
+    with vectorised index arithmetic, and memory stays at one block; the parts are removed."""
+    lengths = [np.fromfile(_part(key, r, world, "len"), dtype=np.int32) for r in range(world)]
+    ids = [
+        np.memmap(_part(key, r, world, "i32"), dtype=np.int32, mode="r")
+        if _part(key, r, world, "i32").stat().st_size
+        else np.zeros(0, dtype=np.int32)
+        for r in range(world)
+    ]
+    docs = sum(
+        json.loads(_part(key, r, world, "json").read_text())["documents"] for r in range(world)
+    )
+    offsets = [0] * world
+    n_tokens = 0
+    path = token_file(key)
+    with files.atomic_file(path) as tmp, open(tmp, "wb") as f:
+        for j0 in range(0, max(len(n) for n in lengths), rows_per_step):
+            # counts[j, r]: tokens of row j0 + j of part r; written row by row, part by part
+            counts = np.zeros((min(rows_per_step, len(lengths[0]) - j0), world), dtype=np.int64)
+            for r in range(world):
+                mine = lengths[r][j0 : j0 + rows_per_step]
+                counts[: len(mine), r] = mine
+            starts = (np.cumsum(counts.reshape(-1)) - counts.reshape(-1)).reshape(counts.shape)
+            out = np.empty(int(counts.sum()), dtype=np.int32)
+            for r in range(world):
+                n = int(counts[:, r].sum())
+                if n:
+                    # each token of part r goes to its row's start in ``out`` plus its place in the row
+                    own = np.cumsum(counts[:, r]) - counts[:, r]
+                    at = np.repeat(starts[:, r] - own, counts[:, r]) + np.arange(n)
+                    out[at] = ids[r][offsets[r] : offsets[r] + n]
+                    offsets[r] += n
+            f.write(out.tobytes())
+            n_tokens += len(out)
+        f.flush()
+        os.fsync(f.fileno())
+    files.atomic_write_json(
+        path.with_suffix(".json"), {"documents": docs, "tokens": n_tokens, "sep": sep}
+    )
+    del ids
+    for r in range(world):
+        for what in ("i32", "len", "json"):
+            _part(key, r, world, what).unlink(missing_ok=True)
+    return TokenFile(path)
+
+
+def write_sharded(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[str | None],
+    sep: int,
+    key: str,
+    progress=None,
+) -> None:
+    """Every process writes its part of the token file of ``key`` (its ``rows``: see write_part),
+    then the main process merges them; all return once the file is complete."""
+    rank, world = distributed.rank(), distributed.world_size()
+    write_part(tokenizer, rows, sep, key, rank, world, progress)
+    distributed.barrier()
+    if distributed.is_main():
+        merge_parts(key, world, sep)
+    distributed.barrier()
 
 
 class StreamBlocks(torch.utils.data.Dataset):

@@ -129,6 +129,7 @@ def serve(config: ServeConfig | None = None, **kwargs) -> None:
         long_text=cfg.long_text,
         stride=cfg.stride,
         chunk_aggregation=cfg.chunk_aggregation,
+        hub=cfg,
     )
     app = create_app(served, cfg)
     log_config = _log_config(cfg.log_level)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from warmstart import kinds
+from warmstart.config.options import ModelSourceOptions
 from warmstart.data.tables import Examples
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier, label_records
@@ -66,11 +67,13 @@ class ServedModel:
         long_text: str | None = None,
         stride: int | None = None,
         chunk_aggregation: str | None = None,
+        hub: ModelSourceOptions | None = None,
     ) -> ServedModel:
         """``backend`` and ``quantize`` choose how a classifier runs /predict (see
         `Classifier.load`), and ``long_text``, ``stride`` and ``chunk_aggregation`` how it reads
-        long texts (None: the model's own); ``stride`` is also a tagger's."""
-        path = resolve(name)
+        long texts (None: the model's own); ``stride`` is also a tagger's. ``hub``: the command's
+        --revision, --offline and --trust-remote-code for a Hugging Face id."""
+        path = resolve(name, hub=hub)
         kind, found = kinds.for_model(load_config(path))
         options = {
             "max_length": max_length,

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.config import CalibrateConfig, make
+from warmstart.config.options import ModelSourceOptions
 from warmstart.data.tables import LabelMap, read_examples
 from warmstart.errors import UserError
+from warmstart.hub import card
 from warmstart.inference import calibration
 from warmstart.inference.classifier import Classifier
 from warmstart.inference.export import adopt_config, current_export, is_export
+from warmstart.models.download import revision_of
 from warmstart.models.registry import kind, load_config, resolve
 
 
@@ -40,7 +43,7 @@ def calibrate(config: CalibrateConfig | None = None, **kwargs) -> CalibrateResul
         raise UserError(
             "no data to calibrate on: pass --data FILE (labelled rows the model was not trained on)"
         )
-    path = Path(calibratable(cfg.model))
+    path = Path(calibratable(cfg.model, cfg))
     out = Path(cfg.out).expanduser() if cfg.out else default_out(path)
     refuse_unwritable(path, out)
     ex = read_examples(
@@ -71,13 +74,20 @@ def calibrate(config: CalibrateConfig | None = None, **kwargs) -> CalibrateResul
     calibration.save_temperature(path, cal.temperature)
     if export is not None:
         adopt_config(path, export)
+    card.note_calibration(path, cal, cfg.data)  # README.md: the new temperature (a card of ours)
     return CalibrateResult(path, out, cal, previous)
 
 
-def calibratable(name: str) -> str:
+def calibratable(name: str, hub: ModelSourceOptions | None = None) -> str:
     """The folder of ``name`` if it is a single-label classifier in a local folder; else one
     sentence why not."""
-    path = resolve(name)
+    path = resolve(name, hub=hub)
+    if revision_of(path):
+        # The Hugging Face cache's files are shared by every program that reads the model.
+        raise UserError(
+            f"'{name}' is a model in the Hugging Face cache, and calibrate writes into the model "
+            "folder: copy it (`warmstart download` prints where it is) and calibrate the copy"
+        )
     if is_export(path):
         raise UserError(
             f"'{name}' is an ONNX export: calibrate the model folder it was exported from (its own "

@@ -24,15 +24,16 @@ import numpy as np
 import yaml
 
 from warmstart import distributed
-from warmstart.config import EmbedConfig, absolute_paths, make, refuse_inapplicable, to_dict
+from warmstart.config import EmbedConfig, absolute_paths, make, refuse_inapplicable, settle, to_dict
 from warmstart.data.tables import examples_from_table, find_column, read_table
 from warmstart.errors import UserError
 from warmstart.files import atomic_file, atomic_write_text
 from warmstart.inference.features import Embedder
+from warmstart.models.download import pin
 
 FORMATS = (".parquet", ".npy", ".safetensors")
 # Options that change no number in the output: a resumed run may differ in them.
-NOT_COMPARED = {"out", "overwrite", "progress", "batch_size", "cpu"}
+NOT_COMPARED = {"out", "overwrite", "progress", "batch_size", "cpu", "offline"}
 
 
 @dataclass
@@ -126,6 +127,9 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
     if out.exists() and not cfg.overwrite and not parts.is_dir():
         raise UserError(exists)
     table = read_inputs(cfg)
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit (the
+    # commit is one of the settings a resumed run must share).
+    cfg = settle(cfg, pin(cfg))
     settings = {k: v for k, v in to_dict(cfg).items() if k not in NOT_COMPARED}
     settings["rows"] = len(table.texts)
     n_chunks = -(-len(table.texts) // cfg.chunk_size)
@@ -146,6 +150,7 @@ def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
             cfg.max_length,
             cfg.cpu,
             cfg.precision,
+            hub=cfg,
         )
     )
     if (

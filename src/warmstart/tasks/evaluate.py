@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart import distributed, kinds
-from warmstart.config import EvaluateConfig, make
+from warmstart.config import EvaluateConfig, make, settle
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_json
+from warmstart.models.download import pin
 from warmstart.models.registry import load_config, resolve
 
 
@@ -30,7 +31,9 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs) -> EvaluateResult:
     cfg = make(EvaluateConfig, config, kwargs)
     if not cfg.data:
         raise UserError("no data to evaluate on: pass --data FILE")
-    path = resolve(cfg.model)
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
+    path = resolve(cfg.model, hub=cfg)
     kind, found = kinds.for_model(load_config(path))
     metrics = kind.evaluate(cfg, path, found)
     out = Path(cfg.out) if cfg.out else None

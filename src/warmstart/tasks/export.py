@@ -23,7 +23,7 @@ def export(config: ExportConfig | None = None, **kwargs) -> ExportResult:
     cfg = make(ExportConfig, config, kwargs)
     if not cfg.onnx:
         raise UserError("choose an export format: --onnx (the only one so far)")
-    path = resolve(cfg.model)
+    path = resolve(cfg.model, hub=cfg)
     if is_export(path):
         raise UserError(
             f"'{cfg.model}' is already an ONNX export; pass the model folder it was made from"

@@ -19,12 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from warmstart.config import FewshotConfig, absolute_paths, make, refuse_inapplicable, to_dict
+from warmstart.config import (
+    FewshotConfig,
+    absolute_paths,
+    make,
+    refuse_inapplicable,
+    settle,
+    to_dict,
+)
 from warmstart.data.tables import LabelMap, read_examples
 from warmstart.errors import UserError
 from warmstart.lowshot.fewshot import PromptScores, incontext_repeat, sample_k, setfit_repeat
 from warmstart.lowshot.zeroshot import load_method, parse_descriptions
 from warmstart.metrics import classification_metrics
+from warmstart.models.download import pin
 from warmstart.runs import Run, prepare_run_folder
 
 DEFAULT_MODELS = {"setfit": "minilm", "incontext": "smollm2", "prompt": "smollm2"}
@@ -82,6 +90,8 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
     descriptions = parse_descriptions(
         cfg.descriptions, labels.names
     )  # a bad one fails before any output
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
     run = Run(cfg.out)
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
@@ -100,6 +110,7 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
             chat=cfg.chat,
             answer_prefix=cfg.answer_prefix,
             truncate=cfg.truncate,
+            hub=cfg,
         )
         prompt_scores = PromptScores(cfg, method, labels.names, test.texts, descriptions)
     if cfg.method == "incontext":
@@ -112,6 +123,7 @@ def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
             max_length=cfg.max_length or 256,
             calibrate=cfg.calibrate,
             truncate=cfg.truncate,
+            hub=cfg,
         )
     repeats = []
     for r, idx in enumerate(draws):

@@ -23,8 +23,9 @@ from warmstart.config import (
     to_dict,
 )
 from warmstart.errors import UserError
+from warmstart.hub import card, publish
 from warmstart.inference import calibration
-from warmstart.models import lora, max_length_of
+from warmstart.models import lora, max_length_of, pin
 from warmstart.runs import Run, prepare_run_folder
 from warmstart.training.common import choose_precision
 
@@ -59,9 +60,14 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
             ("lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"),
             "full fine-tuning: give --lora-r N for LoRA",
         )
+    if given.push_to_hub:  # a bad repo id, no token, offline: refused before any training
+        publish.check_ready(given.push_to_hub, offline=given.offline)
     kind_class = kinds.for_task(given.task)
     kind_class.refuse_others(given)
     kind = kind_class.start(given)  # reads and checks the data: bad input fails before any work
+    # A Hugging Face --model: fetched now if it must be, and pinned to its commit (config.yaml's
+    # revision), so the model, its tokenizer and the test pass all read that one snapshot.
+    given = settle(given, pin(given))
     # The options the task decides (epochs, learning rates, the best-epoch metric...), frozen.
     cfg = settle(given, kind.choices(given))
     run = Run(cfg.out)
@@ -150,9 +156,13 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
         plots.training_curves(state.epochs_log, run.dir / "training_curves.png")
     metrics["total_seconds"] = round(time.time() - t0, 2)
     run.write_metrics(metrics)
+    card.write_run_card(run)  # model/README.md, before on_run_end: the trackers upload it
     callbacks.on_run_end(metrics, run.dir)
     if "test" in metrics:
         run.say(f"{kind.summary(metrics)}; run folder {run.dir} ({metrics['total_seconds']:.0f}s)")
+    if cfg.push_to_hub and run.main:  # --push-to-hub: the finished run's model, card included
+        pushed = publish.push(run.dir, cfg.push_to_hub, say=run.say)
+        run.say(f"pushed {run.model_dir} to {pushed.url} (commit {pushed.commit[:12]})")
     return FinetuneResult(run.dir, run.model_dir, metrics)
 
 

@@ -14,12 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from warmstart.config import GenerateConfig, make
+from warmstart.config import GenerateConfig, make, settle
 from warmstart.data.texts import read_prompts
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
 from warmstart.inference import onnx_lm
 from warmstart.inference.generation_options import Generation, check_options, strategy, token_budget
+from warmstart.models.download import pin
 
 # transformers and torch are imported where a route needs them: the ONNX route does without (seconds
 # a process).
@@ -34,6 +35,8 @@ def generate(
     it comes."""
     cfg = make(GenerateConfig, config, kwargs)
     stops = check_options(cfg)
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
     prompts = read_prompts(cfg.prompts, cfg.input)
     streaming = stream_to is not None and streamable(cfg)
     lm_onnx = onnx_route(cfg, streaming)
@@ -59,7 +62,7 @@ def with_transformers(
     from warmstart.progress import progress_bar
 
     streaming = stream_to is not None
-    lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision)
+    lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision, hub=cfg)
     ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
     budgets = [
         token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)
@@ -133,7 +136,7 @@ def text_to_text(cfg: GenerateConfig) -> bool:
     from warmstart.models.registry import load_config, resolve
     from warmstart.models.seq2seq import is_encoder_decoder
 
-    return is_encoder_decoder(load_config(resolve(cfg.model)))
+    return is_encoder_decoder(load_config(resolve(cfg.model, hub=cfg)))
 
 
 def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> list[Generation]:
@@ -156,7 +159,7 @@ def rewrite(cfg: GenerateConfig, texts: list[str], stream_to: TextIO | None) -> 
             "a text-to-text model writes one output per text, greedy or with --num-beams; "
             f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} for causal LMs"
         )
-    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision)
+    t2t = TextToText.load(cfg.model, cfg.cpu, cfg.precision, hub=cfg)
     written = t2t.write(texts, cfg.max_new_tokens, beams_of(options), cfg.batch_size, cfg.progress)
     gens = [
         Generation(t, [w.text], len(t2t.tokenizer(t)["input_ids"]), [w.tokens], [w.finish_reason])

@@ -7,23 +7,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from warmstart import distributed, kinds
-from warmstart.config import PredictConfig, make
+from warmstart.config import PredictConfig, make, settle
 from warmstart.files import atomic_write_text
 from warmstart.inference.tagger import Tagged
 from warmstart.kinds import Prediction
+from warmstart.models.download import pin
 from warmstart.models.registry import load_config, resolve
 
 __all__ = ["Prediction", "format_predictions", "predict", "report"]
 
 
 def format_predictions(preds: list, cfg: PredictConfig) -> str:
-    kind, _ = kinds.for_model(load_config(resolve(cfg.model)))
+    kind, _ = kinds.for_model(load_config(resolve(cfg.model, hub=cfg)))
     return kind.predict_report(cfg, preds)
 
 
 def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] | list[Tagged]:
     cfg = make(PredictConfig, config, kwargs)
-    path = resolve(cfg.model)
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
+    path = resolve(cfg.model, hub=cfg)
     kind, found = kinds.for_model(load_config(path))
     preds = kind.predict(cfg, path, found)
     if cfg.out and distributed.is_main():

@@ -40,12 +40,20 @@ from warmstart.config import (
     settle,
     to_dict,
 )
-from warmstart.data.corpus import StreamedSplit, fingerprint, held_out, read_corpus, split_stream
+from warmstart.data.corpus import (
+    StreamedSplit,
+    corpus_source,
+    held_out,
+    read_corpus,
+    split_stream,
+)
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_json
+from warmstart.hub import card
 from warmstart.models import (
     dropout_of,
     load_config,
+    load_options,
     load_tokenizer,
     max_length_of,
     pick_device,
@@ -53,6 +61,7 @@ from warmstart.models import (
     scratch,
     set_dropout,
 )
+from warmstart.models.download import pin
 from warmstart.objectives import clm, mlm, separator_id, stream
 from warmstart.objectives.denoise import DenoisingCollator
 from warmstart.objectives.nsp import NSPCollator
@@ -107,6 +116,12 @@ class SeededBatches:
 
 
 def split_documents(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
+    source = corpus_source(cfg)
+    if not isinstance(source, str):  # a dataset: its validation split, or held-out rows
+        split = split_stream(
+            source, cfg.valid, cfg.text_column, cfg.limit, cfg.valid_fraction, cfg.seed
+        )
+        return list(split.train()), split.valid
     docs = read_corpus(cfg.data, cfg.text_column, cfg.limit)
     if cfg.valid:
         return docs, read_corpus(cfg.valid, cfg.text_column, cfg.limit)
@@ -153,21 +168,32 @@ def stream_dataset(cfg: PretrainConfig, tokenizer, split: StreamedSplit, run: Ru
     key = stream.cache_key(
         tokenizer,
         sep,
-        data=fingerprint(cfg.data),
+        data=split.fingerprint,
         text_column=cfg.text_column,
         limit=cfg.limit,
         held=split.held,
     )
-    fresh = distributed.is_main() and stream.cached(key) is None
+    # A dataset under several processes: each tokenises its shard of the rows (data.corpus).
+    sharded = split.shard is not None and distributed.is_distributed()
+    fresh = (sharded or distributed.is_main()) and stream.cached(key) is None
+    fresh = distributed.broadcast(fresh, cfg.cpu) if sharded else fresh
     if (
         fresh
         # the bar shows only if tokenising takes a while (a small corpus errs with nothing printed
         # before)
     ):
         with progress_bar(
-            total=split.n_train, desc="tokenise", unit="doc", enabled=cfg.progress, delay=2
+            total=split.n_train,
+            desc="tokenise",
+            unit="doc",
+            enabled=cfg.progress and distributed.is_main(),
+            delay=2,
         ) as bar:
-            stream.write_tokens(tokenizer, split.train(), sep, key, progress=bar.update)
+            if sharded:
+                rows = split.shard(distributed.rank(), distributed.world_size())
+                stream.write_sharded(tokenizer, rows, sep, key, progress=bar.update)
+            else:
+                stream.write_tokens(tokenizer, split.train(), sep, key, progress=bar.update)
     distributed.barrier()
     tokens = stream.cached(key)
     data = stream.StreamBlocks(
@@ -207,12 +233,12 @@ def load_model(cfg: PretrainConfig, objective: objectives.Objective, train_docs:
         config = scratch.preset(objective.arch, cfg.size, tokenizer, cfg.block_size)
         set_dropout(config, dropout_of(cfg))
         return auto.from_config(config), tokenizer
-    path = resolve(cfg.model)
+    path = resolve(cfg.model, hub=cfg)
     tokenizer = load_tokenizer(path)
     config = load_config(path)
     set_dropout(config, dropout_of(cfg))  # before the model is built: its layers copy the rates
     try:
-        model = auto.from_pretrained(path, config=config, local_files_only=True)
+        model = auto.from_pretrained(path, config=config, **load_options(path))
     except ValueError:
         kind = getattr(load_config(path), "model_type", "?")
         raise UserError(
@@ -340,12 +366,14 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
         refuse_inapplicable(
             cfg, ("whole_word_mask", "mlm_probability"), f"--objective {cfg.objective}"
         )
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
     run = Run(cfg.out)
     # The engine's subscribers: run log, bar, early stopping, trackers (one not installed fails here).
     callbacks = for_training(cfg, run)
     if streamed(cfg):  # corpora larger than memory: the training documents are only ever streamed
         split = split_stream(
-            cfg.data, cfg.valid, cfg.text_column, cfg.limit, cfg.valid_fraction, cfg.seed
+            corpus_source(cfg), cfg.valid, cfg.text_column, cfg.limit, cfg.valid_fraction, cfg.seed
         )
         n_train, valid_docs = split.n_train, split.valid
     else:
@@ -469,6 +497,7 @@ def pretrain(config: PretrainConfig | None = None, **kwargs) -> PretrainResult:
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics["valid_after"].items())
         )
     run.write_metrics(metrics)
+    card.write_run_card(run)  # model/README.md, before on_run_end: the trackers upload it
     callbacks.on_run_end(metrics, run.dir)
     return PretrainResult(run.dir, run.model_dir, metrics)
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from warmstart import plots
-from warmstart.config import ProbeConfig, absolute_paths, make, to_dict
+from warmstart.config import ProbeConfig, absolute_paths, make, settle, to_dict
 from warmstart.data.tables import ROLES, Examples, LabelMap, load_splits, read_examples, split_sizes
 from warmstart.errors import UserError
 from warmstart.files import atomic_file
 from warmstart.inference.features import Embedder, is_feature_file, read_feature_file
 from warmstart.metrics import classification_metrics, format_table
+from warmstart.models.download import pin
 from warmstart.runs import Run, prepare_run_folder
 
 C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -184,6 +185,8 @@ def probe(config: ProbeConfig | None = None, **kwargs) -> ProbeResult:
             "choosing C by cross-validation needs at least 2 training rows of every class; "
             "give --valid or --c"
         )
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
     prepare_run_folder(run, to_dict(cfg), resume=False, overwrite=cfg.overwrite)
     run.write_config({k: v for k, v in to_dict(cfg).items() if k != "overwrite"})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from warmstart.config import ZeroshotConfig, make, refuse_inapplicable, to_dict
+from warmstart.config import ZeroshotConfig, make, refuse_inapplicable, settle, to_dict
 from warmstart.data.output import format_records
 from warmstart.data.tables import (
     LABEL_COLUMNS,
@@ -25,6 +25,7 @@ from warmstart.errors import UserError, where
 from warmstart.files import atomic_write_json, atomic_write_text
 from warmstart.lowshot.zeroshot import check_labels, load_method, parse_descriptions
 from warmstart.metrics import classification_metrics, format_table
+from warmstart.models.download import pin
 
 
 @dataclass
@@ -117,6 +118,8 @@ def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
         for i, t in enumerate(texts):
             if not t.strip():
                 raise UserError(f"text {i + 1} of the arguments is empty")
+    # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
+    cfg = settle(cfg, pin(cfg))
     method = load_method(
         cfg.method,
         cfg.model,
@@ -128,6 +131,7 @@ def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
         chat=cfg.chat,
         answer_prefix=cfg.answer_prefix,
         truncate=cfg.truncate,
+        hub=cfg,
     )
     t0 = time.perf_counter()
     probs = method.scores(texts, labels, cfg.multi_label, cfg.batch_size, cfg.progress)

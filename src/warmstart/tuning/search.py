@@ -22,6 +22,7 @@ from warmstart.config import (
     read_config_file,
     refuse_inapplicable,
 )
+from warmstart.data.hub import is_hub_id
 from warmstart.errors import UserError
 from warmstart.tuning.space import OWNED, Param, read_space
 
@@ -114,8 +115,15 @@ def tuned_options(cfg: TuneConfig, cls: type, options: dict[str, Any] | None) ->
 
     for key in ("data", "train", "valid", "test"):
         value = getattr(parsed, key, None)
+        # A Hub dataset id is no file; the trial's own reader checks it.
         if isinstance(value, str) and value and not Path(value).expanduser().exists():
-            raise UserError(f"{where(key)}: file '{value}' does not exist")
+            if not (key == "data" and is_hub_id(value)):
+                raise UserError(f"{where(key)}: file '{value}' does not exist")
+    if getattr(parsed, "push_to_hub", None):
+        raise UserError(
+            f"{where('push_to_hub')}: every trial would push its model; push the best one once the"
+            " search ends (warmstart push OUT/best --repo ID)"
+        )
     if not (getattr(parsed, "valid", None) or (parsed.split and len(parsed.split.split(",")) > 1)):
         raise UserError(
             f"{_where(cfg, given)}: trials are compared on a validation split; give it valid:"
