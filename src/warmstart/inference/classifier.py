@@ -88,6 +88,11 @@ class Classifier:
         ``long_text``, ``stride`` and ``aggregation`` (None: the model's own) say how texts longer
         than ``max_length`` are read; ``hub`` the command's --revision, --offline and
         --trust-remote-code for a Hugging Face id."""
+        # How long texts are read is checked first: options that would do nothing are refused
+        # before any work (an ONNX export, say).
+        reading = long_text_options(
+            load_config(resolve(name, hub=hub)), long_text, stride, aggregation
+        )
         path, forward, config, p = open_backend(
             name, cpu, backend, quantize, precision, head="sequence", hub=hub
         )
@@ -102,7 +107,7 @@ class Classifier:
             max_length_of(tokenizer, config, max_length),
             forward,
             p,
-            *long_text_options(config, long_text, stride, aggregation),
+            *reading,
             # From ``path`` itself, never the ONNX export's copy of config.json: `calibrate` writes
             # this one.
             temperature=saved_temperature(path),

@@ -356,16 +356,7 @@ class TokenClassification(TaskKind):
             evaluated(cfg, cfg.data), cfg.tag_column, limit=cfg.limit, base_tags=cfg.base_tags
         )
         check_sentences(sents)
-        tagger = Tagger.load(
-            cfg.model,
-            cfg.max_length,
-            cfg.cpu,
-            cfg.backend,
-            cfg.quantize,
-            cfg.precision,
-            cfg.stride,
-            hub=cfg,
-        )
+        tagger = cls.load_saved(cfg)
         known = set(tagger.tags)
         for i, tags in enumerate(sents.tags):
             for j, t in enumerate(tags):
@@ -391,6 +382,20 @@ class TokenClassification(TaskKind):
         return format_tagging_table(metrics)
 
     @classmethod
+    def load_saved(cls, cfg: EvaluateConfig | PredictConfig) -> Tagger:
+        """The saved tagger as evaluate and predict run it (backend, precision, windows)."""
+        return Tagger.load(
+            cfg.model,
+            cfg.max_length,
+            cfg.cpu,
+            cfg.backend,
+            cfg.quantize,
+            cfg.precision,
+            cfg.stride,
+            hub=cfg,
+        )
+
+    @classmethod
     def predict(cls, cfg: PredictConfig, path: str, model_kind: str) -> list[Tagged]:
         refuse_inapplicable(
             cfg,
@@ -413,16 +418,7 @@ class TokenClassification(TaskKind):
         texts = None
         if words is None:
             texts = read_texts(cfg.texts, source, cfg.text_column, limit=cfg.limit).texts
-        tagger = Tagger.load(
-            cfg.model,
-            cfg.max_length,
-            cfg.cpu,
-            cfg.backend,
-            cfg.quantize,
-            cfg.precision,
-            cfg.stride,
-            hub=cfg,
-        )
+        tagger = cls.load_saved(cfg)
         return tagger.tag(texts, words, cfg.batch_size, cfg.aggregation, cfg.progress)
 
     @classmethod
