@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.warmstart-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint docs clean
 
 setup: $(STAMP)
 
@@ -38,5 +38,10 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# The guides in docs/ as a static site in site/ (MkDocs, installed into .venv on first use).
+docs: setup
+	$(PY) -m pip install --quiet "mkdocs>=1.6"
+	$(VENV)/bin/mkdocs build --quiet
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site
