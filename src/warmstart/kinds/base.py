@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from warmstart import distributed
 from warmstart.config import (
     Choice,
     EvaluateConfig,
@@ -43,6 +44,7 @@ from warmstart.config import (
 from warmstart.data.batching import Encoded
 from warmstart.data.output import format_records
 from warmstart.errors import UserError
+from warmstart.inference.batched import predict_logits
 from warmstart.models.registry import load_tokenizer, resolve
 from warmstart.runs import Run
 from warmstart.training.common import Job
@@ -94,6 +96,25 @@ class Prediction:
 
     def record(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def valid_logits(model, valid, cfg, collate, device, autocast, ragged: bool = False):
+    """A classifier's logits on the encoded valid part during training, in order: under `accelerate
+    launch` each process scores its shard and all get every row back, once."""
+    return distributed.gather_rows(
+        len(valid),
+        lambda idx: predict_logits(
+            model,
+            valid.take(idx),
+            cfg.eval_batch_size,
+            collate,
+            device,
+            autocast,
+            progress=cfg.progress and distributed.is_main(),
+            desc="valid",
+            ragged=ragged,
+        ),
+    )
 
 
 class TaskKind:

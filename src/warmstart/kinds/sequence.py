@@ -26,10 +26,16 @@ from warmstart.data.targets import class_weights, detect_problem, oversampled, p
 from warmstart.data.texts import read_texts
 from warmstart.errors import UserError
 from warmstart.inference import calibration
-from warmstart.inference.batched import predict_logits
 from warmstart.inference.calibration import expected_calibration_error
 from warmstart.inference.classifier import Classifier
-from warmstart.kinds.base import FOR_CAUSAL_LM, FOR_TEXT_TO_TEXT, ModelKind, Prediction, TaskKind
+from warmstart.kinds.base import (
+    FOR_CAUSAL_LM,
+    FOR_TEXT_TO_TEXT,
+    ModelKind,
+    Prediction,
+    TaskKind,
+    valid_logits,
+)
 from warmstart.metrics import classification_metrics, cross_entropy, format_table
 from warmstart.models.classifier import load_classifier
 from warmstart.models.registry import dropout_of
@@ -253,19 +259,7 @@ class SequenceClassification(TaskKind):
         def evaluate(model, device, autocast) -> dict:
             # Under `accelerate launch` each process scores its shard; all get every row back, once,
             # in order.
-            logits = distributed.gather_rows(
-                len(valid),
-                lambda idx: predict_logits(
-                    model,
-                    valid.take(idx),
-                    cfg.eval_batch_size,
-                    collate,
-                    device,
-                    autocast,
-                    progress=cfg.progress and distributed.is_main(),
-                    desc="valid",
-                ),
-            )
+            logits = valid_logits(model, valid, cfg, collate, device, autocast)
             return self.valid_metrics(logits, valid.labels)
 
         def save(model, folder: Path, weights: dict | None = None) -> None:

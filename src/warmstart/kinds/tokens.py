@@ -38,9 +38,8 @@ from warmstart.data.tagged import (
 from warmstart.data.texts import read_texts, read_words
 from warmstart.data.wordpieces import WordWindows, encode_words
 from warmstart.errors import UserError
-from warmstart.inference.batched import predict_logits
 from warmstart.inference.tagger import Tagged, Tagger
-from warmstart.kinds.base import FOR_CAUSAL_LM, FOR_TEXT_TO_TEXT, ModelKind, TaskKind
+from warmstart.kinds.base import FOR_CAUSAL_LM, FOR_TEXT_TO_TEXT, ModelKind, TaskKind, valid_logits
 from warmstart.kinds.sequence import SEQUENCE_ONLY, refuse_pair_options
 from warmstart.metrics import format_tagging_table, softmax, tagging_metrics
 from warmstart.models.classifier import load_classifier
@@ -267,20 +266,7 @@ class TokenClassification(TaskKind):
 
         def evaluate(model, device, autocast) -> dict:
             ww = self.windows["valid"]
-            rows = distributed.gather_rows(
-                len(valid),
-                lambda idx: predict_logits(
-                    model,
-                    valid.take(idx),
-                    cfg.eval_batch_size,
-                    collate,
-                    device,
-                    autocast,
-                    progress=cfg.progress and distributed.is_main(),
-                    desc="valid",
-                    ragged=True,
-                ),
-            )
+            rows = valid_logits(model, valid, cfg, collate, device, autocast, ragged=True)
             words = ww.word_scores(rows)
             m = self.score(self.parts["valid"], [w.argmax(-1) for w in words])
             return {
