@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.warmstart-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint docs clean
+.PHONY: setup browser demo test test-slow lint docs clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/warmstart finetune --config configs/demo.yaml --overwrite
 
-test: setup
+# The browser test of serve --ui needs Debian's chromium + chromium-driver; they are installed here when
+# apt can (root, a reachable registry), else that one test skips and says why.
+test: setup browser
 	$(PY) -m pytest
+
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	    echo "chromium not installed: the playground's browser test will skip"; }
 
 test-slow: setup
 	$(PY) -m pytest -m slow
@@ -38,10 +46,13 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# The guides in docs/ as a static site in site/ (MkDocs, installed into .venv on first use).
+# The docs site in site/: MkDocs + Material, the API reference by mkdocstrings (installed here, not by
+# `make test`); the CLI and API reference pages are generated from the command table first, and --strict
+# fails on a broken link or a page missing from mkdocs.yml's nav.
 docs: setup
-	$(PY) -m pip install --quiet "mkdocs>=1.6"
-	$(VENV)/bin/mkdocs build --quiet
+	$(PY) -m pip install --quiet "mkdocs>=1.6" "mkdocs-material>=9.5" "mkdocstrings[python]>=0.26"
+	$(PY) -m warmstart.reference docs/reference
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache site

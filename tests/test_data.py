@@ -154,3 +154,24 @@ def test_warmstart_home_moves_every_cache_the_token_cache_included(tmp_path, mon
     assert precision.cache_file().parent == tmp_path / "home"
     monkeypatch.setenv("WARMSTART_TOKEN_CACHE", str(tmp_path / "tokens"))
     assert stream.cache_dir() == tmp_path / "tokens"
+
+
+def test_label_lists_read_the_same_from_jsonl_parquet_and_csv(tmp_path):
+    from warmstart.data.targets import label_sets
+
+    df = pd.DataFrame(
+        {
+            "text": ["a storm hit", "the match", "a vote"],
+            "label": [["weather", "news"], ["sport"], ["news"]],
+        }
+    )
+    df.to_json(tmp_path / "t.jsonl", orient="records", lines=True)
+    df.to_parquet(tmp_path / "t.parquet")
+    df.assign(label=df.label.map(lambda v: str(v).replace("'", '"'))).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    sets = [
+        label_sets(read_examples(str(tmp_path / f"t.{x}")), None)
+        for x in ("jsonl", "parquet", "csv")
+    ]
+    assert sets[0] == sets[1] == sets[2] == [["news", "weather"], ["sport"], ["news"]]

@@ -56,16 +56,10 @@ def test_predict_agrees_with_evaluate_on_the_test_split(minilm_run, imdb, tmp_pa
     df.to_csv(
         path, index=False
     )  # labels 0/1: mapped onto negative/positive by the saved label values
-    # PyTorch fp32, as finetune's own test pass: the int8 default, or bf16 where --precision auto
-    # measures it faster, may flip a near-tie (test_inference_backends)
+    # evaluate's default is PyTorch fp32, as finetune's own test pass (predict's int8 default, or
+    # bf16 where --precision auto measures it faster, may flip a near-tie: test_inference_backends)
     ev = warmstart.evaluate(
-        model=str(minilm_run.run_dir),
-        data=str(path),
-        out=str(tmp_path / "m.json"),
-        progress=False,
-        backend="torch",
-        quantize="none",
-        precision="fp32",
+        model=str(minilm_run.run_dir), data=str(path), out=str(tmp_path / "m.json"), progress=False
     )
     assert ev.accuracy == pytest.approx(minilm_run.metrics["test"]["accuracy"])
     saved = json.loads((tmp_path / "m.json").read_text())
@@ -98,14 +92,7 @@ def test_a_saved_model_scores_the_same_in_the_hf_pipeline_as_in_evaluate(
     tok = AutoTokenizer.from_pretrained(minilm_run.model_dir)
     assert tok.model_max_length == 128
     assert max(len(ids) for ids in tok(df["review"].tolist(), truncation=True)["input_ids"]) == 128
-    ev = warmstart.evaluate(
-        model=str(minilm_run.run_dir),
-        data=str(path),
-        progress=False,
-        backend="torch",
-        quantize="none",
-        precision="fp32",
-    )
+    ev = warmstart.evaluate(model=str(minilm_run.run_dir), data=str(path), progress=False)
     clf = pipeline("text-classification", model=str(minilm_run.model_dir), device="cpu")
     labels = [p["label"] for p in clf(df["review"].tolist(), truncation=True, batch_size=8)]
     names = ["negative", "positive"]

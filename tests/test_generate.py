@@ -398,6 +398,9 @@ def test_seed_example_gives_different_completions_within_max_length(smollm2, cap
         "5",
         "--seed",
         "0",
+        # auto would measure int8 and int4 exports of SmolLM2 first (test_quantize does that)
+        "--quantize",
+        "none",
     ]
     assert main([*argv, "--format", "jsonl"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -413,7 +416,7 @@ def test_chat_uses_the_chat_template(smollm2):
     from warmstart.models.causal import CausalLM
 
     question = "What is the capital of France?"
-    g = gen("smollm2", [question], chat=True, max_new_tokens=20)[0]
+    g = gen("smollm2", [question], chat=True, max_new_tokens=20, quantize="none")[0]
     tok = CausalLM.load("smollm2").tokenizer
     templated = tok.apply_chat_template(
         [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False

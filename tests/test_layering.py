@@ -37,8 +37,15 @@ LAYERS = [
     # model cards and publishing: read run and model folders, never a task kind
     {"warmstart.hub"},
     {"warmstart.tasks"},
-    # entry points: like the leaves they may import each other (__main__ runs cli)
-    {"warmstart", "warmstart.__main__", "warmstart.cli", "warmstart.commands"},
+    # entry points: like the leaves they may import each other (__main__ runs cli; reference writes
+    # the docs' CLI and API pages from the command table)
+    {
+        "warmstart",
+        "warmstart.__main__",
+        "warmstart.cli",
+        "warmstart.commands",
+        "warmstart.reference",
+    },
 ]
 ENTRY = len(LAYERS) - 1
 # warmstart.<command> is a lazily imported function: a submodule of that name would replace it once

@@ -102,6 +102,11 @@ def test_model_kind_decides_the_endpoints(tiny_clf, tiny_models, tiny_gpt2, tmp_
             "/generate",
             "/embed",
             "/zeroshot",
+            "/v1/models",
+            "/v1/models/{model}",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
         }  # docs show what it serves
 
 

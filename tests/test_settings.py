@@ -57,11 +57,20 @@ def test_config_yaml_names_each_automatic_choice_with_its_reason_and_repeats_the
 
 
 def test_one_registry_answers_by_task_name_and_by_saved_model(tiny_models, tiny_gpt2, tmp_path):
-    assert kinds.tasks() == ("sequence", "tokens", "seq2seq", "causal-lm")
+    assert kinds.tasks() == (
+        "sequence",
+        "tokens",
+        "seq2seq",
+        "causal-lm",
+        "embedding",
+        "rerank",
+        "qa",
+        "dpo",
+    )
     for task in kinds.tasks():
         assert kinds.for_task(task).task == task
     with pytest.raises(UserError, match="not a task"):
-        kinds.for_task("qa")
+        kinds.for_task("ner")
     encoder, found = kinds.for_model(AutoConfig.from_pretrained(tiny_models["bert"]))
     assert (encoder.task, found) == (None, "encoder")
     lm, found = kinds.for_model(AutoConfig.from_pretrained(tiny_gpt2))

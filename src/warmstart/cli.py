@@ -193,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         if (
             getattr(cfg, "num_processes", 1) > 1
         ):  # --num-processes N: this same command under accelerate launch
-            code = distributed.relaunch(sys.argv[1:] if argv is None else argv, cfg.num_processes)
+            code = distributed.relaunch(
+                sys.argv[1:] if argv is None else argv,
+                cfg.num_processes,
+                getattr(cfg, "fsdp", False),
+                getattr(cfg, "deepspeed", None),
+            )
             if code is not None:
                 return code
         run(command, cfg, options)

@@ -35,24 +35,24 @@ COMMANDS: dict[str, Command] = {
             "FinetuneConfig",
             "FinetuneResult",
             (),
-            "fine-tune a model for a task: labels per text, tags per word, text to text (seq2seq,"
-            " causal-LM instructions)",
+            "fine-tune a model for a task: labels per text, tags per word, text to text,"
+            " instructions and preferences for a causal LM, embeddings, rerankers, extractive QA",
         ),
         Command(
             "evaluate",
             "EvaluateConfig",
             "EvaluateResult",
             ("model",),
-            "score a saved model on a labelled file: classification, tagging or text-to-text"
-            " metrics",
+            "score a saved model on labelled data: classification, tagging, text-to-text,"
+            " question-answering or retrieval metrics",
         ),
         Command(
             "predict",
             "PredictConfig",
             "Prediction",
             ("model", "texts"),
-            "run a saved model on texts: labels and probabilities, tags and entities, or written"
-            " outputs",
+            "run a saved model on texts: labels and probabilities, tags and entities, answers,"
+            " scores or written outputs",
         ),
         Command(
             "generate",
@@ -95,16 +95,17 @@ COMMANDS: dict[str, Command] = {
             "FewshotConfig",
             "FewshotResult",
             (),
-            "learn from k examples per class: setfit or in-context examples",
+            "learn from k examples per class: setfit, prompt scoring or in-context examples",
         ),
-        # serve's function stays in warmstart.serving (the public function's module; see the
-        # README's Architecture).
+        # serve's function stays in warmstart.serving (the public function's module; see
+        # docs/architecture.md).
         Command(
             "serve",
             "ServeConfig",
             None,
             ("model",),
-            "serve a model over HTTP: predict, tag, embed, zeroshot, generate",
+            "serve a model over HTTP: predict, tag, answer, embed, zeroshot, generate, and an"
+            " OpenAI-compatible /v1 API",
             module="warmstart.serving",
             reports=False,
         ),

@@ -13,11 +13,16 @@ shard is, and every process ends with the same full result (and so takes the sam
 `--num-processes N` (``relaunch``) runs the same command again under `accelerate launch` with N
 local processes: they see WORLD_SIZE > 1 and so run the command itself; the parent only waits and
 passes on their exit status. On a CPU-only machine the processes talk over gloo; with GPUs, each
-process takes one. For several machines, FSDP or DeepSpeed, call `accelerate launch` yourself with a
-config file (configs/accelerate/)."""
+process takes one; `--fsdp` / `--deepspeed CONFIG` launch them sharded (GPUs only: Accelerate does
+not shard CPU processes). For several machines, call `accelerate launch` yourself with a config file
+(configs/accelerate/).
+
+`scored_by` lets another engine (Ray actors, `--engine ray`) score the rows that ``probabilities``
+would score here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -157,9 +162,29 @@ def batch_part(batch: list[int], index: int, size: int) -> tuple[list[int], floa
     return part, len(part) * size / len(batch)
 
 
+# The engine that scores rows instead of this process while a `scored_by` block runs (e.g. Ray
+# actors for `evaluate --engine ray`): the kinds call ``probabilities`` and need not know.
+_SCORERS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def scored_by(scorer: Callable | None):
+    """Within the block, ``probabilities`` is ``scorer(clf, ex, batch_size, progress)``; None: no
+    change."""
+    if scorer is not None:
+        _SCORERS.append(scorer)
+    try:
+        yield
+    finally:
+        if scorer is not None:
+            _SCORERS.remove(scorer)
+
+
 def probabilities(clf, ex, batch_size: int, progress: bool = False) -> np.ndarray:
     """``clf.probabilities(ex)`` with each process scoring its shard of the examples (see
-    gather_rows)."""
+    gather_rows), or by the engine of an enclosing `scored_by`."""
+    if _SCORERS:
+        return _SCORERS[-1](clf, ex, batch_size, progress)
     return gather_rows(
         len(ex),
         lambda idx: clf.probabilities(ex.take(idx), batch_size, progress=progress and is_main()),
@@ -176,16 +201,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(argv: list[str], processes: int, port: int | None = None) -> list[str]:
+# Accelerate's FSDP2 flags for `--fsdp`: each transformer block its own shard unit, checkpoints as
+# sharded state (every process writes its part; resume with the same number of processes), the
+# parameters freed again after each forward. The best model is gathered (training.common.full_weights).
+FSDP_FLAGS = [
+    "--use_fsdp",
+    "--fsdp_version",
+    "2",
+    "--fsdp_auto_wrap_policy",
+    "TRANSFORMER_BASED_WRAP",
+    "--fsdp_state_dict_type",
+    "SHARDED_STATE_DICT",
+    "--fsdp_reshard_after_forward",
+    "true",
+]
+
+
+def command(
+    argv: list[str],
+    processes: int,
+    port: int | None = None,
+    fsdp: bool = False,
+    deepspeed: str | None = None,
+) -> list[str]:
     """The `accelerate launch` command line that runs ``warmstart ARGV`` in ``processes`` local
-    processes."""
+    processes: plain data parallel, or sharded by FSDP2 or DeepSpeed (``deepspeed``: its config)."""
     # --multi_gpu selects torch.distributed's launcher; on a machine without GPUs Accelerate then
-    # uses gloo.
+    # uses gloo. --use_fsdp and --use_deepspeed select it too (Accelerate takes one of the three).
+    if fsdp:
+        kind = FSDP_FLAGS
+    elif deepspeed:
+        kind = ["--use_deepspeed", "--deepspeed_config_file", deepspeed]
+    else:
+        kind = ["--multi_gpu"]
     return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
+        *kind,
         "--num_processes",
         str(processes),
         "--num_machines",
@@ -202,7 +255,28 @@ def command(argv: list[str], processes: int, port: int | None = None) -> list[st
     ]
 
 
-def relaunch(argv: list[str], processes: int) -> int | None:
+def sharding_needs_gpus(fsdp: bool, deepspeed: str | None, gpus: int) -> None:
+    """Refuse --fsdp / --deepspeed where they cannot run, in one line: Accelerate enables FSDP and
+    DeepSpeed only for GPU processes (on CPUs its state falls back to DDP over gloo, silently)."""
+    flag = "--fsdp" if fsdp else "--deepspeed" if deepspeed else None
+    if flag and not gpus:
+        raise UserError(
+            f"{flag} shards the model over GPUs and this machine has none: Accelerate runs FSDP"
+            " and DeepSpeed only on GPU processes; use --num-processes alone (data parallel over"
+            " gloo) on CPUs"
+        )
+    if deepspeed:
+        try:
+            import deepspeed as _  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--deepspeed needs the package deepspeed: pip install deepspeed"
+            ) from None
+
+
+def relaunch(
+    argv: list[str], processes: int, fsdp: bool = False, deepspeed: str | None = None
+) -> int | None:
     """Exit status of the command run in ``processes`` processes; None when this already is one of
     them."""
     if is_distributed():
@@ -213,6 +287,7 @@ def relaunch(argv: list[str], processes: int) -> int | None:
         gpus = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no usable CUDA: CPU processes
         gpus = 0
+    sharding_needs_gpus(fsdp, deepspeed, 0 if "--cpu" in argv else gpus)
     if gpus and processes > gpus and "--cpu" not in argv:
         raise UserError(
             f"--num-processes {processes} is more than the {gpus} GPU(s) here; use at most {gpus} "
@@ -220,7 +295,7 @@ def relaunch(argv: list[str], processes: int) -> int | None:
         )
     # One thread per process unless told otherwise: N processes each using every core only fight.
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
-    proc = subprocess.Popen(command(argv, processes), env=env)
+    proc = subprocess.Popen(command(argv, processes, fsdp=fsdp, deepspeed=deepspeed), env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:

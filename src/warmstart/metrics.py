@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -355,3 +358,74 @@ def format_text_metrics(m: dict) -> str:
         if k in m
     ]
     return ", ".join(parts) + (f" on {m['n']} pairs" if "n" in m else "")
+
+
+# -- extractive question answering -------------------------------------------------------------------
+# The official SQuAD evaluation, as its scripts define it: v1.1's evaluate-v1.1.py (normalize_answer,
+# f1_score, exact_match_score, metric_max_over_ground_truths) and v2.0's evaluate-v2.0.py (HasAns /
+# NoAns totals; a question without an answer is right when the prediction is empty),
+# https://rajpurkar.github.io/SQuAD-explorer/. Written out because the only library for it here
+# would be `evaluate`, which warmstart does not use.
+
+
+PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, drop punctuation, the articles a/an/the and extra white space (the official
+    normalize_answer)."""
+    s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    """Token F1 of two normalised answers; v2's rule for empty ones: 1 if both are empty, else 0."""
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not pred or not gold:
+        return float(pred == gold)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_exact(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """exact_match and f1 (percent), each the best over a question's reference answers; a question
+    with no reference answer (SQuAD v2) counts against the empty answer, and v2's HasAns/NoAns
+    split is given when there are such questions."""
+    em, f1 = [], []
+    for pred, refs in zip(predictions, references):
+        golds = list(refs) or [""]
+        em.append(max(squad_exact(pred, g) for g in golds))
+        f1.append(max(squad_f1(pred, g) for g in golds))
+    n = len(em)
+    out: dict = {
+        "exact_match": 100.0 * sum(em) / max(n, 1),
+        "f1": 100.0 * sum(f1) / max(n, 1),
+        "questions": n,
+    }
+    has = [i for i, refs in enumerate(references) if refs]
+    if len(has) < n:
+        no = [i for i, refs in enumerate(references) if not refs]
+        for name, idx in (("HasAns", has), ("NoAns", no)):
+            out[f"{name}_exact"] = 100.0 * sum(em[i] for i in idx) / max(len(idx), 1)
+            out[f"{name}_f1"] = 100.0 * sum(f1[i] for i in idx) / max(len(idx), 1)
+            out[f"{name}_total"] = len(idx)
+    return out
+
+
+def format_squad_metrics(m: dict) -> str:
+    lines = [f"exact match {m['exact_match']:.2f}  F1 {m['f1']:.2f}  ({m['questions']} questions)"]
+    for name in ("HasAns", "NoAns"):
+        if f"{name}_total" in m:
+            lines.append(
+                f"  {name}: exact match {m[f'{name}_exact']:.2f}  F1 {m[f'{name}_f1']:.2f}"
+                f"  ({m[f'{name}_total']} questions)"
+            )
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from warmstart.config.options import (
     DataOptions,
     DatasetOptions,
     DecodeOptions,
+    EngineOptions,
     FeatureOptions,
     InferenceOptions,
     InstructionOptions,
@@ -17,7 +18,11 @@ from warmstart.config.options import (
     LoraOptions,
     ModelSourceOptions,
     PairOptions,
+    PreferenceOptions,
     ProblemOptions,
+    QAOptions,
+    RerankOptions,
+    RetrievalTrainOptions,
     Seq2SeqOptions,
     TagOptions,
     TrainOptions,
@@ -28,6 +33,9 @@ from warmstart.config.settings import Settings
 
 @dataclass
 class FinetuneConfig(
+    PreferenceOptions,
+    QAOptions,
+    RetrievalTrainOptions,
     LoraOptions,
     InstructionOptions,
     TrainOptions,
@@ -48,8 +56,11 @@ class FinetuneConfig(
         "part of speech) from CoNLL files or JSONL/Parquet with token and tag lists; "
         "seq2seq: a target text per source text (an encoder-decoder: BART, T5, Marian, or "
         "two copies of an encoder); causal-lm: instruction tuning of a causal LM on pairs "
-        "(--template, --chat), the loss on the completion only",
-        choices=("sequence", "tokens", "seq2seq", "causal-lm"),
+        "(--template, --chat), the loss on the completion only; qa: extractive question "
+        "answering (SQuAD JSON, or question/context/answers tables); embedding: a sentence-embedding "
+        "model from (anchor, positive) pairs; rerank: a cross-encoder scoring (query, passage); "
+        "dpo: preference tuning of a causal LM on chosen/rejected replies (--loss, --beta)",
+        choices=("sequence", "tokens", "seq2seq", "causal-lm", "embedding", "rerank", "qa", "dpo"),
     )
     data: str | None = opt(
         None,
@@ -114,6 +125,8 @@ class FinetuneConfig(
             "exact_match",
             "cer",
             "wer",
+            "ndcg@10",
+            "mrr@10",
         ),
     )
     epochs: float | None = opt(
@@ -216,6 +229,9 @@ class PretrainConfig(TrainOptions, DatasetOptions, ModelSourceOptions, Settings)
 
 @dataclass
 class EvaluateConfig(
+    QAOptions,
+    RerankOptions,
+    EngineOptions,
     InferenceOptions,
     DecodeOptions,
     PairOptions,
@@ -249,10 +265,21 @@ class EvaluateConfig(
 
 @dataclass
 class PredictConfig(
-    InferenceOptions, DecodeOptions, LongTextOptions, DatasetOptions, ModelSourceOptions, Settings
+    QAOptions,
+    EngineOptions,
+    InferenceOptions,
+    DecodeOptions,
+    LongTextOptions,
+    DatasetOptions,
+    ModelSourceOptions,
+    Settings,
 ):
     model: str = opt("", "fine-tuned model: run folder, its model/ folder, or Hugging Face id")
     texts: list[str] = opt([], "texts to classify or tag (else --input, else stdin, one per line)")
+    question: list[str] = opt(
+        [], "question answering: a question to answer from --context (repeat for several)"
+    )
+    context: str | None = opt(None, "question answering: the text the --question is answered from")
     input: str | None = opt(
         None,
         "file of texts: .txt (one per line, blank lines skipped) or a table with a text "
@@ -303,6 +330,11 @@ class GenerateConfig(ModelSourceOptions, Settings):
     )
     chat: bool = opt(False, "send each prompt as a user message through the model's chat template")
     system: str | None = opt(None, "system message for --chat")
+    messages: str | None = opt(
+        None,
+        "--chat: continue a conversation: a JSON list of role/content messages ending with the "
+        "user's turn, or a file holding one (.json) or one a line (.jsonl)",
+    )
     max_length: int | None = opt(
         None, "most tokens of prompt + completion, for each prompt (as in the seed)", ge=1
     )
@@ -363,12 +395,27 @@ class GenerateConfig(ModelSourceOptions, Settings):
         "a GPU where the request allows it, else torch",
         choices=("auto", "torch", "onnx"),
     )
+    quantize: str = opt(
+        "auto",
+        "weights: int4 or int8 (the onnx backend: GenAI's MatMulNBits, blocks of "
+        "--quant-block-size; torch: int8 only, dynamic), none (fp32), or auto: what was "
+        "measured fastest on this CPU at the fp32 model's quality (perplexity within 2%), "
+        "once per CPU and model; none on the torch backend",
+        choices=("auto", "none", "int8", "int4"),
+    )
+    quant_block_size: int = opt(
+        32,
+        "--quantize int4/int8 on the onnx backend: weights quantised in blocks of this many "
+        "input features: 16, 32, 64, 128 or 256 (smaller: closer to fp32, a little slower)",
+        ge=16,
+        le=256,
+    )
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     progress: bool = opt(False, "show a progress bar")
 
 
 @dataclass
-class ServeConfig(LongTextOptions, ModelSourceOptions, Settings):
+class ServeConfig(QAOptions, LongTextOptions, ModelSourceOptions, Settings):
     model: str = opt(
         "",
         "model to serve: a fine-tuned classifier (run folder or its model/ folder), an encoder"
@@ -395,13 +442,24 @@ class ServeConfig(LongTextOptions, ModelSourceOptions, Settings):
     backend: str = opt(
         "auto",
         "classifier backend for /predict, as in predict: auto (ONNX Runtime on CPUs where "
-        "onnxruntime is installed, else PyTorch), torch or onnx",
+        "onnxruntime is installed, else PyTorch), torch or onnx; a causal LM's for /generate "
+        "and /v1/: as generate --backend (auto: ONNX Runtime GenAI's batching engine on a "
+        "machine without a GPU)",
         choices=("auto", "torch", "onnx"),
     )
     quantize: str = opt(
         "auto",
-        "classifier weights for /predict: auto (int8 with onnx, none with torch), none or int8",
-        choices=("auto", "none", "int8"),
+        "weights: a classifier's for /predict: auto (int8 with onnx, none with torch), none or "
+        "int8; a causal LM's for /generate and /v1/: as generate --quantize (auto: the "
+        "fastest measured at the fp32 model's quality; int4 needs the onnx backend)",
+        choices=("auto", "none", "int8", "int4"),
+    )
+    quant_block_size: int = opt(
+        32,
+        "a causal LM's int4/int8 weights are quantised in blocks of this many input features "
+        "(16, 32, 64, 128 or 256)",
+        ge=16,
+        le=256,
     )
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
     log_level: str = opt(
@@ -430,10 +488,15 @@ class ServeConfig(LongTextOptions, ModelSourceOptions, Settings):
         "let web pages from this origin (e.g. https://app.example.com) call the server "
         "from a browser (default: none: CORS off)",
     )
+    ui: bool = opt(
+        False,
+        "serve a playground page at / (chat for causal LMs, forms for the other routes; "
+        "it calls the same API with the same key)",
+    )
 
 
 @dataclass
-class EmbedConfig(FeatureOptions, ModelSourceOptions, Settings):
+class EmbedConfig(EngineOptions, FeatureOptions, ModelSourceOptions, Settings):
     model: str = opt(
         "minilm", "encoder or causal LM: alias (minilm, smollm2), local folder, or Hugging Face id"
     )
@@ -780,6 +843,13 @@ class TuneConfig(Settings):
     overwrite: bool = opt(
         False, "delete the search in --out and start again (without it, a search there resumes)"
     )
+    storage: str | None = opt(
+        None,
+        "Optuna storage URL the study lives in (default: sqlite:///OUT/study.db); several tune"
+        " processes given one URL (postgresql://..., mysql://..., or one SQLite file) share the"
+        " study: each runs trials until --trials are done among them",
+    )
+    study_name: str = opt("warmstart-tune", "name of the study in --storage")
 
 
 @dataclass

@@ -4,6 +4,7 @@ CLI shows."""
 from __future__ import annotations
 
 import operator
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,6 +353,16 @@ class TrainOptions:
         "(one per GPU, or gloo on the CPU); --batch-size is per process",
         ge=1,
     )
+    fsdp: bool = opt(
+        False,
+        "with --num-processes N: shard parameters, gradients and optimizer state over the N GPUs"
+        " (Accelerate's FSDP2); checkpoints hold sharded state, model/ the gathered weights",
+    )
+    deepspeed: str | None = opt(
+        None,
+        "with --num-processes N: DeepSpeed config JSON (ZeRO-2/3) for the N GPUs, through"
+        " Accelerate (needs `pip install deepspeed`)",
+    )
 
     def __post_init__(self) -> None:
         # Contradictions between these options, refused wherever the config comes from (flags, file,
@@ -360,6 +371,13 @@ class TrainOptions:
             raise UserError(
                 "--resume continues the run in --out and --overwrite replaces it: give one of them"
             )
+        if self.fsdp and self.deepspeed:
+            raise UserError("--fsdp and --deepspeed are two ways to shard: give one of them")
+        # under `accelerate launch` WORLD_SIZE is set: the launcher made the processes
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if (self.fsdp or self.deepspeed) and self.num_processes == 1 and not launched:
+            flag = "--fsdp" if self.fsdp else "--deepspeed"
+            raise UserError(f"{flag} shards over several processes: add --num-processes N")
 
 
 @dataclass
@@ -390,6 +408,39 @@ class InstructionOptions:
         "--max-length tokens (positions restart per example, and attention does not cross "
         "examples in models that read packed rows from their positions, as Llama and GPT-2 "
         "do in transformers 5)",
+    )
+    conversation_column: str | None = opt(
+        None,
+        "causal-lm: the column of multi-turn conversations (a messages list of role/content, a "
+        "ShareGPT conversations list of from/value, or an HH transcript); default: a messages "
+        "or conversations column when no --source-column/--target-column is named",
+    )
+    train_on: str = opt(
+        "all",
+        "causal-lm conversations: the loss on every assistant turn, or on the last alone",
+        choices=("all", "last"),
+    )
+
+
+@dataclass
+class PreferenceOptions:
+    """Preference tuning (`finetune --task dpo`, kinds.dpo): the loss and its strength."""
+
+    loss: str = opt(
+        "sigmoid",
+        "dpo: sigmoid (DPO, Rafailov et al. 2023), ipo (Azar et al. 2023: squared, on mean "
+        "token log-probabilities) or orpo (Hong et al. 2024: no reference model; the chosen "
+        "reply's NLL plus an odds-ratio term)",
+        choices=("sigmoid", "ipo", "orpo"),
+    )
+    beta: float = opt(
+        0.1, "dpo: the strength of the preference term (DPO's beta; ORPO's lambda)", gt=0
+    )
+    precompute_reference: bool | None = opt(
+        None,
+        "dpo: the reference model's log-probabilities computed once before training, so each "
+        "step runs the policy alone (default: on the CPU; on a GPU the reference runs beside "
+        "each step)",
     )
 
 
@@ -484,4 +535,104 @@ class FeatureOptions:
         "auto",
         "auto (bf16 on GPUs that support it, else fp32), fp32 or bf16",
         choices=("auto", "fp32", "bf16"),
+    )
+
+
+@dataclass
+class EngineOptions:
+    """Where predict, evaluate and embed run: this process, or a Ray cluster's actors (shared by
+    the three)."""
+
+    engine: str = opt(
+        "local",
+        "local: this process (or `accelerate launch`'s); ray: an actor pool of model replicas on a"
+        " Ray cluster, --input/--data read by Ray Data, --out a folder of Parquet shards",
+        choices=("local", "ray"),
+    )
+    ray_address: str | None = opt(
+        None,
+        "Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: a Ray started in this"
+        " process on this machine's CPUs",
+    )
+    actors: int | None = opt(
+        None, "--engine ray: model replicas, one CPU each (default: the cluster's CPUs)", ge=1
+    )
+    batch_tokens: int = opt(
+        16384,
+        "--engine ray: tokens per batch sent to an actor (rows per batch: this over the mean"
+        " tokens of a sample of the input)",
+        ge=1,
+    )
+
+
+@dataclass
+class RetrievalTrainOptions:
+    """Training an embedding model or a reranker (finetune --task embedding / rerank)."""
+
+    rank_loss: str | None = opt(
+        None,
+        "embedding: mnrl, in-batch negatives (MultipleNegativesRankingLoss); rerank: pointwise"
+        " (binary cross-entropy per pair) or listwise (softmax cross-entropy over a query's"
+        " candidates) (default: mnrl; listwise)",
+        choices=("mnrl", "pointwise", "listwise"),
+    )
+    scale: float | None = opt(
+        None,
+        "embedding: the similarity scale of the in-batch loss (1 / temperature; default 20)",
+        gt=0,
+    )
+    learn_scale: bool = opt(
+        False, "embedding: learn the scale (from --scale, as CLIP's logit scale; at most 100)"
+    )
+    mini_batch_size: int | None = opt(
+        None,
+        "embedding: cached negatives (GradCache): embed each batch in pieces of this many texts,"
+        " so --batch-size (the in-batch negatives) can be larger than memory allows",
+        ge=1,
+    )
+    negatives: int | None = opt(
+        None,
+        "rerank: negatives per query and positive (default 7); embedding: mined hard negatives"
+        " per pair (default 0: in-batch negatives only)",
+        ge=0,
+    )
+    mine: str | None = opt(
+        None,
+        "where negatives come from: bm25, random, or an embedding model (e.g. minilm) whose top"
+        " documents that are not judged relevant (default: bm25)",
+    )
+
+
+@dataclass
+class RerankOptions:
+    """Retrieval evaluation on a BEIR folder (evaluate): the first stage and its re-ranking."""
+
+    first_stage: str | None = opt(
+        None,
+        "retrieval: where candidates come from: bm25, or an embedding model (default: --model"
+        " when it embeds, else bm25)",
+    )
+    rerank: str | None = opt(
+        None, "retrieval: re-rank the first stage's --top-k documents with this cross-encoder"
+    )
+    top_k: int | None = opt(
+        None, "retrieval: documents of the first stage a cross-encoder re-ranks (default 100)", ge=1
+    )
+
+
+@dataclass
+class QAOptions:
+    """Extractive question answering (finetune --task qa; evaluate, predict and serve with a
+    question-answering model): how an answer span is chosen."""
+
+    max_answer_length: int = opt(
+        30, "question answering: the longest answer span, in tokens (the HF recipe's 30)", ge=1
+    )
+    null_threshold: float | None = opt(
+        None,
+        "question answering with SQuAD v2 models: answer nothing when the null score beats the"
+        " best span's by more than this (default: the threshold finetune tuned on its valid"
+        " part, saved with the model, else 0); a difference of logits",
+        ge=-1000.0,
+        le=1000.0,
     )

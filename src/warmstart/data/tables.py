@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -193,6 +194,9 @@ def label_value(v: object) -> str | None:
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         return str(int(v)) if float(v).is_integer() else str(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        # a JSONL/Parquet list of labels (multi-label): the JSON list a CSV cell would hold
+        return json.dumps([x.item() if isinstance(x, np.generic) else x for x in v])
     s = str(v).strip()
     return s or None
 

@@ -46,7 +46,16 @@ ALIAS_HUB_IDS = {
     "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 # Counts, not scores: shown with the evaluation, left out of the model-index.
-COUNTS = {"n", "sentences", "entities", "cut_at_limit", "max_new_tokens", "support", "rows"}
+COUNTS = {
+    "n",
+    "sentences",
+    "entities",
+    "cut_at_limit",
+    "max_new_tokens",
+    "support",
+    "rows",
+    "questions",
+}
 METRIC_NAMES = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy",
@@ -163,6 +172,33 @@ def tagger_usage(ref: str, config: dict, example: str) -> str:
     )
 
 
+def qa_usage(ref: str, config: dict, example: str) -> str:
+    # transformers 5 dropped pipeline("question-answering"): the model and the best span by hand,
+    # as the HF recipe's postprocess_qa_predictions reads them.
+    return "\n".join(
+        [
+            "import torch",
+            "from transformers import AutoModelForQuestionAnswering, AutoTokenizer",
+            "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{ref}")',
+            f'model = AutoModelForQuestionAnswering.from_pretrained("{ref}")',
+            f"question, context = {QA_QUESTION!r}, {example!r}",
+            "enc = tokenizer(question, context, return_offsets_mapping=True, return_tensors='pt')",
+            "offsets = enc.pop('offset_mapping')[0]",
+            "in_context = torch.tensor([s == 1 for s in enc.sequence_ids(0)])",
+            "with torch.no_grad():",
+            "    out = model(**enc)",
+            "start = out.start_logits[0].masked_fill(~in_context, -1e9)",
+            "end = out.end_logits[0].masked_fill(~in_context, -1e9)",
+            "# spans of 1 to 30 tokens: end at or after start, at most 29 tokens later",
+            "ok = torch.ones(len(start), len(start), dtype=torch.bool).triu().tril(29)",
+            "scores = (start[:, None] + end[None, :]).masked_fill(~ok, -1e9)",
+            "s, e = divmod(int(scores.argmax()), scores.shape[1])",
+            "print(context[offsets[s][0] : offsets[e][1]])",
+        ]
+    )
+
+
 def seq2seq_usage(ref: str, config: dict, example: str) -> str:
     new = config.get("max_new_tokens") or 64
     return "\n".join(
@@ -247,6 +283,23 @@ TOKEN_CLASSIFICATION = Pipeline(
     "Sarah flew from Oslo to New York on Monday.",
     ("base_tags", "label_all_subtokens", "stride"),
 )
+QA_QUESTION = "Where do water deer live?"
+QUESTION_ANSWERING = Pipeline(
+    "question-answering",
+    "Question Answering",
+    lambda c: (
+        "answers a question with the span of its context that holds the answer (extractive)"
+        + (
+            ", or with nothing where the context has none (SQuAD v2)"
+            if c.get("qa_with_negatives")
+            else ""
+        )
+    ),
+    qa_usage,
+    "The water deer is native to China and Korea, where it lives along rivers.",
+    ("stride", "max_answer_length"),
+    warmstart="answer",
+)
 TEXT2TEXT = Pipeline(
     "text2text-generation",
     "Text2Text Generation",
@@ -265,10 +318,24 @@ TEXT_GENERATION = Pipeline(
             if c.get("instruction_template") or c.get("instruction_chat")
             else " (a causal language model)"
         )
+        + (
+            f", preference-tuned on chosen/rejected replies ({c['preference'].get('loss')} loss,"
+            f" beta {c['preference'].get('beta')}, reference `{c['preference'].get('reference')}`)"
+            if isinstance(c.get("preference"), dict)
+            else ""
+        )
     ),
     generator_usage,
     "Once upon a time",
-    ("template", "chat", "system", "packing", "num_beams", "max_new_tokens"),
+    (
+        "template",
+        "chat",
+        "system",
+        "packing",
+        "conversation_column",
+        "num_beams",
+        "max_new_tokens",
+    ),
 )
 FILL_MASK = Pipeline(
     "fill-mask",
@@ -286,10 +353,56 @@ FEATURES = Pipeline(
     "A text to embed.",
     warmstart="embed",
 )
+
+
+def sentence_usage(ref: str, config: dict, example: str) -> str:
+    return "\n".join(
+        [
+            "from sentence_transformers import SentenceTransformer",
+            "",
+            f'model = SentenceTransformer("{ref}")',
+            f"vectors = model.encode([{example!r}, 'another passage'])",
+            "print(model.similarity(vectors[:1], vectors[1:]))",
+        ]
+    )
+
+
+def reranker_usage(ref: str, config: dict, example: str) -> str:
+    return "\n".join(
+        [
+            "from sentence_transformers import CrossEncoder",
+            "",
+            f'model = CrossEncoder("{ref}")',
+            f"print(model.predict([({example!r}, 'the lift of a wing in a propeller slipstream')]))",
+        ]
+    )
+
+
+# Saved by `finetune --task embedding` / `--task rerank` (sentence-transformers folders), told apart
+# by what their config.json records rather than by the architecture alone.
+SENTENCE_SIMILARITY = Pipeline(
+    "sentence-similarity",
+    "Sentence Similarity",
+    lambda c: "embeds texts for search by cosine similarity (a sentence-transformers bi-encoder)",
+    sentence_usage,
+    "what is the lift of a wing in a slipstream",
+    ("rank_loss", "scale", "learn_scale", "mini_batch_size", "negatives", "mine"),
+    warmstart="embed",
+)
+TEXT_RANKING = Pipeline(
+    "text-ranking",
+    "Text Ranking",
+    lambda c: "scores how well a passage answers a query (a cross-encoder reranker)",
+    reranker_usage,
+    "what is the lift of a wing in a slipstream",
+    ("rank_loss", "negatives", "mine"),
+    warmstart="evaluate",
+)
 # Architecture name endings, as the Hub reads a transformers model's task from config.json.
 ARCHITECTURES = (
     ("ForSequenceClassification", TEXT_CLASSIFICATION),
     ("ForTokenClassification", TOKEN_CLASSIFICATION),
+    ("ForQuestionAnswering", QUESTION_ANSWERING),
     ("ForConditionalGeneration", TEXT2TEXT),
     ("ForSeq2SeqLM", TEXT2TEXT),
     ("EncoderDecoderModel", TEXT2TEXT),
@@ -301,6 +414,12 @@ ARCHITECTURES = (
 
 
 def pipeline_of(config: dict) -> Pipeline:
+    if config.get("num_labels", len(config.get("id2label") or {})) == 1 and isinstance(
+        config.get("sentence_transformers"), dict
+    ):
+        return TEXT_RANKING
+    if isinstance(config.get("sentence_embedding"), dict):
+        return SENTENCE_SIMILARITY
     for arch in config.get("architectures") or []:
         for ending, found in ARCHITECTURES:
             if arch.endswith(ending):
@@ -542,8 +661,15 @@ def calibration_text(temperature: float, figures: dict, where: str) -> str:
 def warmstart_command(pipeline: Pipeline, ref: str, example: str) -> str:
     if pipeline is TEXT_GENERATION:
         return f"warmstart generate --model {ref} {shlex.quote(example)}"
+    if pipeline.warmstart == "answer":
+        return (
+            f"warmstart predict {ref} --question {shlex.quote(QA_QUESTION)}"
+            f" --context {shlex.quote(example)}"
+        )
     if pipeline.warmstart == "embed":
         return f"warmstart embed --model {ref} --data texts.txt --out features.parquet"
+    if pipeline.warmstart == "evaluate":  # a reranker: BM25's top 100 of a BEIR folder re-ranked
+        return f"warmstart evaluate {ref} --data beir-folder/ --first-stage bm25"
     return f"warmstart predict {ref} {shlex.quote(example)}"
 
 
@@ -551,6 +677,7 @@ def warmstart_command(pipeline: Pipeline, ref: str, example: str) -> str:
 AUTO_CLASSES = {
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
     "text2text-generation": "AutoModelForSeq2SeqLM",
     "text-generation": "AutoModelForCausalLM",
     "fill-mask": "AutoModelForMaskedLM",
@@ -935,6 +1062,8 @@ def limits_section(
             "head+tail": "longer texts are read as their head and tail",
             "chunk": "longer texts are read in overlapping windows",
         }.get(long_text or "", "longer texts are cut")
+        if pipeline is QUESTION_ANSWERING:
+            how = "a longer context is read in overlapping windows, the answer its best span"
         lines.append(f"- It reads at most {limit} tokens at a time: {how}.")
     if pipeline is TOKEN_CLASSIFICATION:
         lines.append("- Each word's tag is predicted on its first sub-token.")

@@ -34,7 +34,7 @@ from warmstart.errors import UserError
 from warmstart.files import atomic_dir, atomic_write_json, atomic_write_text, cache_dir
 from warmstart.models.bundled import remove_stale
 from warmstart.models.classifier import HEADS, load_classifier
-from warmstart.models.registry import has_tagger_head, load_config, load_tokenizer
+from warmstart.models.registry import has_qa_head, has_tagger_head, load_config, load_tokenizer
 
 EXPORT_FORMAT = 3  # bump when the export steps change, so cached exports are redone
 MARKER = "warmstart-onnx.json"
@@ -182,7 +182,8 @@ def _write(model_dir: str, tmp: Path, source: dict, int8: bool) -> None:
     )
     args = tuple(dummy[n] if n in dummy else torch.zeros_like(dummy["input_ids"]) for n in names)
     raw = tmp / "raw.onnx"
-    per_token = has_tagger_head(model.config)  # a tagger's logits have a row per token
+    # A tagger's logits have a row per token, a question-answering model's too (start, end).
+    per_token = has_tagger_head(model.config) or has_qa_head(model.config)
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {
         "logits": {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     }
@@ -208,8 +209,9 @@ def _write(model_dir: str, tmp: Path, source: dict, int8: bool) -> None:
 
 
 def _load_eager(model_dir: str):
-    tagger = has_tagger_head(load_config(model_dir))
-    head = "tokens" if tagger else "sequence"
+    config = load_config(model_dir)
+    head = "qa" if has_qa_head(config) else "tokens" if has_tagger_head(config) else "sequence"
+    tagger = head != "sequence"  # per-token logits: every position of the last layer is read
     # The same checks and messages as the torch path (has a head, loads).
     load_classifier(model_dir, head=head)
     model = (

@@ -2,16 +2,18 @@
 
 A `generate` process spends most of its life importing torch and transformers (about 4 s of 7 here)
 before its first token; ONNX Runtime GenAI's generation loop (KV cache, greedy and sampling search)
-needs neither. The model is exported once by GenAI's own model builder (fp32 weights, CPU; about 15
-s for SmolLM2-135M) into warmstart's cache, keyed by the model folder's path and files; later
+needs neither. The model is exported once by GenAI's own model builder (fp32 weights, or int4/int8
+MatMulNBits with --quantize: inference/quantize.py; CPU; about 15 s for SmolLM2-135M) into
+warmstart's cache, keyed by the model folder's path and files and the weights' format; later
 processes load that folder directly and import nothing heavier than onnxruntime_genai. The export
 also checks, once, that GenAI's tokenizer encodes and decodes a few probe texts exactly as
 transformers does; where it does not, the route is not used.
 
 What it does not do (auto then uses transformers; --backend onnx refuses with the reason): beam
 search, typical sampling, no-repeat n-grams, bf16 weights, a model GenAI's builder does not know,
-and stop strings while streaming. Greedy output is the fp32 model's, token for token (tested against
-transformers)."""
+and stop strings while streaming. Greedy output of the fp32 export is the fp32 model's, token for
+token (tested against transformers). The server drives the same exports through GenAI's Engine
+(serving/gen_engine.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TextIO
 
 from warmstart.config import GenerateConfig, given_flags
@@ -93,6 +96,21 @@ def model_folder(name: str) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def model_why_not(name: str) -> str | None:
+    """Why GenAI cannot run the model ``name`` at all (None: it can)."""
+    if not installed():
+        return "onnxruntime-genai is not installed"
+    folder = model_folder(name)
+    if folder is None:
+        return f"'{name}' is not a local folder"
+    config = read_json(folder / "config.json")
+    if config.get("model_type") not in ARCHITECTURES or config.get("is_encoder_decoder"):
+        return (
+            f"GenAI's builder does not export a {config.get('model_type', 'model of unknown type')}"
+        )
+    return None
+
+
 def why_not(cfg: GenerateConfig, stream: bool) -> str | None:
     """Why the ONNX route cannot answer this request (None: it can)."""
     if not installed():
@@ -106,34 +124,49 @@ def why_not(cfg: GenerateConfig, stream: bool) -> str | None:
         return "--precision bf16 (the export is fp32)"
     if stream and cfg.stop:
         return "stop strings while streaming"
-    folder = model_folder(cfg.model)
-    if folder is None:
-        return f"'{cfg.model}' is not a local folder"
-    config = read_json(folder / "config.json")
-    if config.get("model_type") not in ARCHITECTURES or config.get("is_encoder_decoder"):
-        return (
-            f"GenAI's builder does not export a {config.get('model_type', 'model of unknown type')}"
-        )
-    return None
+    return model_why_not(cfg.model)
 
 
-def export(folder: Path, quiet: bool = False) -> Path:
-    """The GenAI export of the causal LM in ``folder`` (fp32, CPU), made once and cached."""
+QUANTIZE = ("none", "int8", "int4")  # what the builder writes: fp32, or MatMulNBits weights
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def builder_weights(quantize: str, block_size: int) -> list[str]:
+    """The builder's flags for the weights: fp32, or int4/int8 MatMulNBits (round to nearest, per
+    block of ``block_size`` input features, symmetric; activations stay fp32 but the CPU kernel
+    multiplies in int8, the builder's default accuracy level 4 for CPUs)."""
+    if quantize == "none":
+        return ["-p", "fp32"]
+    return ["-p", quantize, "--extra_options", f"block_size={block_size}"]
+
+
+def export_key(folder: Path, quantize: str = "none", block_size: int = 32) -> str:
+    """What names one export in the cache: the model folder, its files, the weights' format."""
     files = sorted(
         (p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file()
     )
-    key = hashlib.sha256(
-        json.dumps([str(folder.resolve()), files, EXPORT_FORMAT]).encode()
+    weights = [] if quantize == "none" else [quantize, block_size]  # fp32 keeps its old keys
+    return hashlib.sha256(
+        json.dumps([str(folder.resolve()), files, EXPORT_FORMAT, *weights]).encode()
     ).hexdigest()[:16]
-    target = cache_dir() / "genai" / f"{folder.name}-{key}"
+
+
+def export(folder: Path, quiet: bool = False, quantize: str = "none", block_size: int = 32) -> Path:
+    """The GenAI export of the causal LM in ``folder`` (CPU; fp32 weights, or with ``quantize``
+    int4/int8 the builder's MatMulNBits weights in blocks of ``block_size``), made once and
+    cached."""
+    key = export_key(folder, quantize, block_size)
+    suffix = "" if quantize == "none" else f"-{quantize}-b{block_size}"
+    target = cache_dir() / "genai" / f"{folder.name}{suffix}-{key}"
     if (target / "genai_config.json").is_file():
         return target
     import onnxruntime_genai
 
     builder = Path(onnxruntime_genai.__file__).parent / "models" / "builder.py"
     if not quiet:
+        what = "" if quantize == "none" else f" ({quantize}, blocks of {block_size})"
         print(
-            f"exporting {folder} for ONNX Runtime GenAI into {target} (once)",
+            f"exporting {folder} for ONNX Runtime GenAI{what} into {target} (once)",
             file=sys.stderr,
             flush=True,
         )
@@ -147,8 +180,7 @@ def export(folder: Path, quiet: bool = False) -> Path:
             str(folder),
             "-o",
             str(tmp),
-            "-p",
-            "fp32",
+            *builder_weights(quantize, block_size),
             "-e",
             "cpu",
             "-c",
@@ -201,15 +233,32 @@ class Unreadable(Exception):
 
 
 class OnnxLM:
-    """An exported causal LM with its tokenizer, chat template and generation defaults."""
+    """An exported causal LM with its tokenizer, chat template and generation defaults.
+    ``max_batch``: how many requests GenAI's Engine (the server's) decodes together."""
 
-    def __init__(self, folder: Path, quiet: bool = False):
+    def __init__(
+        self,
+        folder: Path,
+        quiet: bool = False,
+        quantize: str = "none",
+        block_size: int = 32,
+        max_batch: int | None = None,
+    ):
         import onnxruntime_genai as og
 
         self.og, self.folder = og, folder
-        exported = export(folder, quiet)
+        self.quantize, self.block_size, self.max_batch = quantize, block_size, max_batch
+        exported = export(folder, quiet, quantize, block_size)
+        self.exported = exported
         try:
-            self.model = og.Model(str(exported))
+            config = og.Config(str(exported))
+            if max_batch:
+                # The CPU Engine batches statically (continuous batching needs paged attention,
+                # which GenAI's builder makes for CUDA and WebGPU only); its default batch is 4.
+                config.overlay(
+                    json.dumps({"engine": {"static_batching": {"max_batch_size": max_batch}}})
+                )
+            self.model = og.Model(config)
             self.tokenizer = og.Tokenizer(self.model)
         except RuntimeError as e:
             raise Unreadable(
@@ -221,7 +270,9 @@ class OnnxLM:
                 "transformers"
             )
         config = read_json(folder / "config.json")
-        self.config = config
+        # Attributes, as a transformers config has them: CausalLM.prompt_ids reads this one too
+        # when the server wraps this model.
+        self.config = SimpleNamespace(**config)
         self.max_positions = config.get("max_position_embeddings")
         self.defaults = read_json(folder / "generation_config.json")
         eos = self.defaults.get("eos_token_id", config.get("eos_token_id"))
@@ -236,10 +287,10 @@ class OnnxLM:
     def prompt_ids(self, prompt: str, chat: bool, system: str | None) -> list[int]:
         """As models.causal.CausalLM.prompt_ids: a model from `finetune --task causal-lm` is
         prompted in the format it was trained with (its saved template, chat and system message)."""
-        template = self.config.get("instruction_template")
+        template = getattr(self.config, "instruction_template", None)
         prompt = template.replace("{source}", prompt) if template else prompt
-        chat = chat or bool(self.config.get("instruction_chat"))
-        system = system if system is not None else self.config.get("instruction_system")
+        chat = chat or bool(getattr(self.config, "instruction_chat", None))
+        system = system if system is not None else getattr(self.config, "instruction_system", None)
         if not chat:
             return list(self.tokenizer.encode(prompt))
         if not self.template:
@@ -255,6 +306,13 @@ class OnnxLM:
         # The template writes the special tokens itself; encoding adds none for Llama-style
         # tokenizers.
         return list(self.tokenizer.encode(text))
+
+    @property
+    def weights(self) -> str:
+        """What /info and the log say: fp32, or e.g. int4 (blocks of 32)."""
+        return (
+            "fp32" if self.quantize == "none" else f"{self.quantize} (blocks of {self.block_size})"
+        )
 
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -312,7 +370,8 @@ def load(cfg: GenerateConfig) -> OnnxLM:
     """The model of a request ``why_not`` accepted; raises Unreadable where GenAI cannot load it."""
     folder = model_folder(cfg.model)
     assert folder is not None
-    return OnnxLM(folder)
+    quantize = cfg.quantize if cfg.quantize in QUANTIZE else "none"
+    return OnnxLM(folder, quantize=quantize, block_size=cfg.quant_block_size)
 
 
 def generate(

@@ -7,8 +7,13 @@ folder, resume, CLI, backends and server are shared. One module per kind, regist
     problems   the same for multi-label (a set of labels per text) and regression (numbers)
     tokens     token classification: a tag per word (named entities, part of speech)
     seq2seq    text to text: an encoder-decoder writes a target text for each source text
-    causal_lm  instruction tuning of a causal LM on text pairs: the loss on the completion only
-    encoder    a plain pre-trained encoder: read back only (embed, zero-shot), not trained here
+    causal_lm  instruction tuning of a causal LM on text pairs or multi-turn conversations: the loss
+               on the completion (the assistant's turns) only
+    dpo        preference tuning of a causal LM on chosen/rejected replies (DPO, IPO, ORPO)
+    encoder    a plain pre-trained encoder: read back only (embed, zero-shot, retrieval evaluation)
+    embedding  a sentence-embedding model trained on (anchor, positive) pairs, in-batch negatives
+    rerank     a cross-encoder scoring (query, passage) pairs: re-ranks a first stage, /rerank
+    qa         extractive question answering: the answer span of a context (SQuAD)
 
 The one registry is keyed both by ``--task`` and by what a saved model folder is
 (models.registry.kind): adding a kind is one module and one ``register`` line below."""
@@ -20,8 +25,12 @@ from typing import Any
 from warmstart.errors import UserError
 from warmstart.kinds.base import ModelKind, Prediction, TaskKind
 from warmstart.kinds.causal_lm import CausalLMTuning
+from warmstart.kinds.dpo import PreferenceTuning
+from warmstart.kinds.embedding import EmbeddingTuning
 from warmstart.kinds.encoder import Encoder
 from warmstart.kinds.problems import MultiLabelClassification, Regression
+from warmstart.kinds.qa import ExtractiveQA
+from warmstart.kinds.rerank import RerankTuning
 from warmstart.kinds.seq2seq import Seq2Seq
 from warmstart.kinds.sequence import SequenceClassification
 from warmstart.kinds.tokens import TokenClassification
@@ -70,6 +79,10 @@ def describe(found: str) -> ModelKind:
 
 for _kind in (SequenceClassification, TokenClassification, Seq2Seq, CausalLMTuning, Encoder):
     register(_kind)
+register(EmbeddingTuning)  # retrieval: a bi-encoder and a cross-encoder
+register(RerankTuning)
+register(ExtractiveQA)
+register(PreferenceTuning)
 DEFAULT = SequenceClassification.task
 # --task -> the kind for a run's options: the registry seen by task name.
 KINDS = {cls.task: cls.start for cls in REGISTRY if cls.task is not None}

@@ -1,5 +1,8 @@
 """Causal-LM instruction tuning: a decoder-only model learns to write each pair's target after a
-prompt made of its source (a --template, optionally inside the chat template).
+prompt made of its source (a --template, optionally inside the chat template), or the assistant's
+turns of multi-turn conversations (data.conversations: a messages or ShareGPT conversations column,
+or HH transcripts), rendered with the chat template, the loss on every assistant turn (or the last,
+--train-on last); a conversation too long for --max-length loses whole exchanges from its start.
 
 A row is the prompt's tokens, then the target's and EOS; the labels are -100 on the prompt (and on
 padding), so the loss is on the completion alone. The prompt is tokenised exactly as `generate` and
@@ -27,11 +30,23 @@ from warmstart.config import (
     refuse_inapplicable,
 )
 from warmstart.data.batching import IGNORE, Encoded, pad_multiple
+from warmstart.data.conversations import (
+    ChatRenderer,
+    Conversations,
+    chat_template_of,
+    has_conversations,
+    read_conversations,
+)
 from warmstart.data.pairs import Pairs, read_pairs
 from warmstart.data.tables import load_splits
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
 from warmstart.inference.decoding import complete_texts
+from warmstart.inference.preferences import (
+    evaluate_preferences,
+    format_preferences,
+    preference_data,
+)
 from warmstart.inference.seq2seq import InstructionWriter, instruction_tuned
 from warmstart.kinds.base import ModelKind
 from warmstart.kinds.texts import TextToTextKind, score_texts
@@ -132,6 +147,9 @@ class CausalLMTuning(TextToTextKind):
         refuse_inapplicable(
             cfg, OTHER_KINDS, "--task causal-lm (it reads --source-column and --target-column)"
         )
+        refuse_inapplicable(
+            cfg, ("loss", "beta", "precompute_reference"), "--task causal-lm (they are for dpo)"
+        )
         # An encoder cannot continue a prompt: said before the data is read or a run folder written.
         config = load_config(resolve(cfg.model, hub=cfg))
         if not is_causal(config):
@@ -141,10 +159,21 @@ class CausalLMTuning(TextToTextKind):
                 " needs a decoder-only model (smollm2, GPT-2, Llama, Qwen...); for an"
                 " encoder-decoder use --task seq2seq"
             )
-        if cfg.system is not None and not cfg.chat:
+        self.conversational = conversational(cfg)
+        if self.conversational:
+            # --template names the chat template here: a model without one is refused before any
+            # work.
+            ChatRenderer(load_tokenizer(resolve(cfg.model, hub=cfg)), cfg.model, cfg.template)
+        elif cfg.train_on != "all":
+            raise UserError("--train-on is for conversations (a messages or conversations column)")
+        if cfg.system is not None and not (cfg.chat or self.conversational):
             raise UserError("--system is the system message of the chat template: it needs --chat")
         self.template = (
-            cfg.template if cfg.template is not None else ("{source}" if cfg.chat else "{source}\n")
+            "{source}"
+            if self.conversational
+            else cfg.template
+            if cfg.template is not None
+            else ("{source}" if cfg.chat else "{source}\n")
         )
         if "{source}" not in self.template:
             raise UserError(
@@ -164,10 +193,16 @@ class CausalLMTuning(TextToTextKind):
                 f"--metric-for-best {best} is not among --metrics ({', '.join(self.names)}) or loss"
             )
         self.best = best
-        self.parts: dict[str, Pairs] = load_splits(
+        self.parts: dict[str, Pairs | Conversations] = load_splits(
             cfg,
-            read=lambda path, limit: read_pairs(path, cfg.source_column, cfg.target_column, limit),
+            read=(lambda path, limit: read_conversations(path, cfg.conversation_column, limit))
+            if self.conversational
+            else (
+                lambda path, limit: read_pairs(path, cfg.source_column, cfg.target_column, limit)
+            ),
         )
+        self.chat = bool(cfg.chat or self.conversational)
+        self.dropped: dict[str, int] = {}  # conversations that lost exchanges from their start
         # LoRA trains far fewer weights and takes a larger step (the peft recipes' 1e-4..1e-3).
         self.cfg = cfg
         self.prompts: dict[str, list[list[int]]] = {}
@@ -193,6 +228,16 @@ class CausalLMTuning(TextToTextKind):
 
     def describe(self) -> str:
         how = f"template {self.template!r}" + (" in the chat template" if self.cfg.chat else "")
+        if self.conversational:
+            how = (
+                "conversations in the chat template; loss on "
+                + ("the last assistant turn" if self.cfg.train_on == "last" else "assistant turns")
+                + "".join(
+                    f"; {r} {n} cut at turn boundaries to fit --max-length"
+                    for r, n in self.dropped.items()
+                    if n
+                )
+            )
         cut = (
             f"; cut at --max-length: {', '.join(f'{r} {n}' for r, n in self.cut.items() if n)}"
             if any(self.cut.values())
@@ -204,7 +249,9 @@ class CausalLMTuning(TextToTextKind):
             )
         packed = f"; packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
         return (
-            f"causal-LM instruction tuning ({how}); loss on the completion only; generating up to "
+            f"causal-LM instruction tuning ({how})"
+            + ("" if self.conversational else "; loss on the completion only")
+            + "; generating up to "
             f"{self.max_new_tokens} new tokens to score {', '.join(self.names)}{packed}{cut}"
         )
 
@@ -218,6 +265,8 @@ class CausalLMTuning(TextToTextKind):
         )
         # Generation in evaluation reads prompts left-padded; training pads on the right (pad_rows).
         self.gen_tokenizer = load_tokenizer(path)
+        if self.conversational and cfg.template is not None:
+            self.gen_tokenizer.chat_template = chat_template_of(cfg.template)
         self.gen_tokenizer.padding_side = "left"
         ensure_pad_token(self.gen_tokenizer)
         # Training keeps no key/value cache (generate asks for one itself); without one,
@@ -238,6 +287,8 @@ class CausalLMTuning(TextToTextKind):
                 " ended"
             )
         part = self.parts[role]
+        if isinstance(part, Conversations):
+            return self.encode_conversations(tokenizer, role, max_length, cfg)
         chat = bool(cfg and cfg.chat)
         system = cfg.system if cfg else None
         prompts = [instruction_ids(tokenizer, s, self.template, chat, system) for s in part.sources]
@@ -274,6 +325,58 @@ class CausalLMTuning(TextToTextKind):
             return Encoded(rows)
         return Encoded({"input_ids": ids, "labels": labels})
 
+    def encode_conversations(
+        self, tokenizer, role: str, max_length: int, cfg: FinetuneConfig
+    ) -> Encoded:
+        """Each conversation rendered with the chat template, the loss on its assistant turns; too
+        long ones lose exchanges from the start (counted); one whose last exchange alone fills
+        --max-length before its reply starts is left out (counted)."""
+        renderer = ChatRenderer(tokenizer, cfg.model, cfg.template)
+        part = self.parts[role]
+        ids, labels, cut, dropped = [], [], 0, 0
+        prompts, replies = [], []
+        for messages in part.messages:
+            messages = with_system(messages, cfg.system)
+            r = renderer.fit(messages, max_length, cfg.train_on)
+            prompts.append(renderer.prompt_ids(messages[:-1])[-(max_length - 1) :])
+            replies.append(
+                len(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]) + 1
+            )
+            if all(x == IGNORE for x in r.labels):
+                continue
+            cut += r.cut
+            dropped += r.dropped_turns > 0
+            ids.append(r.ids)
+            labels.append(r.labels)
+        self.prompts[role] = prompts
+        self.cut[role], self.too_long[role], self.dropped[role] = (
+            cut,
+            len(prompts) - len(ids),
+            dropped,
+        )
+        if not ids:
+            raise UserError(
+                f"{part.where(0)}: every {role} conversation is longer than --max-length"
+                f" {max_length} before its last reply starts; raise --max-length"
+            )
+        if role == "train" and self.max_new_tokens is None:
+            self.max_new_tokens = math.ceil(1.5 * max(replies))
+        if role == "train" and cfg.packing:
+            rows = pack(ids, labels, max_length)
+            self.packed_rows = len(rows["input_ids"])
+            return Encoded(rows)
+        return Encoded({"input_ids": ids, "labels": labels})
+
+    def sources(self, role: str) -> list:
+        part = self.parts[role]
+        return [m[:-1] for m in part.messages] if isinstance(part, Conversations) else part.sources
+
+    def targets(self, role: str) -> list[str]:
+        part = self.parts[role]
+        if isinstance(part, Conversations):
+            return [m[-1]["content"] for m in part.messages]
+        return part.targets
+
     def generate(
         self, model: torch.nn.Module, role: str, n: int | None, batch_size: int, progress: bool
     ) -> list[str]:
@@ -288,8 +391,7 @@ class CausalLMTuning(TextToTextKind):
         return texts
 
     def score(self, role: str, predictions: list[str], folder: Path | None, name: str) -> dict:
-        part = self.parts[role]
-        refs = part.targets[: len(predictions)]
+        refs = self.targets(role)[: len(predictions)]
         metrics = text_metrics(predictions, refs, self.names)
         self.write_predictions(role, predictions, folder, name)
         return metrics
@@ -297,15 +399,14 @@ class CausalLMTuning(TextToTextKind):
     def write_predictions(
         self, role: str, predictions: list[str], folder: Path | None, name: str
     ) -> None:
-        part = self.parts[role]
-        refs = part.targets[: len(predictions)]
+        refs = self.targets(role)[: len(predictions)]
         if folder is not None and distributed.is_main():
             atomic_write_text(
                 folder / name,
                 "".join(
                     json.dumps({"source": s, "reference": r, "prediction": p}, ensure_ascii=False)
                     + "\n"
-                    for s, r, p in zip(part.sources, refs, predictions)
+                    for s, r, p in zip(self.sources(role), refs, predictions)
                 ),
             )
 
@@ -346,7 +447,7 @@ class CausalLMTuning(TextToTextKind):
             # The instruction format goes with the model: generate and serve prompt it as it was
             # trained.
             model.config.instruction_template = self.template
-            model.config.instruction_chat = bool(cfg.chat)
+            model.config.instruction_chat = self.chat
             model.config.instruction_system = cfg.system
             model.config.train_max_length = cfg.max_length
             gc = model.generation_config
@@ -378,6 +479,8 @@ class CausalLMTuning(TextToTextKind):
     def test(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
         # Reloaded the way `generate` loads it, prompts included (its saved template and chat): the
         # saved model is what is scored.
+        if self.conversational:
+            return self.test_conversations(cfg, model_dir, run)
         writer = InstructionWriter.load(str(model_dir), cfg.cpu, "fp32", cfg.max_length)
         part = self.parts["test"]
         t = time.time()
@@ -401,6 +504,32 @@ class CausalLMTuning(TextToTextKind):
         )
         return {"test": metrics, "test_seconds": round(time.time() - t, 2)}
 
+    def test_conversations(self, cfg: FinetuneConfig, model_dir: Path, run: Run) -> dict:
+        """The saved model (tokenizer and chat template included) replies to each test
+        conversation; its replies scored against the last assistant turns."""
+        lm = CausalLM.load(str(model_dir), cfg.cpu, "fp32")
+        t = time.time()
+        texts = complete_texts(
+            lm,
+            self.prompts["test"],
+            self.max_new_tokens,
+            cfg.eval_batch_size,
+            cfg.num_beams,
+            cfg.progress and run.main,
+        )
+        self.write_predictions("test", texts, run.dir, "predictions.jsonl")
+        metrics = {
+            **text_metrics(texts, self.targets("test"), self.names),
+            "n": len(texts),
+            "max_new_tokens": self.max_new_tokens,
+        }
+        run.say(
+            "test set: "
+            + "  ".join(f"{k} {metrics[k]:.4f}" for k in self.names)
+            + f" on {len(texts)} conversations"
+        )
+        return {"test": metrics, "test_seconds": round(time.time() - t, 2)}
+
     def summary(self, metrics: dict) -> str:
         m = metrics["test"]
         return (
@@ -412,9 +541,17 @@ class CausalLMTuning(TextToTextKind):
     # -- a saved model read back: one tuned by `finetune --task causal-lm` writes text -------------
     @classmethod
     def evaluate(cls, cfg: EvaluateConfig, path: str, model_kind: str) -> dict:
+        if preference_data(cfg):  # any causal LM scored on preference pairs
+            return evaluate_preferences(cfg, path)
         if not instruction_tuned(load_config(path)):
             cls.refuse_headless(cfg.model, model_kind, "to evaluate")
         return super().evaluate(cfg, path, model_kind)
+
+    @classmethod
+    def evaluate_report(cls, metrics: dict) -> str:
+        if "preference" in metrics:
+            return format_preferences(metrics)
+        return super().evaluate_report(metrics)
 
     @classmethod
     def predict(cls, cfg: PredictConfig, path: str, model_kind: str) -> list:
@@ -424,7 +561,26 @@ class CausalLMTuning(TextToTextKind):
 
     @classmethod
     def serve(cls, path: str, source: str, model_kind: str, options: dict) -> dict:
-        return {"causal_lm": CausalLM.load(source, cpu=options.get("cpu", False))}
+        from warmstart.inference import served_lm  # GenAI's Engine where it applies
+
+        return {"causal_lm": served_lm.load(source, options)}
+
+
+def conversational(cfg: FinetuneConfig) -> bool:
+    """Whether a run reads conversations: --conversation-column, or (no pair column named) a table
+    with a messages or conversations column."""
+    if cfg.conversation_column is not None:
+        return True
+    if cfg.source_column or cfg.target_column or not cfg.data or not Path(cfg.data).is_file():
+        return False
+    return has_conversations(cfg.data, None)
+
+
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """--system as the first message of a conversation that has none."""
+    if system is None or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system}, *messages]
 
 
 def completion_loss(

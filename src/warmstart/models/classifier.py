@@ -3,24 +3,49 @@ for the labels of a training set."""
 
 from __future__ import annotations
 
+import torch
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+from transformers.modeling_outputs import TokenClassifierOutput
 
 from warmstart.errors import UserError
 from warmstart.models.registry import (
     Dropout,
     has_classifier_head,
+    has_qa_head,
     has_tagger_head,
     load_options,
     set_dropout,
 )
 
+
+class SpanLogits(torch.nn.Module):
+    """A question-answering model whose output is one ``logits`` tensor (batch, tokens, 2: start
+    and end), so that the backends, the batched loop and the ONNX export read it as they read a
+    tagger's per-token logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.qa = model
+        self.config = model.config
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> SpanLogits:
+        return cls(AutoModelForQuestionAnswering.from_pretrained(path, **kwargs))
+
+    def forward(self, **batch: torch.Tensor) -> TokenClassifierOutput:
+        out = self.qa(**batch)
+        return TokenClassifierOutput(logits=torch.stack((out.start_logits, out.end_logits), -1))
+
+
 HEADS = {
     "sequence": (AutoModelForSequenceClassification, has_classifier_head, "classification"),
     "tokens": (AutoModelForTokenClassification, has_tagger_head, "token classification"),
+    "qa": (SpanLogits, has_qa_head, "question-answering"),
 }
 
 
@@ -55,7 +80,7 @@ def _load(
         if not has_head(config):
             raise UserError(
                 f"model '{path}' has no {what} head; fine-tune it first with `warmstart finetune`"
-                + (" --task tokens" if head == "tokens" else "")
+                + {"tokens": " --task tokens", "qa": " --task qa"}.get(head, "")
             )
         return auto.from_pretrained(path, **load_options(path))
     id2label = dict(enumerate(label_names))

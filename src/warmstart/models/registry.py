@@ -129,11 +129,33 @@ def has_tagger_head(config: object) -> bool:
     )
 
 
+def has_qa_head(config: object) -> bool:
+    """An extractive question-answering model: start and end logits over its tokens."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForQuestionAnswering") for a in archs)
+
+
+def is_reranker(config: object) -> bool:
+    """A cross-encoder: a one-logit sequence classifier saved as a reranker (sentence-transformers'
+    CrossEncoder settings in its config, as `finetune --task rerank` writes them)."""
+    archs = getattr(config, "architectures", None) or []
+    return (
+        any("ForSequenceClassification" in a for a in archs)
+        and getattr(config, "num_labels", None) == 1
+        and isinstance(getattr(config, "sentence_transformers", None), dict)
+    )
+
+
 def kind(config: object) -> str:
     """classifier, nli (a classifier whose labels include entailment), tagger (a token classifier),
-    text-to-text (an encoder-decoder: BART, T5, Marian...), causal-lm or encoder."""
+    qa (extractive question answering), text-to-text (an encoder-decoder: BART, T5, Marian...),
+    causal-lm or encoder."""
+    if has_qa_head(config):
+        return "qa"
     if has_tagger_head(config):
         return "tagger"
+    if is_reranker(config):
+        return "reranker"
     if has_classifier_head(config):
         labels = [str(x).lower() for x in getattr(config, "label2id", None) or {}]
         return "nli" if any(x.startswith("entail") for x in labels) else "classifier"

@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 
-from warmstart.config import ServeConfig, make
+from warmstart.config import ServeConfig, make, settle
 from warmstart.errors import UserError
 from warmstart.serving.app import API_KEY_VARIABLE, api_key, create_app
 from warmstart.serving.model import ServedModel
@@ -120,6 +120,7 @@ def serve(config: ServeConfig | None = None, **kwargs) -> None:
     cfg = make(ServeConfig, config, kwargs)
     check(cfg)
     _check_port(cfg.host, cfg.port)
+    cfg = _settle_quantize(cfg)
     served = ServedModel.load(
         cfg.model,
         max_length=cfg.max_length,
@@ -130,6 +131,8 @@ def serve(config: ServeConfig | None = None, **kwargs) -> None:
         stride=cfg.stride,
         chunk_aggregation=cfg.chunk_aggregation,
         hub=cfg,
+        quant_block_size=cfg.quant_block_size,
+        max_batch_size=cfg.max_batch_size,
     )
     app = create_app(served, cfg)
     log_config = _log_config(cfg.log_level)
@@ -153,6 +156,28 @@ def serve(config: ServeConfig | None = None, **kwargs) -> None:
             log_config=log_config,
             timeout_graceful_shutdown=30,
         )
+
+
+def _settle_quantize(cfg: ServeConfig) -> ServeConfig:
+    """A causal LM's --quantize, settled: auto measured on GenAI's route (inference.quantize), none
+    on transformers'; the choice and its reason are said once. Other models keep their own
+    meaning of auto (int8 with onnx for a classifier)."""
+    from warmstart.inference import onnx_lm, quantize, served_lm
+
+    folder = onnx_lm.model_folder(cfg.model)
+    config = onnx_lm.read_json(folder / "config.json") if folder is not None else {}
+    if not any(a.endswith("ForCausalLM") for a in config.get("architectures") or []):
+        if cfg.quantize == "int4" and folder is not None:
+            raise UserError(
+                f"--quantize int4 is for causal LMs (GenAI's int4 weights); model '{cfg.model}' "
+                "takes none or int8"
+            )
+        return cfg
+    onnx = served_lm.route(cfg.model, cfg.backend, cfg.cpu) is None
+    chosen = quantize.choice(folder, cfg.quantize, cfg.quant_block_size, onnx)
+    if chosen.reason:
+        print(chosen.reason, file=sys.stderr, flush=True)
+    return settle(cfg, quantize=chosen)
 
 
 class _Stopped(Exception):

@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException
 from warmstart import __version__
 from warmstart.config import ServeConfig
 from warmstart.errors import UserError
-from warmstart.serving import generation
+from warmstart.serving import generation, playground
+from warmstart.serving import openai as openai_api
 from warmstart.serving.batcher import Batcher
 from warmstart.serving.metrics import CONTENT_TYPE, ServerMetrics
 from warmstart.serving.middleware import (
@@ -41,12 +42,16 @@ from warmstart.serving.middleware import (
 from warmstart.serving.model import NEEDS, ServedModel
 from warmstart.serving.schemas import (
     ERRORS,
+    AnswerRequest,
+    AnswerResponse,
     EmbedRequest,
     EmbedResponse,
     GenerateRequest,
     GenerateResponse,
     Health,
     PredictResponse,
+    RerankRequest,
+    RerankResponse,
     TagRequest,
     TagResponse,
     TextsRequest,
@@ -131,7 +136,10 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
     forward = ThreadPoolExecutor(
         1, thread_name_prefix="warmstart-forward"
     )  # one pass at a time: all cores each
-    generate_pool = ThreadPoolExecutor(1, thread_name_prefix="warmstart-generate")
+    # One thread decodes with transformers; on GenAI's route several wait while its Engine batches.
+    generate_pool = ThreadPoolExecutor(
+        generation.workers(served.causal_lm), thread_name_prefix="warmstart-generate"
+    )
     bs = cfg.max_batch_size
     queue = Queue(cfg.max_queue)
     metrics = ServerMetrics(lambda: queue.depth, bs)
@@ -152,7 +160,13 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
     batchers = {
         "predict": batcher("predict", lambda texts, key: served.predict(texts)),
         "tag": batcher("tag", lambda texts, key: served.tag(texts, key)),
+        # (question, context) pairs; requests share a pass when they ask the same answer length.
+        "answer": batcher(
+            "answer", lambda pairs, key: served.answer(pairs, key, cfg.null_threshold)
+        ),
         "embed": batcher("embed", lambda texts, key: served.embed(texts, batch_size=bs)),
+        # Requests share a pass when they ask about the same query.
+        "rerank": batcher("rerank", lambda texts, key: served.rerank(key, texts, batch_size=bs)),
         "zeroshot": batcher(
             "zeroshot",
             lambda texts, key: served.zeroshot(texts, list(key[0]), key[1], batch_size=bs),
@@ -282,6 +296,30 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             check_texts(req.texts)
             return {"model": served.name, "results": await run("tag", req.texts, req.aggregation)}
 
+    if "answer" in served.endpoints:
+
+        @app.post(
+            "/answer",
+            response_model=AnswerResponse,
+            response_model_exclude_none=True,
+            responses=ERRORS,
+            tags=["model"],
+        )
+        async def answer(req: AnswerRequest) -> dict:
+            """The answer to the question: the best span of the context, with its character
+            offsets (context[start:end]) and score."""
+            for name, text in (("question", req.question), ("context", req.context)):
+                if len(text) > cfg.max_text_chars:
+                    raise ApiError(
+                        413,
+                        f"{name} has {len(text)} characters, more than this server's limit of "
+                        f"{cfg.max_text_chars}",
+                        name,
+                    )
+            length = req.max_answer_length or cfg.max_answer_length
+            (found,) = await run("answer", [(req.question, req.context)], length)
+            return {"model": served.name, **found}
+
     if "embed" in served.endpoints:
 
         @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, tags=["model"])
@@ -292,6 +330,22 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             if req.normalize:
                 rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
             return {"model": served.name, "dim": int(rows.shape[1]), "embeddings": rows.tolist()}
+
+    if "rerank" in served.endpoints:
+
+        @app.post("/rerank", response_model=RerankResponse, responses=ERRORS, tags=["model"])
+        async def rerank(req: RerankRequest) -> dict:
+            """The passages ordered by their relevance to the query (a cross-encoder's scores),
+            as text-embeddings-inference's /rerank."""
+            check_texts(req.texts)
+            scores = await run("rerank", req.texts, req.query)
+            order = sorted(range(len(req.texts)), key=lambda i: -float(scores[i]))
+            results = [
+                {"index": i, "score": float(scores[i])}
+                | ({"text": req.texts[i]} if req.return_text else {})
+                for i in order
+            ]
+            return {"model": served.name, "results": results}
 
     if "zeroshot" in served.endpoints:
 
@@ -398,6 +452,16 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
                 raise
             return asdict(result)
 
+    openai_api.install(
+        app,
+        served,
+        cfg,
+        generate_pool=generate_pool,
+        embed=lambda texts: run("embed", texts),
+        check_texts=check_texts,
+    )
+    if cfg.ui:
+        playground.install(app)
     # The other endpoints answer 404 with the reason, rather than a bare "Not Found".
     for endpoint in sorted(set(NEEDS) - set(served.endpoints)):
         app.add_api_route(
@@ -418,7 +482,7 @@ def _protect(
     headers and preflights need no key), request id and metrics (around all, to count every
     answer)."""
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
-    model_paths = frozenset(f"/{e}" for e in app.state.served.endpoints)
+    model_paths = frozenset(f"/{e}" for e in app.state.served.endpoints) | openai_api.MODEL_PATHS
     app.add_middleware(
         Admission,
         paths=model_paths,
@@ -427,7 +491,9 @@ def _protect(
         stream_error=generation.failure_event,
     )
     if key is not None:
-        app.add_middleware(RequireKey, key=key)
+        # The playground's page loads without the key: it asks for it and sends it with each call.
+        open_paths = frozenset({"/health"}) | (playground.PAGES if cfg.ui else frozenset())
+        app.add_middleware(RequireKey, key=key, open_paths=open_paths)
     if cfg.cors_origin:
         app.add_middleware(
             CORSMiddleware,
@@ -439,13 +505,14 @@ def _protect(
         )
     routes = frozenset(getattr(r, "path", "") for r in app.routes)
     app.add_middleware(RequestContext, metrics=metrics, endpoints=routes)
+    app.add_middleware(openai_api.OpenAIErrors)  # outermost: /v1/ errors in OpenAI's shape
 
 
 def _document_limits(schema: dict, cfg: ServeConfig, keyed: bool = False) -> dict:
     """Put this server's limits into the OpenAPI schema, so that a request the schema allows is one
     we accept; with an API key, the bearer scheme every operation but /health needs."""
     comps = schema.get("components", {}).get("schemas", {})
-    for name in ("TextsRequest", "EmbedRequest", "ZeroshotRequest"):
+    for name in ("TextsRequest", "EmbedRequest", "ZeroshotRequest", "RerankRequest"):
         texts = comps.get(name, {}).get("properties", {}).get("texts")
         if texts:
             texts["maxItems"] = cfg.max_texts_per_request

@@ -1,15 +1,22 @@
 """/generate: one prompt through the decoding pieces `warmstart generate` uses (inference.decoding:
 limits, decoding options, stop strings, finish reasons) with the model loaded once, and server-sent
-events for streaming."""
+events for streaming.
+
+Two routes: a model served through ONNX Runtime GenAI (its `model` an OnnxLM, see
+inference/served_lm.py) decodes in GenAI's Engine, which batches the requests in flight
+(serving/gen_engine.py); a transformers model decodes one request at a time in the generation
+thread. ``prepare``, ``run``, ``stream_events`` and ``TextStream`` (an async iterator of a
+request's text pieces) work alike for both."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,8 +33,10 @@ from warmstart.inference.decoding import (
     strategy,
     token_budget,
 )
+from warmstart.inference.onnx_lm import OnnxLM
 from warmstart.inference.seq2seq import TextToText, beams_of, causal_only_options
 from warmstart.models.causal import CausalLM
+from warmstart.serving import gen_engine
 
 logger = logging.getLogger("warmstart.serving")
 
@@ -98,6 +107,14 @@ def prepare(lm: CausalLM, options: dict[str, Any], max_new_tokens_limit: int) ->
             source="the request",
         )
         stops = check_options(cfg)
+        refused = gen_engine.refuses(cfg) if isinstance(lm.model, OnnxLM) else None
+        if refused is not None:
+            field, what = refused.split(": ")
+            raise RequestError(
+                f"this server generates with ONNX Runtime GenAI, which has no {what} (serve "
+                "--backend torch has it)",
+                field,
+            )
         if options.get("stream") and (cfg.num_return_sequences > 1 or strategy(cfg) == "beam"):
             raise RequestError(
                 "stream needs one completion per prompt and no beam search", "stream"
@@ -193,6 +210,12 @@ def run(
         cancelled is not None and cancelled.is_set()
     ):  # dropped while it waited for the generation thread
         raise Abandoned
+    engine = engine_of(lm)
+    if engine is not None:
+        try:
+            return engine.submit(job_of(lm, p)).wait(cancelled)
+        except gen_engine.Cancelled:
+            raise Abandoned from None
     if p.cfg.seed is not None:
         seed_all(p.cfg.seed)
     gen_config = generation_config(p.cfg, lm.model.generation_config, p.stops)
@@ -201,19 +224,101 @@ def run(
     return complete(lm, [p.prompt], [p.ids], [p.budget], gen_config, p.stops, streamer)[0]
 
 
+_engines: dict[int, gen_engine.Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_of(lm: CausalLM) -> gen_engine.Engine | None:
+    """The Engine that decodes for ``lm`` (started on first use), or None for a transformers
+    model."""
+    model = getattr(lm, "model", None)
+    if not isinstance(model, OnnxLM):
+        return None
+    with _engines_lock:
+        if id(model) not in _engines:
+            _engines[id(model)] = gen_engine.Engine(model, model.max_batch or 1)
+        return _engines[id(model)]
+
+
+def workers(lm: CausalLM | None) -> int:
+    """Threads the server's generation pool needs: the Engine batches requests that wait in
+    several threads at once; transformers decodes one request at a time."""
+    model = getattr(lm, "model", None)
+    return max(4, 4 * (model.max_batch or 1)) if isinstance(model, OnnxLM) else 1
+
+
+def job_of(lm: CausalLM, p: Prepared, on_piece=None, on_end=None) -> gen_engine.Job:
+    return gen_engine.Job(
+        p.ids,
+        p.budget,
+        p.stops,
+        gen_engine.turn_options(lm.model, p.cfg),
+        rows=p.cfg.num_return_sequences,
+        prompt=p.prompt,
+        on_piece=on_piece,
+        on_end=on_end,
+    )
+
+
+class TextStream:
+    """One request's text as it is generated, for an async consumer (an SSE route): ``async for
+    piece in stream`` yields the pieces (they add up to the completion), then ``result`` holds the
+    Generation. Leaving the loop early (client gone) stops the generation at its next token."""
+
+    def __init__(self, lm: CausalLM, p: Prepared, executor: Executor):
+        self.lm, self.p, self.executor = lm, p, executor
+        self.result: Generation | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+
+        def put(item: object) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        engine = engine_of(self.lm)
+        cancelled = threading.Event()
+        if engine is not None:
+            job = engine.submit(job_of(self.lm, self.p, put, lambda: put(_END)))
+            cancel, outcome = job.cancel, lambda: job.wait()
+        else:
+            out = _QueueWriter(put)
+            streamer = Streamer(self.lm.tokenizer, out, self.p.stops)
+            future = self.executor.submit(run, self.lm, self.p, streamer, cancelled)
+            future.add_done_callback(lambda _: put(_END))
+
+            def cancel() -> None:
+                out.abandoned = True
+                cancelled.set()
+                future.cancel()
+
+            outcome = future.result
+        try:
+            while (piece := await items.get()) is not _END:
+                yield piece
+            self.result = outcome()
+        finally:
+            if self.result is None:
+                cancel()
+
+
 class _QueueWriter:
     """A text stream whose writes become queue items: what the decoding Streamer writes to. Once
     nobody reads (``abandoned``), a write stops the generation."""
 
-    def __init__(self) -> None:
+    def __init__(self, put=None) -> None:
         self.items: queue.Queue = queue.Queue()
+        self.put = put or self.items.put  # ``put``: elsewhere (an event loop's queue)
         self.abandoned = False
 
     def write(self, s: str) -> int:
         if self.abandoned:
             raise Abandoned
         if s:
-            self.items.put(s)
+            self.put(s)
         return len(s)
 
     def flush(self) -> None:
@@ -241,9 +346,14 @@ def stream_events(
     the pieces always add up to the final completion. A sync iterator: Starlette runs it in its
     thread pool."""
     out = _QueueWriter()
-    streamer = Streamer(lm.tokenizer, out, p.stops)
-    future = executor.submit(run, lm, p, streamer)
-    future.add_done_callback(lambda _: out.items.put(_END))
+    engine = engine_of(lm)
+    if engine is not None:  # the Engine's thread decodes: no generation thread is held
+        job = engine.submit(job_of(lm, p, out.items.put, lambda: out.items.put(_END)))
+        future = _JobFuture(job)
+    else:
+        streamer = Streamer(lm.tokenizer, out, p.stops)
+        future = executor.submit(run, lm, p, streamer)
+        future.add_done_callback(lambda _: out.items.put(_END))
     try:
         while (piece := out.items.get()) is not _END:
             yield sse("token", {"text": piece})
@@ -261,3 +371,17 @@ def stream_events(
     finally:
         future.cancel()
         out.abandoned = True
+
+
+class _JobFuture:
+    """An Engine job as stream_events reads a future: result() and cancel()."""
+
+    def __init__(self, job: gen_engine.Job) -> None:
+        self.job = job
+
+    def result(self) -> Generation:
+        return self.job.wait()
+
+    def cancel(self) -> None:
+        if not self.job.done.is_set():
+            self.job.cancel()

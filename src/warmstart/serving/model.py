@@ -2,6 +2,8 @@
 
 - a fine-tuned classifier (a ...ForSequenceClassification checkpoint): /predict, /embed;
 - a tagger (a ...ForTokenClassification checkpoint from `finetune --task tokens`): /tag, /embed;
+- a question-answering model (a ...ForQuestionAnswering checkpoint, `finetune --task qa`): /answer,
+  /embed;
 - an NLI classifier (its labels include entailment): also /zeroshot (method nli);
 - a plain encoder (e.g. minilm): /embed, /zeroshot (method similarity);
 - a causal LM (smollm2, GPT-2 folders...): /generate, /embed (last-token pooling), /zeroshot (method
@@ -26,6 +28,7 @@ from warmstart.data.tables import Examples
 from warmstart.errors import UserError
 from warmstart.inference.classifier import Classifier, label_records
 from warmstart.inference.features import Embedder
+from warmstart.inference.qa import Reader, best_spans, questions
 from warmstart.inference.seq2seq import TextToText
 from warmstart.inference.tagger import Tagger
 from warmstart.lowshot.zeroshot import load_method
@@ -36,9 +39,11 @@ from warmstart.models.registry import ALIASES, load_config, resolve
 NEEDS = {
     "predict": "a fine-tuned classifier (warmstart finetune)",
     "tag": "a tagger (warmstart finetune --task tokens)",
+    "answer": "a question-answering model (warmstart finetune --task qa)",
     "generate": "a causal language model or a text-to-text model",
     "zeroshot": "an NLI classifier, an encoder or a causal language model",
     "embed": "an encoder, a classifier or a causal language model",
+    "rerank": "a reranker (warmstart finetune --task rerank)",
 }
 
 
@@ -51,8 +56,10 @@ class ServedModel:
     cpu: bool = False
     classifier: Classifier | None = None  # for /predict
     tagger: Tagger | None = None  # for /tag
+    reader: Reader | None = None  # for /answer
     causal_lm: CausalLM | None = None  # for /generate
     text_to_text: TextToText | None = None  # for /generate
+    reranker: Any = None  # for /rerank: inference.retrieval.CrossEncoderScorer
     _parts: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -68,6 +75,8 @@ class ServedModel:
         stride: int | None = None,
         chunk_aggregation: str | None = None,
         hub: ModelSourceOptions | None = None,
+        quant_block_size: int = 32,
+        max_batch_size: int = 16,
     ) -> ServedModel:
         """``backend`` and ``quantize`` choose how a classifier runs /predict (see
         `Classifier.load`), and ``long_text``, ``stride`` and ``chunk_aggregation`` how it reads
@@ -83,6 +92,9 @@ class ServedModel:
             "long_text": long_text,
             "stride": stride,
             "chunk_aggregation": chunk_aggregation,
+            # a causal LM's: int4/int8 blocks, and how many requests GenAI's Engine batches
+            "quant_block_size": quant_block_size,
+            "max_batch_size": max_batch_size,
         }
         refused = kind.serve_refuses(options)
         if refused:
@@ -120,7 +132,10 @@ class ServedModel:
     @property
     def backend(self) -> str:
         """How /predict (or /tag) runs, e.g. "onnx int8" or "torch fp32"."""
-        plan = getattr(self.classifier or self.tagger, "plan", None)
+        plan = getattr(self.classifier or self.tagger or self.reader, "plan", None)
+        if plan is None and self.causal_lm is not None:  # e.g. "onnx-genai int4 (blocks of 32)"
+            onnx = type(self.causal_lm.model).__name__ == "OnnxLM"
+            return f"{'onnx-genai' if onnx else 'torch'} {self.causal_lm.precision}"
         if plan is None:
             return "torch"
         return plan.backend + (
@@ -129,8 +144,8 @@ class ServedModel:
 
     @property
     def token_limit(self) -> int | None:
-        if self.classifier is not None or self.tagger is not None:
-            return int((self.classifier or self.tagger).max_length)
+        if self.classifier is not None or self.tagger is not None or self.reader is not None:
+            return int((self.classifier or self.tagger or self.reader).max_length)
         if self.causal_lm is not None:
             return self.causal_lm.max_positions
         if self.text_to_text is not None:
@@ -169,9 +184,28 @@ class ServedModel:
         inference.tagger)."""
         return [t.record() for t in self.tagger.tag(list(texts), aggregation=aggregation)]
 
+    def answer(
+        self,
+        pairs: list[tuple[str, str]],
+        max_answer_length: int = 30,
+        null_threshold: float | None = None,
+    ) -> list[dict]:
+        """Per (question, context): the answer span with its offsets into the context and score
+        (see inference.qa)."""
+        saved = self.reader.null_threshold
+        threshold = saved if null_threshold is None or saved is None else null_threshold
+        ex = questions(list(pairs))
+        windows, rows = self.reader.logits(ex)
+        answers = best_spans(windows, rows, ex, max_answer_length, threshold)
+        return [{k: v for k, v in a.record().items() if k != "question"} for a in answers]
+
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(n, dim) pooled hidden states (the embedder's default pooling for this kind of model)."""
         return self._part("embed", self._load_embedder).embed(list(texts), batch_size=batch_size)
+
+    def rerank(self, query: str, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """(n,) relevance of each text to ``query``, by the cross-encoder."""
+        return self.reranker.scores([(query, t) for t in texts], batch_size)
 
     def zeroshot(
         self, texts: list[str], labels: list[str], multi_label: bool = False, batch_size: int = 32

@@ -154,6 +154,31 @@ class TagResponse(BaseModel):
     results: list[TaggedText]
 
 
+class AnswerRequest(BaseModel):
+    model_config = Strict
+    question: Text = Field(examples=["Where do water deer live?"])
+    context: Text = Field(
+        description="the text the answer is taken from",
+        examples=["The water deer is native to China and Korea."],
+    )
+    max_answer_length: int | None = Field(
+        None, ge=1, le=512, description="the longest answer span in tokens (default: the server's)"
+    )
+
+
+class AnswerResponse(BaseModel):
+    model: str
+    answer: str = Field(description="context[start:end]; empty: no answer in the context (v2)")
+    start: int = Field(
+        description="offset of the answer's first character in the context (-1: none)"
+    )
+    end: int
+    score: float = Field(description="probability among the n best candidate spans")
+    null_score_diff: float | None = Field(
+        None, description="SQuAD v2 models: null score minus the best span's"
+    )
+
+
 class EmbedRequest(TextsRequest):
     normalize: bool = Field(
         False, description="scale each vector to length 1 (cosine similarity = dot product)"
@@ -164,6 +189,32 @@ class EmbedResponse(BaseModel):
     model: str
     dim: int
     embeddings: list[list[float]]
+
+
+class RerankRequest(BaseModel):
+    """As text-embeddings-inference's /rerank: a query and the passages to order by relevance."""
+
+    model_config = Strict
+    query: Text = Field(examples=["what is the lift of a wing in a slipstream"])
+    texts: list[Text] = Field(
+        min_length=1,
+        description="the passages to score against the query",
+        examples=[["the lift increase due to a propeller slipstream", "heat transfer in slabs"]],
+    )
+    return_text: bool = Field(False, description="repeat each passage in its result")
+
+
+class RankedText(BaseModel):
+    index: int = Field(description="the passage's position in the request's texts")
+    score: float = Field(
+        description="relevance in (0, 1): the sigmoid of the cross-encoder's logit"
+    )
+    text: str | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RankedText] = Field(description="every passage, most relevant first")
 
 
 class ZeroshotRequest(TextsRequest):

@@ -38,6 +38,8 @@ class CalibrateResult:
 
 
 def calibrate(config: CalibrateConfig | None = None, **kwargs) -> CalibrateResult:
+    """Fit temperature scaling (and per-label thresholds for multi-label) on held-out data and save
+    it with the model, so that its probabilities mean what they say."""
     cfg = make(CalibrateConfig, config, kwargs)
     if not cfg.data:
         raise UserError(

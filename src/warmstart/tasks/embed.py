@@ -28,6 +28,7 @@ from warmstart.config import EmbedConfig, absolute_paths, make, refuse_inapplica
 from warmstart.data.tables import examples_from_table, find_column, read_table
 from warmstart.errors import UserError
 from warmstart.files import atomic_file, atomic_write_text
+from warmstart.inference import ray_engine
 from warmstart.inference.features import Embedder
 from warmstart.models.download import pin
 
@@ -104,9 +105,17 @@ def _save_chunk(path: Path, x: np.ndarray) -> None:
         np.save(f, x)
 
 
-def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult:
+def embed(config: EmbedConfig | None = None, **kwargs) -> EmbedResult | ray_engine.RayOutput:
+    """Turn texts into sentence vectors with an encoder (pooling and normalisation as its
+    sentence-transformers settings say) and write them; ``engine="ray"`` spreads a large corpus over
+    a Ray cluster."""
     cfg = make(EmbedConfig, config, kwargs)
+    ray_engine.refuse_ray_options(cfg)
     cfg = absolute_paths(cfg, "data", "model")
+    if cfg.engine == "ray":  # Parquet shards in the folder --out, written by Ray actors
+        if not cfg.data:
+            raise UserError("no texts to embed: pass --data FILE or FOLDER")
+        return ray_engine.embed(settle(cfg, pin(cfg)))
     if not cfg.out:
         raise UserError("no output file: pass --out FILE (.parquet, .npy or .safetensors)")
     out = Path(cfg.out).expanduser().resolve()
@@ -286,7 +295,12 @@ def _write_parquet(tmp: Path, parts: Path, n_chunks: int, table: Table, dim: int
             writer.close()
 
 
-def report(cfg: EmbedConfig, r: EmbedResult) -> str:
+def report(cfg: EmbedConfig, r: EmbedResult | ray_engine.RayOutput) -> str:
+    if isinstance(r, ray_engine.RayOutput):
+        return (
+            f"{r.rows} texts -> {len(r.shards)} Parquet shard(s) in {r.out} ({r.actors} actors,"
+            f" {r.rows_per_s} texts/s)\n"
+        )
     return (
         f"{r.rows} texts -> {r.dim} features each, written to {r.out} ({r.texts_per_s} texts/s)\n"
     )

@@ -20,6 +20,8 @@ class ExportResult:
 
 
 def export(config: ExportConfig | None = None, **kwargs) -> ExportResult:
+    """Export a saved model to ONNX (``onnx=True``), optionally quantised to int8, checked to give the
+    PyTorch model's outputs."""
     cfg = make(ExportConfig, config, kwargs)
     if not cfg.onnx:
         raise UserError("choose an export format: --onnx (the only one so far)")

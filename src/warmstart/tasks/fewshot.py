@@ -68,6 +68,8 @@ METHOD_OPTIONS = {
 
 
 def fewshot(config: FewshotConfig | None = None, **kwargs) -> FewshotResult:
+    """Classify with a handful of labelled examples per class (SetFit-style contrastive tuning, a
+    probe on embeddings, or prompting) and report the test score."""
     t0 = time.time()
     cfg = absolute_paths(make(FewshotConfig, config, kwargs), "data", "test", "model")
     if not cfg.data or not cfg.test:

@@ -18,7 +18,7 @@ from warmstart.config import GenerateConfig, make, settle
 from warmstart.data.texts import read_prompts
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
-from warmstart.inference import onnx_lm
+from warmstart.inference import onnx_lm, quantize
 from warmstart.inference.generation_options import Generation, check_options, strategy, token_budget
 from warmstart.models.download import pin
 
@@ -37,23 +37,39 @@ def generate(
     stops = check_options(cfg)
     # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
     cfg = settle(cfg, pin(cfg))
-    prompts = read_prompts(cfg.prompts, cfg.input)
+    # --messages: conversations, continued through the chat template by transformers.
+    chats = conversations(cfg)
+    prompts = read_prompts(cfg.prompts, cfg.input) if chats is None else []
     streaming = stream_to is not None and streamable(cfg)
-    lm_onnx = onnx_route(cfg, streaming)
-    if lm_onnx is None and text_to_text(cfg):
+    cfg, lm_onnx = onnx_route(cfg, streaming) if chats is None else (on_torch(cfg), None)
+    if lm_onnx is None and chats is None and text_to_text(cfg):
         return rewrite(cfg, prompts, stream_to if streamable(cfg) else None)
     done = (
         onnx_lm.generate(lm_onnx, cfg, prompts, stops, stream_to if streaming else None, _header)
         if lm_onnx is not None
-        else with_transformers(cfg, prompts, stops, stream_to if streaming else None)
+        else with_transformers(cfg, prompts, stops, stream_to if streaming else None, chats)
     )
     if cfg.out:
         atomic_write_text(Path(cfg.out), format_generations(done, cfg.format, cfg.chat))
     return done
 
 
+def conversations(cfg: GenerateConfig) -> list[list[dict]] | None:
+    from warmstart.data.conversations import read_messages
+
+    if cfg.messages is None:
+        return None
+    if not cfg.chat or cfg.prompts or cfg.input:
+        raise UserError("--messages goes with --chat, instead of prompts or --input")
+    return read_messages(cfg.messages)
+
+
 def with_transformers(
-    cfg: GenerateConfig, prompts: list[str], stops: list[str], stream_to: TextIO | None
+    cfg: GenerateConfig,
+    prompts: list[str],
+    stops: list[str],
+    stream_to: TextIO | None,
+    chats: list[list[dict]] | None = None,
 ) -> list[Generation]:
     """Every prompt completed by transformers' generate, in batches of similar length (one at a
     time, in order, when streaming to ``stream_to``)."""
@@ -62,8 +78,22 @@ def with_transformers(
     from warmstart.progress import progress_bar
 
     streaming = stream_to is not None
-    lm = CausalLM.load(cfg.model, cfg.cpu, cfg.precision, hub=cfg)
-    ids = [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
+    int8 = cfg.quantize == "int8"
+    lm = CausalLM.load(cfg.model, cfg.cpu, "fp32" if int8 else cfg.precision, hub=cfg)
+    if int8:  # PyTorch's dynamic int8 Linear layers (its CPU kernel)
+        lm = quantize.torch_int8(lm)
+    if chats is not None:
+        from warmstart.data.conversations import ChatRenderer
+
+        renderer = ChatRenderer(lm.tokenizer, cfg.model)
+        system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+        chats = [c if c[0]["role"] == "system" else system + c for c in chats]
+        prompts = [renderer.text(c, True) for c in chats]
+    ids = (
+        [lm.prompt_ids(p, cfg.chat, cfg.system) for p in prompts]
+        if chats is None
+        else [renderer.prompt_ids(c) for c in chats]
+    )
     budgets = [
         token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)
     ]
@@ -102,22 +132,35 @@ def with_transformers(
     return [r for r in results if r is not None]
 
 
-def onnx_route(cfg: GenerateConfig, streaming: bool) -> onnx_lm.OnnxLM | None:
-    """The model through ONNX Runtime GenAI when this request goes that way (--backend; auto: where
-    it can, on a machine without a GPU), else None: transformers answers."""
+def onnx_route(
+    cfg: GenerateConfig, streaming: bool
+) -> tuple[GenerateConfig, onnx_lm.OnnxLM | None]:
+    """The settings with --quantize settled, and the model through ONNX Runtime GenAI when this
+    request goes that way (--backend; auto: where it can, on a machine without a GPU), else None:
+    transformers answers."""
     if cfg.backend == "torch" or (cfg.backend == "auto" and onnx_lm.gpu_present() and not cfg.cpu):
-        return None
+        return on_torch(cfg), None
     reason = onnx_lm.why_not(cfg, streaming)
     if reason is None:
+        folder = onnx_lm.model_folder(cfg.model)
+        # auto: the weights measured fastest on this CPU at fp32's quality (cached after once)
+        settled = settle(
+            cfg, quantize=quantize.choice(folder, cfg.quantize, cfg.quant_block_size, onnx=True)
+        )
         try:
-            return onnx_lm.load(cfg)
+            return settled, onnx_lm.load(settled)
         except onnx_lm.Unreadable as e:
             reason = str(e)
             if cfg.backend == "auto":
                 print(f"{reason}; generating with transformers", file=sys.stderr)
     if cfg.backend == "onnx":
         raise UserError(f"--backend onnx cannot do this: {reason}; use --backend torch")
-    return None
+    return on_torch(cfg), None
+
+
+def on_torch(cfg: GenerateConfig) -> GenerateConfig:
+    """--quantize settled for transformers: int8 (dynamic) when asked, int4 refused, auto none."""
+    return settle(cfg, quantize=quantize.choice(None, cfg.quantize, cfg.quant_block_size, False))
 
 
 def text_to_text(cfg: GenerateConfig) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from warmstart import distributed, kinds
 from warmstart.config import PredictConfig, make, settle
 from warmstart.files import atomic_write_text
+from warmstart.inference import ray_engine
 from warmstart.inference.tagger import Tagged
 from warmstart.kinds import Prediction
 from warmstart.models.download import pin
@@ -22,10 +23,18 @@ def format_predictions(preds: list, cfg: PredictConfig) -> str:
     return kind.predict_report(cfg, preds)
 
 
-def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] | list[Tagged]:
+def predict(
+    config: PredictConfig | None = None, **kwargs
+) -> list[Prediction] | list[Tagged] | ray_engine.RayOutput:
+    """Predict for texts given as arguments, a file or stdin: labels with scores, tags, answers or
+    generated text, as the saved model's task kind does; with ``engine="ray"`` the rows are scored on
+    a Ray cluster and written as Parquet shards."""
     cfg = make(PredictConfig, config, kwargs)
+    ray_engine.refuse_ray_options(cfg)
     # A Hugging Face --model is fetched now if it must be and pinned to one commit for the run.
     cfg = settle(cfg, pin(cfg))
+    if cfg.engine == "ray":  # the records as Parquet shards in --out, not a list in memory
+        return ray_engine.predict(cfg)
     path = resolve(cfg.model, hub=cfg)
     kind, found = kinds.for_model(load_config(path))
     preds = kind.predict(cfg, path, found)
@@ -34,5 +43,16 @@ def predict(config: PredictConfig | None = None, **kwargs) -> list[Prediction] |
     return preds
 
 
-def report(cfg: PredictConfig, preds: list[Prediction] | list[Tagged]) -> str:
+def report(
+    cfg: PredictConfig, preds: list[Prediction] | list[Tagged] | ray_engine.RayOutput
+) -> str:
+    if isinstance(preds, ray_engine.RayOutput):
+        return ray_report(preds)
     return "" if cfg.out else format_predictions(preds, cfg)
+
+
+def ray_report(r: ray_engine.RayOutput) -> str:
+    return (
+        f"{r.rows} rows -> {len(r.shards)} Parquet shard(s) in {r.out} ({r.actors} actors,"
+        f" {r.rows_per_s} rows/s)\n"
+    )

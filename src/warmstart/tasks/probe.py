@@ -171,6 +171,8 @@ def choose_c(
 
 
 def probe(config: ProbeConfig | None = None, **kwargs) -> ProbeResult:
+    """Train a linear probe on frozen encoder features of chosen layers and report its test score:
+    how much a layer already knows about the labels."""
     t0 = time.time()
     cfg = absolute_paths(
         make(ProbeConfig, config, kwargs), "data", "train", "valid", "test", "model"

@@ -13,6 +13,7 @@ from warmstart.hub.publish import push as publish
 
 
 def push(config: PushConfig | None = None, **kwargs) -> Pushed:
+    """Upload a saved model, its model card included, to a Hugging Face Hub repo."""
     cfg = make(PushConfig, config, kwargs)
     if not cfg.model:
         raise UserError("no model to push: give a run folder or a model folder")

@@ -62,14 +62,15 @@ def tune(
     studies.check_folder(search)
     run = Run(search.out)
     deadline = t0 + cfg.timeout if cfg.timeout else None
-    with studies.locked(search.out), studies.quiet_optuna():
+    with studies.locked(search), studies.quiet_optuna():
         study = studies.open_study(search)
         studies.recover_interrupted(study, search, run.say)
         done = studies.counted(study)
         if done:
             run.say(f"resuming the search in '{search.out}': {done} of {cfg.trials} trials done")
         result = publish(study, search)
-        while studies.counted(study) < cfg.trials:
+        # in_hand: with a shared --storage, other workers' running trials count too
+        while studies.in_hand(study) < cfg.trials:
             if deadline is not None and time.time() >= deadline:
                 run.say(
                     f"time limit reached ({cfg.timeout:g}s): {studies.counted(study)} of"
@@ -81,6 +82,9 @@ def tune(
             # after an interruption or a failed trial too: the files show every trial told to Optuna
             finally:
                 result = publish(study, search)
+        if search.shared:  # the other workers' last trials may still become the best
+            studies.wait_for_others(study, search, run.say, deadline)
+            result = publish(study, search)
     return result
 
 

@@ -80,6 +80,8 @@ METHOD_OPTIONS = {
 
 
 def zeroshot(config: ZeroshotConfig | None = None, **kwargs) -> ZeroshotResult:
+    """Classify texts into ``config.labels`` with no training example: NLI, embedding similarity or
+    prompt scoring with a causal LM."""
     cfg = make(ZeroshotConfig, config, kwargs)
     refuse_inapplicable(
         cfg,

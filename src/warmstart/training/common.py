@@ -56,12 +56,17 @@ class Job:
     # The model builds inputs from the labels (an encoder-decoder: its decoder inputs and their
     # mask).
     labels_make_inputs: bool = False
+    # Batch entries for ``loss`` alone, never given to the model (e.g. precomputed reference
+    # log-probabilities).
+    not_inputs: tuple[str, ...] = ()
 
     def model_inputs(self, batch: dict) -> dict:
         """What the model is given in a training step. Where ``loss`` replaces the model's own, the
         labels stay out, so that the model does not compute its cross-entropy too (for a causal LM a
         second pass, in fp32, over logits of its whole vocabulary), unless the model needs them to
         build its inputs."""
+        if self.not_inputs:
+            batch = {k: v for k, v in batch.items() if k not in self.not_inputs}
         if self.loss is None or self.labels_make_inputs:
             return batch
         return {k: v for k, v in batch.items() if k != "labels"}
@@ -307,3 +312,30 @@ def full_weights(accelerator: Any, model: torch.nn.Module) -> dict:
     own (no copy) elsewhere. One path for every setup, so a plain run checks the one a sharded run
     takes (save_pretrained writes the same files)."""
     return accelerator.get_state_dict(model)
+
+
+def check_sharding(accelerator: Any, cfg: Any) -> None:
+    """FSDP or DeepSpeed asked for (--fsdp, --deepspeed, or an Accelerate config file) but not what
+    Accelerate set up: on CPUs it silently trains plain data parallel instead. Refused in one line
+    before any step."""
+    from accelerate.utils import DistributedType
+
+    env = {
+        "FSDP": os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true",
+        "DeepSpeed": os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true",
+    }
+    asked = (
+        "FSDP"
+        if getattr(cfg, "fsdp", False) or env["FSDP"]
+        else "DeepSpeed"
+        if getattr(cfg, "deepspeed", None) or env["DeepSpeed"]
+        else None
+    )
+    running = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if asked and not running:
+        where = (
+            "Accelerate runs it only on GPU processes, and these run on the CPU"
+            if accelerator.num_processes > 1
+            else "it needs several processes: add --num-processes N (or use `accelerate launch`)"
+        )
+        raise UserError(f"{asked} was asked for but cannot shard this run: {where}")

@@ -29,6 +29,7 @@ from warmstart.training.common import (
     Job,
     State,
     begin_info,
+    check_sharding,
     end_summary,
     full_weights,
     mixed_precision,
@@ -61,6 +62,7 @@ def train(
         cpu=distributed.use_cpu(cfg.cpu),
         gradient_accumulation_steps=cfg.grad_accum,
     )
+    check_sharding(accelerator, cfg)  # FSDP/DeepSpeed asked for must be what runs
     world, me = accelerator.num_processes, accelerator.process_index
     last = run.resume_checkpoint(barrier=accelerator.wait_for_everyone) if cfg.resume else None
     saved = run.checkpoint_state(last) if last else {}

@@ -4,6 +4,7 @@ moment leaves files that agree with its study; and the text `warmstart tune` pri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -39,14 +40,39 @@ def publish(study: Any, search: Search) -> TuneResult:
     """best/ (replaced only when another trial becomes the best), best.json, trials.csv and
     trials.png."""
     out = search.out
+    # Workers sharing a study and a folder (--storage) publish one at a time: best/ is one copy.
+    with publishing(out):
+        return _publish(study, search, out)
+
+
+@contextlib.contextmanager
+def publishing(out: Path):
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".publish.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(study: Any, search: Search, out: Path) -> TuneResult:
     rows = _rows(study, search.params)
     best = _best(rows, search.direction)
     metric = search.metric or study.user_attrs.get("metric") or "metric"
     best_json = out / "best.json"
-    if best is not None:
+    source = trial_dir(out, best["number"]) if best is not None else None
+    if best is not None and not source.is_dir():
+        # a shared study's best trial that ran in another worker's --out (another machine): its
+        # folder is there; best.json says where
+        atomic_write_json(best_json, {**elsewhere(study, best), "metric": metric})
+        # an earlier best's copy is no longer the best
+        shutil.rmtree(out / "best", ignore_errors=True)
+    elif best is not None:
         saved = json.loads(best_json.read_text(encoding="utf-8")) if best_json.is_file() else {}
         if saved.get("trial") != best["number"] or not (out / "best").is_dir():
-            source = trial_dir(out, best["number"])
             atomic_dir(
                 out / "best",
                 lambda tmp: shutil.copytree(
@@ -72,7 +98,7 @@ def publish(study: Any, search: Search) -> TuneResult:
     _plot(rows, metric, search.direction, best, out / "trials.png")
     return TuneResult(
         out,
-        out / "best" if best else None,
+        out / "best" if (out / "best").is_dir() and best else None,
         best and best["number"],
         best and best["value"],
         {p.name: best[p.name] for p in search.params} if best else {},
@@ -80,6 +106,19 @@ def publish(study: Any, search: Search) -> TuneResult:
         search.direction,
         rows,
     )
+
+
+def elsewhere(study: Any, best: dict) -> dict:
+    """best.json for a best trial whose run folder is another worker's."""
+    who = study.trials[best["number"]].user_attrs.get("worker") or {}
+    return {
+        "trial": best["number"],
+        "value": best["value"],
+        "run_dir": best["run_dir"],
+        "best_dir": None,
+        "host": who.get("host"),
+        "note": "the trial ran in another worker's --out: its run folder is there",
+    }
 
 
 def report(cfg: TuneConfig, result: TuneResult) -> str:

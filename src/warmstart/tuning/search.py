@@ -49,6 +49,16 @@ class Search:
     def out(self) -> Path:
         return Path(self.cfg.out)
 
+    @property
+    def shared(self) -> bool:
+        """Whether the study lives in a storage given by --storage, which other tune processes
+        (on this machine or others) may be using at the same time."""
+        return self.cfg.storage is not None
+
+    @property
+    def storage(self) -> str:
+        return self.cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+
     def setup(self) -> dict[str, Any]:
         """What a resumed search must share with the one in the folder (trials, timeout and pruner
         may change). The options, not where they came from: a search started with flags resumes

@@ -40,7 +40,7 @@ from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
 from warmstart.runs import Run
 from warmstart.tuning.search import Search
-from warmstart.tuning.study import trial_dir
+from warmstart.tuning.study import trial_dir, worker
 
 # Once a trial has exited, every line it wrote is already in the pipe; this is only how long reading
 # them may take before the pipe counts as drained (a process the trial left behind may hold it open).
@@ -55,6 +55,9 @@ def run_trial(study: Any, search: Search, deadline: float | None, say) -> None:
     from optuna.trial import TrialState
 
     trial = study.ask()
+    # Whose it is: with a shared --storage, only its own worker (or a rerun on its machine after
+    # that worker died) may take it for interrupted.
+    trial.set_user_attr("worker", worker())
     params = {p.name: p.suggest(trial) for p in search.params}
     run_dir = trial_dir(search.out, trial.number)
     logs = search.out / "logs"
