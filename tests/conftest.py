@@ -15,6 +15,11 @@ import pandas as pd
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one thread each (torch, ONNX Runtime's OpenMP,
+    # and every CLI subprocess inherits it), else four threads fight for two cores and spin.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # pretrain caches token files; the tests keep theirs out of ~/.cache
 os.environ.setdefault("WARMSTART_TOKEN_CACHE", tempfile.mkdtemp(prefix="warmstart-tokens-"))
