@@ -4,17 +4,14 @@ tokenizer keeps exports quick."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+import tiny_llama as shared
 import warmstart
 from warmstart.errors import UserError
 from warmstart.inference import onnx_lm
-from warmstart.models.bundled import smollm2
 
 pytestmark = pytest.mark.skipif(
     not onnx_lm.installed(), reason="onnxruntime-genai is not installed"
@@ -22,38 +19,14 @@ pytestmark = pytest.mark.skipif(
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,"]
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 2-layer Llama of width 64 with SmolLM2's tokenizer, chat template and special tokens."""
-    source, folder = smollm2(), tmp_path_factory.mktemp("llama") / "tiny"
-    folder.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (source / name).is_file():
-            shutil.copy(source / name, folder / name)
-    big = LlamaConfig.from_pretrained(source)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=big.vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            bos_token_id=big.bos_token_id,
-            eos_token_id=big.eos_token_id,
-            pad_token_id=big.pad_token_id,
-        )
-    )
-    model.save_pretrained(folder)
-    return folder
+# The quantisation tests' tiny Llama and cache (tests/tiny_llama.py): one folder, exported once.
+tiny_llama_session = shared.tiny_llama_session
+cache_fixture = shared.session_cache
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("WARMSTART_HOME", str(tmp_path_factory.getbasetemp() / "warmstart-home"))
+@pytest.fixture
+def tiny_llama(tiny_llama_session) -> Path:
+    return tiny_llama_session
 
 
 def test_greedy_text_is_transformers_fp32_token_for_token(tiny_llama):
