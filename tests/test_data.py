@@ -126,7 +126,8 @@ def test_texts_one_per_line_read_alike_from_files_and_stdin_for_predict_and_gene
     found predict keeping them or failing on them while generate skipped them)."""
     import io
 
-    from warmstart.data.texts import read_prompts, read_texts
+    from warmstart.data.prompts import read_prompts
+    from warmstart.data.texts import read_texts
 
     raw = "A wonderful film.\r\n\r\n  \r\nTwo hours lost.\r\n"
     path = tmp_path / "in.txt"

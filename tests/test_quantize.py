@@ -34,6 +34,7 @@ def test_int4_weights_are_matmulnbits_in_the_asked_blocks_exported_once(
     int4 = onnx_lm.export(folder, quiet=True, quantize="int4", block_size=32)
     fp32 = onnx_lm.export(folder, quiet=True)
     assert int4 != fp32 and "MatMulNBits" in op_types(int4)
+    assert not (int4 / onnx_lm.GRID).exists()  # its weights are on no GGUF grid: the builder's
     assert "MatMulNBits" not in op_types(fp32)
     model = onnx.load(str(int4 / "model.onnx"), load_external_data=False)
     blocks = {

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 
 def on_terminal() -> bool:
@@ -22,5 +23,8 @@ def on_terminal() -> bool:
 
 def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, **kwargs)``, disabled unless ``enabled`` (--progress) and on a terminal."""
+    # Imported here: tqdm.auto costs 50 ms, which a short `generate` should not pay for no bar.
+    from tqdm.auto import tqdm
+
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, disable=not (enabled and on_terminal()), **kwargs)

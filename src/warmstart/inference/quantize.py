@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -179,15 +178,16 @@ def cache_file() -> Path:
 def cache_key(folder: Path, block_size: int) -> str:
     import onnxruntime_genai
 
-    from warmstart.inference.onnx_lm import export_key
+    from warmstart.inference.onnx_lm import GRID_FORMAT, export_key, threads
 
     return json.dumps(
         [
             cpu_name(),
-            os.cpu_count(),
+            threads(),
             getattr(onnxruntime_genai, "__version__", "?"),
             export_key(folder),
             block_size,
+            GRID_FORMAT,  # int4 changed (a GGUF's own blocks): decide again
         ]
     )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from warmstart.config import GenerateConfig, make, settle
-from warmstart.data.texts import read_prompts
+from warmstart.data.prompts import read_prompts
 from warmstart.errors import UserError
 from warmstart.files import atomic_write_text
 from warmstart.inference import onnx_lm, quantize
@@ -55,12 +55,13 @@ def generate(
 
 
 def conversations(cfg: GenerateConfig) -> list[list[dict]] | None:
-    from warmstart.data.conversations import read_messages
-
     if cfg.messages is None:
         return None
     if not cfg.chat or cfg.prompts or cfg.input:
         raise UserError("--messages goes with --chat, instead of prompts or --input")
+    # Imported here: it brings pandas and torch, which the ONNX route never needs.
+    from warmstart.data.conversations import read_messages
+
     return read_messages(cfg.messages)
 
 
