@@ -9,11 +9,14 @@ Both merged models (and the base) are scored by the same code on the same held-o
 preference accuracy (reward, against the base as reference) and the share of pairs whose chosen
 reply the model itself finds likelier per token (log-prob accuracy: the base model's baseline);
 pairs/s of the whole training call (model load, tokenisation, reference log-probs, training,
-saving) and peak resident memory (each side in a process of its own).
+merging and saving; each side's modules imported before its clock starts) and peak resident memory
+(each side in a process of its own). Gradient checkpointing is on for both sides, TRL's default
+(warmstart's --gradient-checkpointing); --no-checkpointing turns it off for both.
 
 SFT: TRL's ``SFTTrainer(assistant_only_loss=True)`` vs multi-turn `finetune --task causal-lm` on the
 chosen dialogues, with SmolLM2's template marked with ``{% generation %}`` (TRL needs the marks; it
-renders the same text): the loss masks compared token for token, conversations/s.
+renders the same text): the loss masks compared token for token (off TRL's clock), conversations/s;
+both merge and save their model.
 
 Before/after: five held-out multi-turn prompts continued greedily by the base and the DPO model
 (`generate --chat --messages`). Prints Markdown tables and writes results.json into --out.
@@ -28,7 +31,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -112,7 +114,10 @@ def prepare(args, work: Path) -> dict:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork and exec, so each side would report at least the benchmark process's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def side_trl_dpo(args, files: dict, out: Path) -> dict:
@@ -132,6 +137,7 @@ def side_trl_dpo(args, files: dict, out: Path) -> dict:
         loss_type=["sigmoid"],
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=args.batch_size * 2,
+        gradient_checkpointing=args.checkpointing,
         max_length=args.max_length,
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
@@ -180,6 +186,7 @@ def ours(args, **options):
         lora_target_modules=",".join(LORA["target_modules"]),
         precision="fp32",
         attn_implementation="sdpa",
+        gradient_checkpointing=args.checkpointing,
         seed=args.seed,
         progress=False,
         overwrite=True,
@@ -188,7 +195,9 @@ def ours(args, **options):
 
 
 def side_ours_dpo(args, files: dict, out: Path) -> dict:
-    import warmstart  # noqa: F401  (imported before the clock starts, as TRL is on its side)
+    # Imported before the clock starts, as TRL's modules are on its side (warmstart's public API
+    # imports its commands lazily: `finetune` on first use).
+    import warmstart.tasks.finetune  # noqa: F401
 
     t = time.perf_counter()
     result = ours(
@@ -222,6 +231,7 @@ def side_trl_sft(args, files: dict, out: Path) -> dict:
         args=SFTConfig(
             output_dir=str(out / "trl-sft-run"),
             assistant_only_loss=True,
+            gradient_checkpointing=args.checkpointing,
             max_length=args.max_length,
             packing=False,
             per_device_train_batch_size=args.batch_size,
@@ -242,7 +252,9 @@ def side_trl_sft(args, files: dict, out: Path) -> dict:
         processing_class=tok,
         peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
     )
-    # The masks TRL trains with, against warmstart's rendering of the same conversations.
+    # The masks TRL trains with, against warmstart's rendering of the same conversations (a check
+    # of the benchmark's, off TRL's clock).
+    t_check = time.perf_counter()
     renderer = ChatRenderer(tok)
     tokens = differing = rows_equal = 0
     for row, conv in zip(trainer.train_dataset, data["messages"]):
@@ -258,7 +270,11 @@ def side_trl_sft(args, files: dict, out: Path) -> dict:
         tokens += len(mask)
         differing += sum(a != b for a, b in zip(mask, theirs)) + abs(len(mask) - len(theirs))
         rows_equal += same_ids and mask == theirs
+    t += time.perf_counter() - t_check
     trainer.train()
+    # Merged and saved as on the DPO side (and as warmstart's run saves its model).
+    trainer.model.merge_and_unload().save_pretrained(out / "trl-sft")
+    tok.save_pretrained(out / "trl-sft")
     return {
         "seconds": time.perf_counter() - t,
         "mask_tokens": tokens,
@@ -269,7 +285,7 @@ def side_trl_sft(args, files: dict, out: Path) -> dict:
 
 
 def side_ours_sft(args, files: dict, out: Path) -> dict:
-    import warmstart  # noqa: F401  (imported before the clock starts, as TRL is on its side)
+    import warmstart.tasks.finetune  # noqa: F401  (before the clock, as on the DPO side)
 
     t = time.perf_counter()
     result = ours(
@@ -336,6 +352,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gradient checkpointing on both sides (TRL's default; warmstart's "
+        "--gradient-checkpointing); --no-checkpointing: off on both",
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-dpo"))
     parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,7 +366,11 @@ def main() -> None:
         a
         for k, v in vars(args).items()
         if k not in ("out", "side")
-        for a in (f"--{k.replace('_', '-')}", str(v))
+        for a in (
+            (f"--{'' if v else 'no-'}{k}",)
+            if isinstance(v, bool)
+            else (f"--{k.replace('_', '-')}", str(v))
+        )
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +406,11 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     t, o = sides["trl-dpo"], sides["ours-dpo"]
-    print(f"DPO: {files['n_train']} train pairs ({pairs} trained), {files['n_test']} held out\n")
+    gc = "on" if args.checkpointing else "off"
+    print(
+        f"DPO: {files['n_train']} train pairs ({pairs} trained), {files['n_test']} held out;"
+        f" gradient checkpointing {gc} for both sides\n"
+    )
     print("| | held-out preference accuracy | log-prob accuracy | pairs/s | peak MB |")
     print("|---|---|---|---|---|")
     print(f"| base | - | {scores['base']['logp_accuracy']:.3f} | - | - |")

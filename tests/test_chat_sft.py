@@ -217,3 +217,94 @@ def test_finetune_on_conversations_packs_them_apart_and_generate_continues_a_cha
     )  # fmt: skip
     assert len(gens) == 1 and gens[0].prompt.endswith("<|im_start|>assistant\n")
     assert gens[0].prompt == renderer.text(rows[0][:3], True)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_loss_from_the_labelled_positions_alone_equals_the_models_own(tiny_chat, lora, packed):
+    """The head run at the assistant tokens only (models.token_logprobs): the same loss, the same
+    gradients and the same token accuracy as the model's own loss over every position's logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.kinds.causal_lm import pack, pad_rows
+    from warmstart.models.token_logprobs import labelled_forward
+
+    tok, renderer = tokenizer_of(tiny_chat), ChatRenderer(tokenizer_of(tiny_chat))
+    chats = [DIALOGUE, DIALOGUE[1:3], [*DIALOGUE[1:4], {"role": "assistant", "content": "ok!"}]]
+    done = [renderer.render(c) for c in chats]
+    rows = [{"input_ids": r.ids, "labels": r.labels} for r in done]
+    if packed:
+        p = pack([r.ids for r in done[:2]], [r.labels for r in done[:2]], 128)
+        rows = [{k: v[i] for k, v in p.items()} for i in range(len(p["input_ids"]))]
+        rows.append({"input_ids": done[2].ids, "labels": done[2].labels,
+                     "position_ids": list(range(len(done[2].ids)))})  # fmt: skip
+    batch = pad_rows(rows, tok.pad_token_id, packed, 8)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat, dtype=torch.float32)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # a trained adapter, so that the gradients reach lora_A too
+                torch.nn.init.normal_(p, std=0.5)
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    full = model(**batch)
+    grads_full = torch.autograd.grad(full.loss, trained)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = labelled_forward(model, inputs, batch["labels"], 0.0)
+    grads = torch.autograd.grad(out.loss, trained)
+
+    assert out.logits.shape == (int((batch["labels"][:, 1:] != IGNORE).sum()), len(tok))
+    assert out.loss.item() == pytest.approx(full.loss.item(), abs=1e-6)
+    for a, b in zip(grads, grads_full):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    mask = batch["labels"][:, 1:] != IGNORE
+    hits = (full.logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
+    assert int((out.logits.argmax(-1) == out.targets).sum()) == int(hits.sum())
+    # With label smoothing: what the Trainer engine computes from the full logits.
+    smoothed = torch.nn.functional.cross_entropy(
+        full.logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE,
+        label_smoothing=0.1,
+    )  # fmt: skip
+    again = labelled_forward(model, inputs, batch["labels"], 0.1).loss
+    assert again.item() == pytest.approx(smoothed.item(), abs=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_dropout_included(tiny_chat):
+    """--gradient-checkpointing (training.common.checkpoint_layers): the recomputed layers draw the
+    forward's dropout masks (warmstart's CPU masks), so loss and gradients are those without it."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.kinds.causal_lm import pad_rows
+    from warmstart.models.token_logprobs import labelled_forward
+    from warmstart.training.common import checkpoint_layers
+    from warmstart.training.dropout import faster_dropout
+
+    renderer = ChatRenderer(tokenizer_of(tiny_chat))
+    done = [renderer.render(DIALOGUE), renderer.render(DIALOGUE[1:3])]
+    batch = pad_rows([{"input_ids": r.ids, "labels": r.labels} for r in done], 0, False, 8)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    found = []
+    for on in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_chat, dtype=torch.float32)
+        torch.manual_seed(1)  # the same adapters both times
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_dropout=0.3, target_modules=["q_proj", "v_proj"])
+        )
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)
+        checkpoint_layers(model, SimpleNamespace(gradient_checkpointing=on, cpu=True))
+        model.train()
+        torch.manual_seed(5)
+        with faster_dropout("cpu"):
+            out = labelled_forward(model, inputs, batch["labels"], 0.0)
+        out.loss.backward()
+        found.append((out.loss.item(), [p.grad for p in model.parameters() if p.requires_grad]))
+    assert model.get_base_model().model.gradient_checkpointing  # it was on the second time
+    assert found[0][0] == found[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(found[0][1], found[1][1]))

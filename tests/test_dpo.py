@@ -224,3 +224,77 @@ def test_dpo_resume_after_kill_gives_same_metrics(tiny_chat, toy_pairs, tmp_path
         return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
 
     assert stable(resumed["epochs"]) == stable(full["epochs"])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_reply_log_probs_from_the_replies_alone_equal_those_from_every_position(
+    tiny_chat, toy_pairs, lora
+):
+    """pair_logps runs the head at the replies' tokens only: the same summed log-probabilities
+    and counts (and gradients) as every position's logits give, with LoRA on and off."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.inference.preferences import pair_logps, sequence_logps
+
+    tok = tokenizer_of(tiny_chat)
+    enc, _, _ = encode_pairs(ChatRenderer(tok), read_preferences(toy_pairs, 5), 64)
+    batch = collate_pairs([enc[i] for i in range(len(enc))], tok.pad_token_id, 8)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat, dtype=torch.float32)
+    inner = model
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def full(m) -> tuple[torch.Tensor, ...]:
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, n = sequence_logps(logits, batch["labels"])
+        return logps[:5], logps[5:], n[:5], n[5:]
+
+    want, got = full(model), pair_logps(model, batch)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-6)
+    assert got[2].tolist() == want[2].tolist() and min(got[2].tolist()) > 0
+    g_want = torch.autograd.grad(want[0].sum() - want[1].sum(), trained)
+    g_got = torch.autograd.grad(got[0].sum() - got[1].sum(), trained)
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    if lora:  # the reference: the same model with its adapters off
+        with torch.no_grad(), adapters_off(inner):
+            for a, b in zip(pair_logps(model, batch), full(model)):
+                assert torch.allclose(a, b, atol=1e-5, rtol=1e-6)
+
+
+def test_merged_save_copies_only_the_adapted_layers_and_leaves_the_model_training(tiny_chat):
+    """models.lora.merged (what --lora-save merged saves): the weights of peft's merge of a full
+    copy, bit for bit; the model being trained untouched; the weights LoRA does not adapt shared,
+    not copied."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.models.lora import merged
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    want = copy.deepcopy(model).merge_and_unload().state_dict()
+    plain = merged(model)
+    got = plain.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    layer = model.get_base_model().model.layers[0]
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(got[q], layer.self_attn.q_proj.base_layer.weight)  # merged
+    up = got["model.layers.0.mlp.up_proj.weight"]
+    assert up.data_ptr() == layer.mlp.up_proj.weight.data_ptr()  # shared
+    assert plain.config is not model.config  # what the kind's save records stays the copy's

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.num_processes,
                 getattr(cfg, "fsdp", False),
                 getattr(cfg, "deepspeed", None),
+                cfg,
             )
             if code is not None:
                 return code

@@ -13,9 +13,10 @@ shard is, and every process ends with the same full result (and so takes the sam
 `--num-processes N` (``relaunch``) runs the same command again under `accelerate launch` with N
 local processes: they see WORLD_SIZE > 1 and so run the command itself; the parent only waits and
 passes on their exit status. On a CPU-only machine the processes talk over gloo; with GPUs, each
-process takes one; `--fsdp` / `--deepspeed CONFIG` launch them sharded (GPUs only: Accelerate does
-not shard CPU processes). For several machines, call `accelerate launch` yourself with a config file
-(configs/accelerate/).
+process takes one; `--fsdp` / `--deepspeed CONFIG` launch them sharded: through Accelerate on GPUs,
+and for `--fsdp` on CPUs by torch's FSDP2 in the native engine (training.sharding: Accelerate does
+not shard CPU processes); DeepSpeed needs GPUs. For several machines, call `accelerate launch`
+yourself with a config file (configs/accelerate/).
 
 `scored_by` lets another engine (Ray actors, `--engine ray`) score the rows that ``probabilities``
 would score here."""
@@ -96,12 +97,30 @@ def shard(n: int, index: int | None = None, size: int | None = None) -> np.ndarr
     return np.array_split(np.arange(n), size)[index]
 
 
+# Set while every process must compute every row itself (see rows_everywhere).
+_EVERYWHERE: list[bool] = []
+
+
+@contextlib.contextmanager
+def rows_everywhere(on: bool = True):
+    """Within the block (when ``on``), ``gather_rows`` computes all rows in every process instead of
+    a shard each: a model sharded by FSDP runs each forward as a collective, so every process must
+    run the same batches."""
+    if on:
+        _EVERYWHERE.append(True)
+    try:
+        yield
+    finally:
+        if on:
+            _EVERYWHERE.pop()
+
+
 def gather_rows(n: int, compute: Callable[[np.ndarray], np.ndarray | list]) -> np.ndarray | list:
     """``compute(indices)`` on this process's shard of ``n`` rows, gathered from all processes and
-    put back in input order; one process: just ``compute(arange(n))``. Every process gets the whole
-    result. ``compute`` may return an array (a row per index) or a list (an entry per index, e.g.
-    ragged rows)."""
-    if not is_distributed():
+    put back in input order; one process (or within ``rows_everywhere``): just
+    ``compute(arange(n))``. Every process gets the whole result. ``compute`` may return an array (a
+    row per index) or a list (an entry per index, e.g. ragged rows)."""
+    if not is_distributed() or _EVERYWHERE:
         return compute(np.arange(n))
     import torch
 
@@ -255,15 +274,15 @@ def command(
     ]
 
 
-def sharding_needs_gpus(fsdp: bool, deepspeed: str | None, gpus: int) -> None:
-    """Refuse --fsdp / --deepspeed where they cannot run, in one line: Accelerate enables FSDP and
-    DeepSpeed only for GPU processes (on CPUs its state falls back to DDP over gloo, silently)."""
-    flag = "--fsdp" if fsdp else "--deepspeed" if deepspeed else None
-    if flag and not gpus:
+def check_sharding(fsdp: bool, deepspeed: str | None, gpus: int, cfg: object = None) -> None:
+    """Refuse in one line, before any process starts, sharding that cannot run here. DeepSpeed
+    needs GPUs (its ZeRO engine runs on accelerator devices). FSDP runs on either: Accelerate's FSDP2
+    on GPUs, torch's FSDP2 applied by warmstart on CPU processes (training.sharding), which leaves
+    out what it does not support there."""
+    if deepspeed and not gpus:
         raise UserError(
-            f"{flag} shards the model over GPUs and this machine has none: Accelerate runs FSDP"
-            " and DeepSpeed only on GPU processes; use --num-processes alone (data parallel over"
-            " gloo) on CPUs"
+            "--deepspeed needs GPUs and this machine has none (DeepSpeed's ZeRO runs on"
+            " accelerator devices): use --fsdp to shard over CPU processes"
         )
     if deepspeed:
         try:
@@ -272,13 +291,34 @@ def sharding_needs_gpus(fsdp: bool, deepspeed: str | None, gpus: int) -> None:
             raise UserError(
                 "--deepspeed needs the package deepspeed: pip install deepspeed"
             ) from None
+    if fsdp and not gpus and cfg is not None:
+        refuse_unsupported_fsdp(cfg)
+
+
+def refuse_unsupported_fsdp(cfg: object) -> None:
+    """What FSDP on CPU processes (training.sharding) does not run, refused in one line: before the
+    launch, and again in each process (a launcher may have asked for FSDP)."""
+    if getattr(cfg, "engine", "native") == "trainer":
+        raise UserError(
+            "--fsdp on CPU processes runs in the native engine (the Trainer takes FSDP from"
+            " Accelerate, which shards only GPU processes): drop --engine trainer"
+        )
+    if getattr(cfg, "lora_r", None):
+        raise UserError(
+            "--fsdp with --lora-r is not supported on CPU processes: LoRA trains a small"
+            " fraction of the weights, so train it with --num-processes N alone (data parallel)"
+        )
 
 
 def relaunch(
-    argv: list[str], processes: int, fsdp: bool = False, deepspeed: str | None = None
+    argv: list[str],
+    processes: int,
+    fsdp: bool = False,
+    deepspeed: str | None = None,
+    cfg: object = None,
 ) -> int | None:
     """Exit status of the command run in ``processes`` processes; None when this already is one of
-    them."""
+    them. ``cfg``: the command's settings, for what FSDP on CPU processes refuses."""
     if is_distributed():
         return None
     try:
@@ -287,7 +327,8 @@ def relaunch(
         gpus = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no usable CUDA: CPU processes
         gpus = 0
-    sharding_needs_gpus(fsdp, deepspeed, 0 if "--cpu" in argv else gpus)
+    on_gpus = 0 if "--cpu" in argv else gpus
+    check_sharding(fsdp, deepspeed, on_gpus, cfg)
     if gpus and processes > gpus and "--cpu" not in argv:
         raise UserError(
             f"--num-processes {processes} is more than the {gpus} GPU(s) here; use at most {gpus} "
@@ -295,7 +336,10 @@ def relaunch(
         )
     # One thread per process unless told otherwise: N processes each using every core only fight.
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
-    proc = subprocess.Popen(command(argv, processes, fsdp=fsdp, deepspeed=deepspeed), env=env)
+    # On CPUs --fsdp launches plain processes (Accelerate would not shard them): the command's
+    # own --fsdp makes the native engine shard the model with torch's FSDP2.
+    launch = command(argv, processes, fsdp=fsdp and bool(on_gpus), deepspeed=deepspeed)
+    proc = subprocess.Popen(launch, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:

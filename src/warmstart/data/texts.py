@@ -63,5 +63,3 @@ def read_words(input: str | DatasetSplit, limit: int | None = None) -> list[list
     sents = read_sentences(path, labelled=False, limit=limit)
     check_sentences(sents)
     return sents.tokens
-
-

@@ -442,8 +442,8 @@ def load(cfg: GenerateConfig) -> OnnxLM:
     quantize = cfg.quantize if cfg.quantize in QUANTIZE else "none"
     lm = LOADED.get(loaded_key(export_dir(folder, quantize, cfg.quant_block_size)))
     if lm is None:
+        LOADED.clear()  # one model kept at a time: the old one goes before the next is read
         lm = OnnxLM(folder, quantize=quantize, block_size=cfg.quant_block_size)
-        LOADED.clear()
         LOADED[loaded_key(lm.exported)] = lm
     return lm
 

@@ -24,6 +24,7 @@ from warmstart.data.conversations import (
 from warmstart.errors import UserError
 from warmstart.models import load_config, load_options, load_tokenizer, resolve
 from warmstart.models.device import pick_device
+from warmstart.models.token_logprobs import Labelled, labelled_forward, row_logps
 from warmstart.progress import progress_bar
 
 
@@ -45,7 +46,8 @@ def pad_pairs(rows: list[dict], pad_id: int, multiple: int | None) -> dict[str, 
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's summed log-probability of its labelled tokens (fp32), and how many there are."""
+    """Each row's summed log-probability of its labelled tokens (fp32), and how many there are,
+    from the logits at every position (what pair_logps computes from the replies' alone)."""
     # The labels move one place left (the logits at i predict the token at i + 1) rather than the
     # logits being cut: a cut would copy a batch x length x vocabulary tensor.
     target = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), IGNORE)], 1)
@@ -121,10 +123,16 @@ def collate_pairs(rows: list[dict], pad_id: int, multiple: int | None) -> dict[s
     return batch
 
 
+def pair_forward(model: torch.nn.Module, batch: dict) -> Labelled:
+    """The model on one collated batch, its logits at the replies' tokens alone (the head run
+    there only: models.token_logprobs)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return labelled_forward(model, inputs, batch["labels"])
+
+
 def pair_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, ...]:
     """(chosen, rejected, n_chosen, n_rejected) log-probabilities of one collated batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logps, n = sequence_logps(out.logits, batch["labels"])
+    logps, n = row_logps(pair_forward(model, batch))
     half = len(logps) // 2
     return logps[:half], logps[half:], n[:half], n[half:]
 

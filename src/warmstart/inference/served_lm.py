@@ -84,4 +84,7 @@ def load(name: str, options: dict) -> CausalLM:
         raise UserError(f"--backend onnx cannot serve this model: {reason}; use --backend torch")
     quantize.refuse_on_torch(weights)
     lm = CausalLM.load(name, cpu=cpu, precision="fp32" if weights == "int8" else "auto")
-    return quantize.torch_int8(lm) if weights == "int8" else lm
+    lm = quantize.torch_int8(lm) if weights == "int8" else lm
+    # The torch engine's thread decodes while the generation pool's threads tokenize prompts.
+    lm.tokenizer = LockedTokenizer(lm.tokenizer)
+    return lm

@@ -62,6 +62,7 @@ from warmstart.models import (
     set_dropout,
 )
 from warmstart.models.causal import CausalLM, instruction_ids
+from warmstart.models.token_logprobs import Labelled, labelled_forward
 from warmstart.runs import Run
 from warmstart.training.common import Job, smoothed_loss
 
@@ -413,6 +414,7 @@ class CausalLMTuning(TextToTextKind):
     def job(self, cfg: FinetuneConfig, tokenizer, data: dict[str, Encoded]) -> Job:
         packed = cfg.packing
         pad_id = tokenizer.pad_token_id
+        native = cfg.engine == "native"
 
         multiple = pad_multiple(cfg.cpu)
 
@@ -438,7 +440,14 @@ class CausalLMTuning(TextToTextKind):
                 )
             return {"loss": loss, **self.score("valid", texts, run_dir, "valid_predictions.jsonl")}
 
+        def forward(model, batch: dict) -> Labelled:
+            # The head runs at the labelled tokens alone (the loss is the same; the native engine).
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            return labelled_forward(model, inputs, batch["labels"], cfg.label_smoothing or 0.0)
+
         def accuracy(out, batch) -> tuple[int, int]:
+            if isinstance(out, Labelled):
+                return int((out.logits.argmax(-1) == out.targets).sum()), len(out.targets)
             mask = batch["labels"][:, 1:] != IGNORE
             hit = out.logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]
             return int((hit & mask).sum()), int(mask.sum())
@@ -472,7 +481,10 @@ class CausalLMTuning(TextToTextKind):
             metric_names=tuple(self.names),
             batch_loss=lambda out, batch: out.loss.item(),
             tokenizer=tokenizer,
-            loss=smoothed_loss(cfg.label_smoothing, shift=True),
+            # The native engine's forward computes the (smoothed) loss itself; the Trainer's the
+            # model's own, or smoothed_loss on its full logits.
+            loss=None if native else smoothed_loss(cfg.label_smoothing, shift=True),
+            forward=forward if native else None,
             unit="packed rows" if packed else "pairs",
         )
 
@@ -594,12 +606,11 @@ def completion_loss(
         batch = collate([data[int(i)] for i in order[k : k + batch_size]])
         batch = {key: v.to(device) for key, v in batch.items()}
         labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1].float()
-        target = labels[:, 1:]
+        out = labelled_forward(model, batch, labels)  # the head at the completion tokens alone
         total += torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="sum"
+            out.logits.float(), out.targets, reduction="sum"
         ).item()
-        tokens += int((target != IGNORE).sum())
+        tokens += len(out.targets)
     return total / max(tokens, 1)
 
 

@@ -13,9 +13,10 @@ off (peft's ``disable_adapter``: no second copy in memory); without, a frozen co
 log-probabilities are computed once before training (``--precompute-reference``, the default on
 the CPU), so a step runs the policy alone; the valid pairs' always are. Each epoch the valid pairs
 are scored: preference accuracy (chosen reward above rejected), mean margin, the rewards and the
-log-probabilities. ``evaluate`` on a pairs file gives the same figures for any causal LM, and, where
-the model has no reference (a base model), the accuracy of its own log-probabilities: the
-baseline."""
+log-probabilities. ``evaluate`` on a pairs file gives the same figures for any causal LM, and,
+where the model has no reference (a base model), the accuracy of its own log-probabilities: the
+baseline. Every log-probability comes from the head run at the replies' tokens alone
+(models.token_logprobs: the same values, without batch x length x vocabulary logits)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from warmstart.inference.preferences import (  # noqa: F401  (what the kind is m
     collate_pairs,
     encode_pairs,
     format_preferences,
+    pair_forward,
     pair_logps,
     preference_loss,
     preference_metrics,
@@ -48,6 +50,7 @@ from warmstart.kinds.base import TaskKind
 from warmstart.kinds.causal_lm import OTHER_KINDS
 from warmstart.models import is_causal, load_config, load_options, load_tokenizer, resolve
 from warmstart.models.device import pick_device
+from warmstart.models.token_logprobs import Labelled, row_logps
 from warmstart.runs import Run
 from warmstart.training.common import Job
 
@@ -220,8 +223,12 @@ class PreferenceTuning(TaskKind):
                         rc, rr, _, _ = pair_logps(self.model, batch)
             return rc, rr
 
-        def loss(out, batch: dict) -> torch.Tensor:
-            logps, n = sequence_logps(out.logits, batch["labels"])
+        def forward(model, batch: dict) -> Labelled:
+            # The head runs at the replies' tokens alone (their log-probabilities are the same).
+            return pair_forward(model, batch)
+
+        def loss(out: Labelled, batch: dict) -> torch.Tensor:
+            logps, n = row_logps(out)
             half = len(logps) // 2
             rc = rr = None
             if self.reference:
@@ -263,6 +270,7 @@ class PreferenceTuning(TaskKind):
             valid=valid,
             metric_names=METRICS[1:],
             loss=loss,
+            forward=forward,
             tokenizer=tokenizer,
             unit="pairs",
             not_inputs=("ref",),

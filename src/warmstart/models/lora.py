@@ -136,10 +136,22 @@ def is_lora(model: torch.nn.Module) -> bool:
 def merged(model: torch.nn.Module) -> torch.nn.Module:
     """A plain transformers model with the adapters folded into its weights; ``model`` itself is
     untouched (it trains on: merging in place and unmerging after would leave rounding errors in the
-    weights it trains)."""
+    weights it trains). Only the adapted layers are copied (peft merges into their base weights);
+    every other weight is shared with ``model``, not copied: a 135M model's save held a second
+    540 MB."""
     import copy
 
-    return copy.deepcopy(model).merge_and_unload()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapted = {
+        id(t)
+        for m in model.modules()
+        if isinstance(m, BaseTunerLayer)
+        for t in (*m.parameters(), *m.buffers())
+    }
+    # deepcopy returns what its memo holds for an object: these tensors themselves.
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in adapted}
+    return copy.deepcopy(model, shared).merge_and_unload()
 
 
 class _ConfigOnly:

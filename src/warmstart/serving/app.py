@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -136,7 +135,9 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
     forward = ThreadPoolExecutor(
         1, thread_name_prefix="warmstart-forward"
     )  # one pass at a time: all cores each
-    # One thread decodes with transformers; on GenAI's route several wait while its Engine batches.
+    # An engine batches the generation requests in flight: the torch route's starts here with the
+    # server's batch size (GenAI's has its own).
+    generation.engine_of(served.causal_lm, cfg.max_batch_size if cfg.batching else 1)
     generate_pool = ThreadPoolExecutor(
         generation.workers(served.causal_lm), thread_name_prefix="warmstart-generate"
     )
@@ -434,23 +435,14 @@ def create_app(served: ServedModel, cfg: ServeConfig | None = None) -> FastAPI:
             except generation.RequestError as e:
                 raise ApiError(e.status, e.message, e.field) from None
             if req.stream:
-                events = generation.stream_events(
+                events = generation.events(
                     served.causal_lm, prepared, generate_pool, request.state.request_id
                 )
                 return StreamingResponse(
                     events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
-            cancelled = threading.Event()
-            try:
-                result = await loop.run_in_executor(
-                    generate_pool, generation.run, served.causal_lm, prepared, None, cancelled
-                )
-            except (
-                asyncio.CancelledError
-            ):  # deadline passed or client gone: stop generating for nobody
-                cancelled.set()
-                raise
-            return asdict(result)
+            # Cancelled (deadline passed, client gone): the generation is told to stop.
+            return asdict(await generation.result_of(served.causal_lm, prepared, generate_pool))
 
     openai_api.install(
         app,

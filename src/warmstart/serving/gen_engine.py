@@ -134,7 +134,7 @@ class Engine:
                     logger.error("GenAI's engine refused a request", exc_info=e)
                     item.error = f"generation failed: {e}"
                     item.done.set()
-                    _call(item.on_end)
+                    notify(item.on_end)
                 try:
                     item = self.inbox.get_nowait()
                 except queue.Empty:
@@ -181,7 +181,7 @@ class Engine:
     def _admit(self, job: Job, live: dict) -> None:
         if job.cancelled.is_set():
             job.done.set()
-            _call(job.on_end)
+            notify(job.on_end)
             return
         og = self.og
         if job.options.get("do_sample") and job.options.get("seed") is not None:
@@ -235,52 +235,63 @@ class Engine:
             self._end_row(job, row, None)
 
     def _token(self, job: Job, row: int, token: int) -> None:
-        job.tokens[row].append(token)
-        if token in self.lm.eos:
-            return
-        if not job.stops and job.on_piece is None:
-            return
-        text = completion_text(self._decode, job.ids, job.tokens[row])
-        if any(s in text for s in job.stops):
-            job.ended[row] = True  # the engine thread cancels its turn before the next step
-            return
-        if job.on_piece is not None and row == 0:
-            ready = text[: len(text) - hold_back(text, job.stops)]
-            if ready.startswith(job.sent) and len(ready) > len(job.sent):
-                _call(job.on_piece, ready[len(job.sent) :])
-                job.sent = ready
+        take_token(job, row, token, self._decode, self.lm.eos)
 
     def _end_row(self, job: Job, row: int, request) -> None:
-        job.ended[row] = True
         try:
             if request is not None:
                 request.close()
         except RuntimeError:  # already released by the engine
             pass
-        if not all(job.ended) or job.done.is_set():
-            return
-        if not job.cancelled.is_set() and job.error is None:
-            done = [
-                finish(self._decode, job.ids, t, job.budget, job.stops, self.lm.eos)
-                for t in job.tokens
-            ]
-            job.result = Generation(
-                job.prompt,
-                [d[0] for d in done],
-                len(job.ids),
-                [d[1] for d in done],
-                [d[2] for d in done],
-            )
-            if job.on_piece is not None:
-                text = job.result.completions[0]
-                if text.startswith(job.sent) and len(text) > len(job.sent):
-                    _call(job.on_piece, text[len(job.sent) :])
-                    job.sent = text
-        job.done.set()
-        _call(job.on_end)
+        end_row(job, row, self._decode, self.lm.eos)
 
 
-def _call(fn: Callable | None, *args) -> None:
+def take_token(
+    job: Job, row: int, token: int, decode: Callable[[list[int]], str], eos: set[int]
+) -> None:
+    """A row's new token (in the engine's thread): a stop string in its text ends the row, text
+    that cannot begin one streams (row 0). Shared by the GenAI and the torch engines."""
+    job.tokens[row].append(token)
+    if token in eos:
+        return
+    if not job.stops and job.on_piece is None:
+        return
+    text = completion_text(decode, job.ids, job.tokens[row])
+    if any(s in text for s in job.stops):
+        job.ended[row] = True  # the engine thread cancels its turn before the next step
+        return
+    if job.on_piece is not None and row == 0:
+        ready = text[: len(text) - hold_back(text, job.stops)]
+        if ready.startswith(job.sent) and len(ready) > len(job.sent):
+            notify(job.on_piece, ready[len(job.sent) :])
+            job.sent = ready
+
+
+def end_row(job: Job, row: int, decode: Callable[[list[int]], str], eos: set[int]) -> None:
+    """A row has ended (in the engine's thread); once every row of the job has, its result is
+    set (unless cancelled or failed), the rest of its text streamed, and its waiter woken."""
+    job.ended[row] = True
+    if not all(job.ended) or job.done.is_set():
+        return
+    if not job.cancelled.is_set() and job.error is None:
+        done = [finish(decode, job.ids, t, job.budget, job.stops, eos) for t in job.tokens]
+        job.result = Generation(
+            job.prompt,
+            [d[0] for d in done],
+            len(job.ids),
+            [d[1] for d in done],
+            [d[2] for d in done],
+        )
+        if job.on_piece is not None:
+            text = job.result.completions[0]
+            if text.startswith(job.sent) and len(text) > len(job.sent):
+                notify(job.on_piece, text[len(job.sent) :])
+                job.sent = text
+    job.done.set()
+    notify(job.on_end)
+
+
+def notify(fn: Callable | None, *args) -> None:
     """A consumer's callback, in the engine thread: one whose reader is gone (a closed event loop)
     must not stop the engine for the others."""
     if fn is None:

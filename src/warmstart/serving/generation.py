@@ -4,19 +4,21 @@ events for streaming.
 
 Two routes: a model served through ONNX Runtime GenAI (its `model` an OnnxLM, see
 inference/served_lm.py) decodes in GenAI's Engine, which batches the requests in flight
-(serving/gen_engine.py); a transformers model decodes one request at a time in the generation
-thread. ``prepare``, ``run``, ``stream_events`` and ``TextStream`` (an async iterator of a
-request's text pieces) work alike for both."""
+(serving/gen_engine.py); a transformers model decodes in the torch engine, which joins requests
+at step boundaries (serving/torch_engine.py), except beam search and models whose cache it cannot
+batch, decoded one request at a time in the generation thread. ``prepare``, ``run`` (and
+``result_of``, awaited), ``events`` (server-sent events, async) and ``TextStream`` (an async
+iterator of a request's text pieces) work alike for all; the server's routes await, so that a
+request waiting for an engine holds no thread."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import queue
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,7 +38,7 @@ from warmstart.inference.decoding import (
 from warmstart.inference.onnx_lm import OnnxLM
 from warmstart.inference.seq2seq import TextToText, beams_of, causal_only_options
 from warmstart.models.causal import CausalLM
-from warmstart.serving import gen_engine
+from warmstart.serving import gen_engine, torch_engine
 
 logger = logging.getLogger("warmstart.serving")
 
@@ -210,10 +212,14 @@ def run(
         cancelled is not None and cancelled.is_set()
     ):  # dropped while it waited for the generation thread
         raise Abandoned
-    engine = engine_of(lm)
+    engine = engine_for(lm, p)
     if engine is not None:
+        job = job_of(lm, p)
+        if cancelled is not None:
+            # The engine looks at it every step: the request stops at its next token.
+            job.cancelled = cancelled
         try:
-            return engine.submit(job_of(lm, p)).wait(cancelled)
+            return engine.submit(job).wait(cancelled)
         except gen_engine.Cancelled:
             raise Abandoned from None
     if p.cfg.seed is not None:
@@ -224,40 +230,97 @@ def run(
     return complete(lm, [p.prompt], [p.ids], [p.budget], gen_config, p.stops, streamer)[0]
 
 
-_engines: dict[int, gen_engine.Engine] = {}
+Engine = gen_engine.Engine | torch_engine.Engine
+# Engines hold their model, so a model's id is never reused while its engine lives.
+_engines: dict[int, Engine | None] = {}
 _engines_lock = threading.Lock()
+TORCH_MAX_BATCH = 32  # serve's --max-batch-size default, for an engine started without one
 
 
-def engine_of(lm: CausalLM) -> gen_engine.Engine | None:
-    """The Engine that decodes for ``lm`` (started on first use), or None for a transformers
-    model."""
+def engine_of(lm: CausalLM | None, max_batch: int | None = None) -> Engine | None:
+    """The engine that decodes for ``lm``, started on first use: GenAI's for an OnnxLM (its own
+    max_batch), else the torch engine with ``max_batch`` rows (the server starts it with its
+    --max-batch-size); None for a model the torch engine cannot batch (or none at all)."""
     model = getattr(lm, "model", None)
-    if not isinstance(model, OnnxLM):
+    if model is None or not (isinstance(model, OnnxLM) or hasattr(model, "generation_config")):
         return None
     with _engines_lock:
         if id(model) not in _engines:
-            _engines[id(model)] = gen_engine.Engine(model, model.max_batch or 1)
+            if isinstance(model, OnnxLM):
+                _engines[id(model)] = gen_engine.Engine(model, model.max_batch or 1)
+            elif torch_engine.batchable(lm):
+                _engines[id(model)] = torch_engine.Engine(lm, max_batch or TORCH_MAX_BATCH)
+            else:
+                _engines[id(model)] = None
         return _engines[id(model)]
 
 
+def engine_for(lm: CausalLM, p: Prepared) -> Engine | None:
+    """The engine that decodes this request, or None: the generation thread decodes it alone
+    (beam search on the torch route, or a model the torch engine cannot batch)."""
+    engine = engine_of(lm)
+    if isinstance(engine, torch_engine.Engine) and torch_engine.refuses(p.cfg):
+        return None
+    return engine
+
+
 def workers(lm: CausalLM | None) -> int:
-    """Threads the server's generation pool needs: the Engine batches requests that wait in
-    several threads at once; transformers decodes one request at a time."""
+    """Threads the server's generation pool needs: the torch engine's requests wait in the event
+    loop (result_of, TextStream), so its pool only tokenizes prompts and runs beam searches;
+    GenAI's Engine batches requests that wait in several threads at once; without an engine,
+    transformers decodes one request at a time."""
+    engine = engine_of(lm)
+    if isinstance(engine, torch_engine.Engine):
+        return 4
     model = getattr(lm, "model", None)
     return max(4, 4 * (model.max_batch or 1)) if isinstance(model, OnnxLM) else 1
 
 
 def job_of(lm: CausalLM, p: Prepared, on_piece=None, on_end=None) -> gen_engine.Job:
+    if isinstance(lm.model, OnnxLM):
+        options = gen_engine.turn_options(lm.model, p.cfg)
+    else:
+        options = torch_engine.options_of(lm, p.cfg)
     return gen_engine.Job(
         p.ids,
         p.budget,
         p.stops,
-        gen_engine.turn_options(lm.model, p.cfg),
+        options,
         rows=p.cfg.num_return_sequences,
         prompt=p.prompt,
         on_piece=on_piece,
         on_end=on_end,
     )
+
+
+async def result_of(lm: CausalLM, p: Prepared, executor: Executor) -> Generation:
+    """``run``'s result, awaited: an engine's request holds no thread while it waits (its end is
+    handed to the event loop); cancelling the await (deadline passed, client gone) cancels the
+    request. Without an engine it runs in ``executor``, told to stop when cancelled."""
+    loop = asyncio.get_running_loop()
+    engine = engine_for(lm, p)
+    if engine is None:
+        cancelled = threading.Event()
+        try:
+            return await loop.run_in_executor(executor, run, lm, p, None, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+    ended = loop.create_future()
+
+    def on_end() -> None:
+        loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+
+    job = engine.submit(job_of(lm, p, on_end=on_end))
+    try:
+        await ended
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+    try:
+        return job.wait()  # ended: at once
+    except gen_engine.Cancelled:
+        raise Abandoned from None
 
 
 class TextStream:
@@ -279,7 +342,7 @@ class TextStream:
         def put(item: object) -> None:
             loop.call_soon_threadsafe(items.put_nowait, item)
 
-        engine = engine_of(self.lm)
+        engine = engine_for(self.lm, self.p)
         cancelled = threading.Event()
         if engine is not None:
             job = engine.submit(job_of(self.lm, self.p, put, lambda: put(_END)))
@@ -309,9 +372,8 @@ class _QueueWriter:
     """A text stream whose writes become queue items: what the decoding Streamer writes to. Once
     nobody reads (``abandoned``), a write stops the generation."""
 
-    def __init__(self, put=None) -> None:
-        self.items: queue.Queue = queue.Queue()
-        self.put = put or self.items.put  # ``put``: elsewhere (an event loop's queue)
+    def __init__(self, put) -> None:
+        self.put = put  # into an event loop's queue
         self.abandoned = False
 
     def write(self, s: str) -> int:
@@ -338,50 +400,23 @@ def failure_event(message: str, request_id: str) -> str:
     return sse("error", {"error": message, "request_id": request_id})
 
 
-def stream_events(
+async def events(
     lm: CausalLM, p: Prepared, executor: Executor, request_id: str = "-"
-) -> Iterator[str]:
+) -> AsyncIterator[str]:
     """Server-sent events: ``token`` with each new piece of text, then ``done`` with the whole
-    result (or ``error``). The decoding Streamer holds back text that may begin a stop string, so
-    the pieces always add up to the final completion. A sync iterator: Starlette runs it in its
-    thread pool."""
-    out = _QueueWriter()
-    engine = engine_of(lm)
-    if engine is not None:  # the Engine's thread decodes: no generation thread is held
-        job = engine.submit(job_of(lm, p, out.items.put, lambda: out.items.put(_END)))
-        future = _JobFuture(job)
-    else:
-        streamer = Streamer(lm.tokenizer, out, p.stops)
-        future = executor.submit(run, lm, p, streamer)
-        future.add_done_callback(lambda _: out.items.put(_END))
+    result (or ``error``); the pieces always add up to the final completion (text that may begin a
+    stop string is held back). An async iterator: a stream waits in the event loop, not in a thread
+    of Starlette's pool, so that many streaming clients do not exhaust it."""
+    stream = TextStream(lm, p, executor)
     try:
-        while (piece := out.items.get()) is not _END:
+        async for piece in stream:
             yield sse("token", {"text": piece})
-        try:
-            result = future.result()
-        except Exception as e:  # noqa: BLE001 - headers are sent already: the error goes in the stream
-            logger.error("request %s (POST /generate, streamed) failed", request_id, exc_info=e)
-            yield failure_event(
-                f"generation failed: the server log has the details under request id {request_id}",
-                request_id,
-            )
-        else:
-            yield sse("done", asdict(result))
-    # closed early (client gone, deadline passed): free the generation thread for the next request
-    finally:
-        future.cancel()
-        out.abandoned = True
-
-
-class _JobFuture:
-    """An Engine job as stream_events reads a future: result() and cancel()."""
-
-    def __init__(self, job: gen_engine.Job) -> None:
-        self.job = job
-
-    def result(self) -> Generation:
-        return self.job.wait()
-
-    def cancel(self) -> None:
-        if not self.job.done.is_set():
-            self.job.cancel()
+    except Exception as e:  # noqa: BLE001 - headers are sent already: the error goes in the stream
+        logger.error("request %s (POST /generate, streamed) failed", request_id, exc_info=e)
+        yield failure_event(
+            f"generation failed: the server log has the details under request id {request_id}",
+            request_id,
+        )
+    else:
+        assert stream.result is not None
+        yield sse("done", asdict(stream.result))

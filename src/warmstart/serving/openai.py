@@ -6,22 +6,23 @@ API (the `openai` package, LangChain, LlamaIndex, chat UIs) work unchanged:
 - ``POST /v1/embeddings``: what ``/embed`` returns, as floats or base64 (every model that embeds);
 - ``GET /v1/models`` and ``GET /v1/models/{model}``: the one model this server serves.
 
-Decoding goes through the same pieces as ``/generate`` (serving.generation: prepare, run,
-stream_events), and embeddings through ``/embed``'s batcher. A field this server cannot honour
-(tools, logprobs, images, a JSON schema...) is refused by name rather than ignored. Every error on
-these paths, those of the middleware included (401 key, 413 limits, 503 queue full, 504 deadline),
-has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: `OpenAIErrors` rewrites
-them on the way out."""
+Decoding goes through the same pieces as ``/generate`` (serving.generation: prepare,
+result_of, TextStream; requests and streams wait in the event loop, not in threads), and
+embeddings through ``/embed``'s batcher. A field this server cannot honour (tools, logprobs,
+images, a JSON schema...) is refused by name rather than ignored. Every error on these paths, those
+of the middleware included (401 key, 413 limits, 503 queue full, 504 deadline), has OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}``: `OpenAIErrors` rewrites them on the way
+out."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import threading
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, Literal
@@ -39,6 +40,8 @@ from warmstart.inference.generation_options import token_budget
 from warmstart.models.registry import load_tokenizer
 from warmstart.serving import generation
 from warmstart.serving.model import ServedModel
+
+logger = logging.getLogger("warmstart.serving")
 
 # The routes that run the model: the queue bound and the deadline apply to them.
 MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
@@ -405,16 +408,8 @@ def install(
         results = []
         for render in renders:
             prepared = await loop.run_in_executor(generate_pool, _checked, render, options)
-            cancelled = threading.Event()
-            try:
-                results.append(
-                    await loop.run_in_executor(
-                        generate_pool, generation.run, lm, prepared, None, cancelled
-                    )
-                )
-            except asyncio.CancelledError:  # deadline passed or client gone
-                cancelled.set()
-                raise
+            # Cancelled (deadline passed, client gone): the generation is told to stop.
+            results.append(await generation.result_of(lm, prepared, generate_pool))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for result in results:
             prompt_tokens += result.prompt_tokens
@@ -626,19 +621,7 @@ def _data(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _events(stream: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    """(event, data) from /generate's server-sent events (``event: NAME\\ndata: JSON``)."""
-    for block in stream:
-        event, data = "", {}
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                event = line[len("event: ") :]
-            elif line.startswith("data: "):
-                data = json.loads(line[len("data: ") :])
-        yield event, data
-
-
-def _stream(
+async def _stream(
     lm: Any,
     passes: list[generation.Prepared],
     n: int,
@@ -647,11 +630,13 @@ def _stream(
     head: dict,
     kind: str,
     usage: bool,
-) -> Iterator[str]:
-    """OpenAI's chunks from /generate's stream, one pass per choice: a chat reply starts with the
-    assistant role; each piece of text is a chunk; the last chunk of a choice has its finish
-    reason; ``data: [DONE]`` ends the stream. A sync iterator: Starlette runs it in its thread
-    pool."""
+) -> AsyncIterator[str]:
+    """OpenAI's chunks from each pass's text stream, one pass per choice: a chat reply starts with
+    the assistant role; each piece of text is a chunk; the last chunk of a choice has its finish
+    reason; ``data: [DONE]`` ends the stream. An async iterator fed by the engine's callbacks
+    (generation.TextStream): a stream holds no thread while it waits for text, so that many
+    streaming clients do not exhaust Starlette's thread pool; leaving early (client gone) cancels
+    the generation."""
     chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
 
     def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> dict:
@@ -668,26 +653,24 @@ def _stream(
     for index, prepared in enumerate(passes):
         if kind == "chat.completion":
             yield _data(chunk(index, None, None, role=True))
-        events = generation.stream_events(lm, prepared, executor, request_id)
+        stream = generation.TextStream(lm, prepared, executor)
         try:
-            for event, data in _events(events):
-                if event == "token":
-                    yield _data(chunk(index, data["text"], None))
-                elif event == "done":
-                    if index % n == 0:  # a prompt's n passes read it once in usage
-                        prompt_tokens += data["prompt_tokens"]
-                    completion_tokens += sum(data["completion_tokens"])
-                    yield _data(chunk(index, None, FINISH[data["finish_reasons"][0]]))
-                elif event == "error":
-                    # Headers are out: the error is the stream's last event, in OpenAI's shape
-                    # (the openai client raises it).
-                    body = error_body(
-                        data.get("error", "generation failed"), "server_error", None, None
-                    )
-                    yield _data(body)
-                    return
-        finally:
-            events.close()  # client gone: frees the generation thread for the next request
+            async for piece in stream:
+                yield _data(chunk(index, piece, None))
+        except Exception as e:  # noqa: BLE001 - headers are out: the error ends the stream
+            logger.error("request %s (streamed) failed", request_id, exc_info=e)
+            message = (
+                f"generation failed: the server log has the details under request id {request_id}"
+            )
+            # In OpenAI's shape: the openai client raises it.
+            yield _data(error_body(message, "server_error", None, None))
+            return
+        result = stream.result
+        assert result is not None
+        if index % n == 0:  # a prompt's n passes read it once in usage
+            prompt_tokens += result.prompt_tokens
+        completion_tokens += sum(result.completion_tokens)
+        yield _data(chunk(index, None, FINISH[result.finish_reasons[0]]))
     if usage:
         yield _data(
             {

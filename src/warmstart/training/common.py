@@ -3,6 +3,7 @@ schedule and the best-epoch rule."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -59,6 +60,10 @@ class Job:
     # Batch entries for ``loss`` alone, never given to the model (e.g. precomputed reference
     # log-probabilities).
     not_inputs: tuple[str, ...] = ()
+    # The native engine's training forward in place of ``model(**model_inputs(batch))``, given
+    # (model, batch): e.g. logits at the labelled positions alone (models.token_logprobs);
+    # ``loss`` and ``accuracy`` read what it returns (its ``loss`` where ``loss`` is None).
+    forward: Callable[[torch.nn.Module, dict], Any] | None = None
 
     def model_inputs(self, batch: dict) -> dict:
         """What the model is given in a training step. Where ``loss`` replaces the model's own, the
@@ -221,6 +226,24 @@ def choose_precision(
     return PrecisionChoice(precision, kernel, choice, reason)
 
 
+def checkpoint_layers(model: torch.nn.Module, cfg: Any) -> None:
+    """--gradient-checkpointing: each layer's activations recomputed in the backward (transformers'
+    own, non-reentrant: frozen embeddings under LoRA need no inputs that require grad). The
+    recomputation draws its dropout masks as the forward did (training.dropout's CPU masks, from the
+    RNG state the checkpoint restores), so the gradients are those of the step without it."""
+    if not getattr(cfg, "gradient_checkpointing", False):
+        return
+    from warmstart.training.dropout import faster_dropout
+
+    device = "cpu" if cfg.cpu or not torch.cuda.is_available() else "cuda"
+    model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={
+            "use_reentrant": False,
+            "context_fn": lambda: (contextlib.nullcontext(), faster_dropout(device)),
+        }
+    )
+
+
 def optimizer_for(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     # The usual BERT recipe: no weight decay on biases and LayerNorm weights. With a head learning
     # rate, the parameters outside the pre-trained body (the new head) form groups of their own at
@@ -311,6 +334,10 @@ def full_weights(accelerator: Any, model: torch.nn.Module) -> dict:
     shard the weights over the processes (a collective: every process must call this), the model's
     own (no copy) elsewhere. One path for every setup, so a plain run checks the one a sharded run
     takes (save_pretrained writes the same files)."""
+    from warmstart.training import sharding
+
+    if sharding.is_sharded(model):  # FSDP2 on CPU processes, applied by warmstart itself
+        return sharding.full_state_dict(model)
     return accelerator.get_state_dict(model)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState
 from transformers import get_scheduler
 
@@ -25,11 +26,13 @@ from warmstart.data.batching import LengthGroupedBatches
 from warmstart.distributed import batch_part
 from warmstart.errors import UserError
 from warmstart.runs import Run
+from warmstart.training import sharding
 from warmstart.training.common import (
     Job,
     State,
     begin_info,
     check_sharding,
+    checkpoint_layers,
     end_summary,
     full_weights,
     mixed_precision,
@@ -62,7 +65,13 @@ def train(
         cpu=distributed.use_cpu(cfg.cpu),
         gradient_accumulation_steps=cfg.grad_accum,
     )
-    check_sharding(accelerator, cfg)  # FSDP/DeepSpeed asked for must be what runs
+    # FSDP on CPU processes: torch's FSDP2 applied here (training/sharding.py), as Accelerate does
+    # not; anything else asked for must be what Accelerate runs.
+    sharded = sharding.on_cpu_processes(accelerator, cfg)
+    if sharded:
+        distributed.refuse_unsupported_fsdp(cfg)
+    else:
+        check_sharding(accelerator, cfg)
     world, me = accelerator.num_processes, accelerator.process_index
     last = run.resume_checkpoint(barrier=accelerator.wait_for_everyone) if cfg.resume else None
     saved = run.checkpoint_state(last) if last else {}
@@ -78,6 +87,9 @@ def train(
     n_batches = len(sampler)
     steps_per_epoch, total_steps, warmup_steps = schedule(cfg, n_batches)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
+    checkpoint_layers(model, cfg)
+    if sharded:  # before the optimizer: it then holds (and updates) the shards alone
+        model = sharding.shard(model, world, accelerator.mixed_precision)
     optimizer = optimizer_for(model, cfg)
     scheduler = get_scheduler(
         "linear" if cfg.scheduler == "linear" else "constant_with_warmup",
@@ -85,14 +97,24 @@ def train(
         num_warmup_steps=warmup_steps,
         num_training_steps=total_steps,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:
+        # Sharded already (prepare would wrap it in DDP); Accelerate's optimizer wrapper still
+        # skips the steps of accumulating micro-batches. Not registered with the accelerator, so
+        # its save_state keeps only scheduler and RNG states: the shards are saved by sharding.
+        optimizer = AcceleratedOptimizer(optimizer, device_placement=False)
+        run.say(sharding.describe(model, world))
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler is stepped by us once per optimizer step, so it is only registered for
     # checkpoints.
     accelerator.register_for_checkpointing(scheduler)
 
     state = State(global_batch=global_batch)
     if last:
+        sharding.check_resumable(last, sharded, accelerator)
         accelerator.load_state(str(last))
+        if sharded:
+            sharding.load(model, optimizer.optimizer, last)
         state = State(**{**saved, "global_batch": global_batch})
         run.truncate_history(state.step)
         run.say(
@@ -107,10 +129,15 @@ def train(
         run.truncate_history(0)  # killed before its first checkpoint: start over
     state.processes = world
 
+    def write_state(folder) -> None:
+        accelerator.save_state(str(folder))
+        if sharded:
+            sharding.save(model, optimizer.optimizer, folder)
+
     def checkpoint() -> None:
         folder = run.save_checkpoint(
             state.step,
-            lambda d: accelerator.save_state(str(d)),
+            write_state,
             asdict(state),
             cfg.save_total_limit,
             barrier=accelerator.wait_for_everyone,
@@ -163,7 +190,11 @@ def train(
             )
             with accelerator.accumulate(model):
                 with faster_dropout(accelerator.device):
-                    out = model(**job.model_inputs(batch))
+                    out = (
+                        job.forward(model, batch)
+                        if job.forward is not None
+                        else model(**job.model_inputs(batch))
+                    )
                 batch_loss = job.loss(out, batch) if job.loss is not None else out.loss
                 accelerator.backward(batch_loss * weight if weight != 1 else batch_loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
@@ -249,9 +280,11 @@ def end_of_epoch(
     rec["epoch_seconds"] = round(seconds, 2)
     new_best = False
     if job.evaluate is not None:
-        metrics = job.evaluate(
-            accelerator.unwrap_model(model), accelerator.device, accelerator.autocast
-        )
+        # A sharded model's forward is a collective: every process scores every row.
+        with distributed.rows_everywhere(sharding.is_sharded(model)):
+            metrics = job.evaluate(
+                accelerator.unwrap_model(model), accelerator.device, accelerator.autocast
+            )
         valid = {f"valid_{k}": v for k, v in metrics.items()}
         rec.update(valid)
         callbacks.on_evaluate({"step": rec["step"], "epoch": rec["epoch"], **valid})

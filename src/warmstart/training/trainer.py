@@ -29,6 +29,7 @@ from warmstart.training.common import (
     Job,
     State,
     begin_info,
+    checkpoint_layers,
     end_summary,
     full_weights,
     mixed_precision,
@@ -330,6 +331,7 @@ def train(
     options ask for, callbacks.for_training) the same events with the same records as the native
     engine; the same State comes back."""
     callbacks = for_training(cfg, run) if callbacks is None else callbacks
+    checkpoint_layers(model, cfg)
     train_data, valid_data = job.train, job.valid
     precision = mixed_precision(cfg.precision, cfg.cpu)
     # Under `accelerate launch` / torchrun the Trainer runs DDP itself: batch_size is per process.
