@@ -120,6 +120,29 @@ def peak_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
+def trl_training(args) -> dict:
+    """The training settings both TRL trainers get, as warmstart's side gets them (see ``ours``)."""
+    import torch
+
+    return dict(
+        gradient_checkpointing=args.checkpointing,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=args.seed,
+    )
+
+
 def side_trl_dpo(args, files: dict, out: Path) -> dict:
     import torch
     from datasets import load_dataset
@@ -137,21 +160,7 @@ def side_trl_dpo(args, files: dict, out: Path) -> dict:
         loss_type=["sigmoid"],
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=args.batch_size * 2,
-        gradient_checkpointing=args.checkpointing,
-        max_length=args.max_length,
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps,
-        learning_rate=args.lr,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=args.seed,
+        **trl_training(args),
         dataloader_num_workers=0,
     )
     trainer = DPOTrainer(
@@ -231,22 +240,8 @@ def side_trl_sft(args, files: dict, out: Path) -> dict:
         args=SFTConfig(
             output_dir=str(out / "trl-sft-run"),
             assistant_only_loss=True,
-            gradient_checkpointing=args.checkpointing,
-            max_length=args.max_length,
             packing=False,
-            per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps,
-            learning_rate=args.lr,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            report_to=[],
-            save_strategy="no",
-            logging_steps=1,
-            seed=args.seed,
+            **trl_training(args),
         ),
         train_dataset=data,
         processing_class=tok,

@@ -89,15 +89,15 @@ class Job:
         return self.result
 
 
-class Engine:
-    """GenAI's Engine for one exported model, and the thread that drives it."""
+class EngineThread:
+    """What both engines share: an inbox of jobs (None: shut down) and the one thread that owns the
+    model and runs ``_loop``."""
 
-    def __init__(self, lm: OnnxLM, max_batch: int):
-        self.lm, self.og, self.max_batch = lm, lm.og, max_batch
+    name = "warmstart-engine"
+
+    def start(self) -> None:
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.steps = 0
-        # GenAI's Engine answers only the thread that made it: the loop's own.
-        self.thread = threading.Thread(target=self._loop, name="warmstart-genai", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> Job:
@@ -107,6 +107,21 @@ class Engine:
     def close(self) -> None:
         self.inbox.put(None)
         self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Engine(EngineThread):
+    """GenAI's Engine for one exported model, and the thread that drives it."""
+
+    name = "warmstart-genai"
+
+    def __init__(self, lm: OnnxLM, max_batch: int):
+        self.lm, self.og, self.max_batch = lm, lm.og, max_batch
+        self.steps = 0
+        # GenAI's Engine answers only the thread that made it: the loop's own.
+        self.start()
 
     # --- the engine thread ---
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from warmstart.config import GenerateConfig
 from warmstart.inference.decoding import decode_of, eos_ids, strategy
 from warmstart.models.causal import CausalLM
-from warmstart.serving.gen_engine import Job, end_row, notify, take_token
+from warmstart.serving.gen_engine import EngineThread, Job, end_row, notify, take_token
 
 logger = logging.getLogger("warmstart.serving")
 
@@ -55,30 +54,22 @@ class _Row:
     generator: torch.Generator | None
 
 
-class Engine:
+class Engine(EngineThread):
     """The batch of sequences decoding on one transformers model, and the thread that drives it."""
+
+    name = "warmstart-torch"
 
     def __init__(self, lm: CausalLM, max_batch: int):
         self.lm, self.model, self.max_batch = lm, lm.model, max(1, max_batch)
         self.eos = eos_ids(lm)
         self.decode = decode_of(lm.tokenizer)
         self.device = self.model.device
-        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.steps = 0  # forward passes over the batch (prefills not counted)
         self.widest = 0  # most rows decoded in one step
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, cached positions]: 0 where padded
-        self.thread = threading.Thread(target=self._loop, name="warmstart-torch", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Job) -> Job:
-        self.inbox.put(job)
-        return job
-
-    def close(self) -> None:
-        self.inbox.put(None)
-        self.thread.join(timeout=5)
+        self.start()
 
     # --- the engine thread ---
 
