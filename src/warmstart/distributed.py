@@ -90,6 +90,13 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
+def omp_threads() -> int | None:
+    """$OMP_NUM_THREADS when it is set to a positive count (what torch and ONNX Runtime are told to
+    use), else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def shard(n: int, index: int | None = None, size: int | None = None) -> np.ndarray:
     """Row indices of ``n`` rows that process ``index`` (default: this one) of ``size`` handles."""
     index = rank() if index is None else index

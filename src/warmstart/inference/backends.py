@@ -11,7 +11,6 @@ activations)."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from warmstart.distributed import omp_threads
 from warmstart.errors import UserError
 from warmstart.models.device import auto_precision
 
@@ -134,8 +134,7 @@ def plan(
 def threads() -> int:
     """CPU threads inference may use: $OMP_NUM_THREADS when set, else torch's count (one per
     physical core)."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else torch.get_num_threads()
+    return omp_threads() or torch.get_num_threads()
 
 
 def auto_batching(p: Plan, batch_size: int | None) -> tuple[int, int | None, int]:

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import TextIO
 
 from warmstart.config import GenerateConfig, given_flags
+from warmstart.distributed import omp_threads
 from warmstart.errors import UserError
 from warmstart.files import atomic_dir, cache_dir
 from warmstart.inference import block_grid
@@ -77,14 +78,9 @@ def gpu_present() -> bool:
 def threads() -> int:
     """ONNX Runtime's threads: OMP_NUM_THREADS where set (as torch reads it), else every CPU this
     process may run on."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+    if hasattr(os, "sched_getaffinity"):
+        return omp_threads() or len(os.sched_getaffinity(0))
+    return omp_threads() or os.cpu_count() or 1
 
 
 def installed() -> bool:
