@@ -354,13 +354,16 @@ def main() -> None:
         help="gradient checkpointing on both sides (TRL's default; warmstart's "
         "--gradient-checkpointing); --no-checkpointing: off on both",
     )
+    parser.add_argument(
+        "--only", choices=("all", "dpo"), default="all", help="dpo: the DPO sides alone (no SFT)"
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-dpo"))
     parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.passed = [
         a
         for k, v in vars(args).items()
-        if k not in ("out", "side")
+        if k not in ("out", "side", "only")
         for a in (
             (f"--{'' if v else 'no-'}{k}",)
             if isinstance(v, bool)
@@ -377,7 +380,8 @@ def main() -> None:
         return
     files = prepare(args, out)
     (out / "files.json").write_text(json.dumps(files))
-    sides = {name: run_side(name, args, files, out) for name in SIDES}
+    wanted = [n for n in SIDES if args.only == "all" or n.endswith("-dpo")]
+    sides = {name: run_side(name, args, files, out) for name in wanted}
     base = base_path()
     scores = {
         "base": score(base, files["test"], None),
@@ -416,14 +420,15 @@ def main() -> None:
             f"{pairs / sides[s]['seconds']:.3f} | {sides[s]['peak_mb']:.0f} |"
         )
     print(f"\nspeed ratio (ours / TRL): {t['seconds'] / o['seconds']:.2f}x\n")
-    ts, os_ = sides["trl-sft"], sides["ours-sft"]
-    print(
-        f"SFT: masks differ on {ts['mask_differing']} of {ts['mask_tokens']} tokens "
-        f"({ts['mask_rows_equal']}/{ts['rows']} conversations identical); conversations/s "
-        f"TRL {pairs / ts['seconds']:.3f}, ours {pairs / os_['seconds']:.3f} "
-        f"({ts['seconds'] / os_['seconds']:.2f}x); peak MB TRL {ts['peak_mb']:.0f}, "
-        f"ours {os_['peak_mb']:.0f}"
-    )
+    if "trl-sft" in sides:
+        ts, os_ = sides["trl-sft"], sides["ours-sft"]
+        print(
+            f"SFT: masks differ on {ts['mask_differing']} of {ts['mask_tokens']} tokens "
+            f"({ts['mask_rows_equal']}/{ts['rows']} conversations identical); conversations/s "
+            f"TRL {pairs / ts['seconds']:.3f}, ours {pairs / os_['seconds']:.3f} "
+            f"({ts['seconds'] / os_['seconds']:.2f}x); peak MB TRL {ts['peak_mb']:.0f}, "
+            f"ours {os_['peak_mb']:.0f}"
+        )
     for c in results["completions"]:
         print(
             f"\n> {c['messages'][-1]['content'][:80]}\nbefore: {c['before']!r}\nafter: {c['after']!r}"
