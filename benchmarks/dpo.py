@@ -1,6 +1,7 @@
 """Preference tuning and multi-turn chat SFT of SmolLM2-135M-Instruct (`smollm2`) against TRL, side by
 side on the same pairs, length cut, batch, learning rate, beta, steps and LoRA (r 16, alpha 32,
-dropout 0.05 on q_proj,v_proj), fp32 on the CPU (or a GPU when there is one).
+dropout 0.05 on q_proj,v_proj), fp32 on the CPU (or a GPU when there is one). In DPO neither side
+keeps any dropout: TRL's disable_dropout (its default) zeroes it, and so does `--task dpo`'s default.
 
 DPO: TRL's ``DPOTrainer`` (``precompute_ref_log_probs``, ``peft_config``) vs `finetune --task dpo`
 (sigmoid loss) on a slice of HH-RLHF helpful pairs (../shared/data/hh-rlhf/helpful.jsonl.gz, those
@@ -191,7 +192,7 @@ def ours(args, **options):
         max_grad_norm=1.0,
         lora_r=LORA["r"],
         lora_alpha=LORA["lora_alpha"],
-        lora_dropout=LORA["lora_dropout"],
+        lora_dropout=options.pop("lora_dropout", LORA["lora_dropout"]),
         lora_target_modules=",".join(LORA["target_modules"]),
         precision="fp32",
         attn_implementation="sdpa",
@@ -210,7 +211,14 @@ def side_ours_dpo(args, files: dict, out: Path) -> dict:
 
     t = time.perf_counter()
     result = ours(
-        args, task="dpo", data=files["train"], beta=args.beta, out=str(out / "ours-dpo-run")
+        args,
+        task="dpo",
+        data=files["train"],
+        beta=args.beta,
+        # The kind's default, no dropout: TRL's DPOTrainer sets every dropout to 0 (its
+        # disable_dropout, on by default), the LoRA dropout it was given included.
+        lora_dropout=None,
+        out=str(out / "ours-dpo-run"),
     )
     return {
         "seconds": time.perf_counter() - t,

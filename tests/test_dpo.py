@@ -298,3 +298,38 @@ def test_merged_save_copies_only_the_adapted_layers_and_leaves_the_model_trainin
     up = got["model.layers.0.mlp.up_proj.weight"]
     assert up.data_ptr() == layer.mlp.up_proj.weight.data_ptr()  # shared
     assert plain.config is not model.config  # what the kind's save records stays the copy's
+
+
+def test_preference_tuning_turns_dropout_off_unless_asked(tiny_chat, toy_pairs, tmp_path):
+    """The reward is the policy's log-ratio to its reference: dropout would set the two apart
+    before any step (TRL's DPOTrainer zeroes every dropout by default too). Other kinds keep
+    LoRA's usual 0.05, and a rate the user gives is kept."""
+    import yaml
+
+    def settled(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        assert main([*extra, "--max-steps", "1", "--out", str(out)]) == 0
+        return yaml.safe_load((out / "config.yaml").read_text())
+
+    dpo = dpo_args(toy_pairs, tiny_chat, "--lora-r", "4")
+    chosen = settled("dpo", *dpo)
+    # (A Llama has no hidden-state dropout to set, a GPT-2 has; attention dropout is 0 for every
+    # kind.)
+    from transformers import GPT2Config, LlamaConfig
+
+    from warmstart.models.registry import has_hidden_dropout
+
+    assert has_hidden_dropout(GPT2Config()) and not has_hidden_dropout(LlamaConfig())
+    assert chosen["lora_dropout"] == 0.0 and chosen["attention_dropout"] == 0.0
+    assert settled("asked", *dpo, "--lora-dropout", "0.2")["lora_dropout"] == 0.2
+    sft = dpo_args(toy_pairs, tiny_chat, "--lora-r", "4")
+    sft[sft.index("dpo")] = "causal-lm"
+    sft[sft.index("--data") + 1] = str(write_prompts(tmp_path))
+    assert settled("sft", *sft)["lora_dropout"] == 0.05
+
+
+def write_prompts(folder: Path) -> Path:
+    path = folder / "sft.jsonl"
+    rows = [{"prompt": f"is {w} good?", "response": "no"} for w in ("fig", "kiwi", "lime") * 8]
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path

@@ -466,7 +466,13 @@ class LoraOptions:
         "LoRA scale numerator: the adapters' update is scaled by alpha / r (default: 2 x --lora-r)",
         gt=0,
     )
-    lora_dropout: float = opt(0.05, "dropout on the adapters' input", ge=0, lt=1)
+    lora_dropout: float | None = opt(
+        None,
+        "dropout on the adapters' input (default 0.05; 0 for --task dpo, whose policy must start"
+        " equal to its reference, as TRL's disable_dropout)",
+        ge=0,
+        lt=1,
+    )
     lora_target_modules: str | None = opt(
         None,
         "modules given adapters, comma separated (e.g. q_proj,k_proj,v_proj,"

@@ -50,6 +50,7 @@ from warmstart.kinds.base import TaskKind
 from warmstart.kinds.causal_lm import OTHER_KINDS
 from warmstart.models import is_causal, load_config, load_options, load_tokenizer, resolve
 from warmstart.models.device import pick_device
+from warmstart.models.registry import dropout_of, has_hidden_dropout, set_dropout
 from warmstart.models.token_logprobs import Labelled, row_logps
 from warmstart.runs import Run
 from warmstart.training.common import Job
@@ -113,6 +114,7 @@ class PreferenceTuning(TaskKind):
                 f"model '{cfg.model}' is a {arch}, not a causal language model; --task dpo needs"
                 " a decoder-only model (smollm2, GPT-2, Llama, Qwen...)"
             )
+        self.hidden_dropout = has_hidden_dropout(config)
         # A model without a chat template is refused before any work (unless --template gives one).
         ChatRenderer(load_tokenizer(path), cfg.model, cfg.template)
         self.cfg = cfg
@@ -139,6 +141,13 @@ class PreferenceTuning(TaskKind):
             else Choice(5e-7, "full DPO's usual rate (Zephyr, TRL's recipes)"),
             "epochs": Choice(1.0, "one pass: preference tuning overfits quickly"),
         }
+        # The implicit reward is the policy's log-ratio to its reference: with dropout the policy's
+        # log-probabilities are noisy where the reference's are not (TRL's and OpenRLHF's DPO turn
+        # every dropout off too). Attention dropout is 0 by default for every kind.
+        if self.hidden_dropout:
+            made["dropout"] = Choice(0.0, "preference tuning runs without dropout (as TRL's)")
+        if cfg.lora_r:
+            made["lora_dropout"] = Choice(0.0, "preference tuning runs without dropout (as TRL's)")
         return {k: c for k, c in made.items() if getattr(cfg, k) is None}
 
     def describe(self) -> str:
@@ -157,8 +166,10 @@ class PreferenceTuning(TaskKind):
     def load_model(self, path: str, cfg: FinetuneConfig) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
+        config = load_config(path)
+        set_dropout(config, dropout_of(cfg))
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, **load_options(path)
+            path, config=config, dtype=torch.float32, **load_options(path)
         )
         model.config.use_cache = False
         self.model = model  # LoRA injects its layers into this module: adapters_off reaches them

@@ -238,15 +238,25 @@ def dropout_of(cfg: object) -> Dropout:
     return getattr(cfg, "attention_dropout", None), getattr(cfg, "dropout", None)
 
 
-def set_dropout(config: object, dropout: Dropout = (None, None)) -> None:
-    """Set attention-probability and hidden-state dropout under whichever names this architecture
-    uses (None: keep), in an EncoderDecoderModel's two halves too. Call it before the model is
-    built: layers copy the rate."""
-    parts = [
+def config_parts(config: object) -> list[PretrainedConfig]:
+    """The config and, for an EncoderDecoderModel, its two halves."""
+    return [
         c
         for c in [config] + [getattr(config, k, None) for k in ("encoder", "decoder")]
         if isinstance(c, PretrainedConfig)
     ]
+
+
+def has_hidden_dropout(config: object) -> bool:
+    """Whether the architecture has a hidden-state dropout --dropout can set."""
+    return any(hasattr(p, k) for p in config_parts(config) for k in HIDDEN_DROPOUT_KEYS)
+
+
+def set_dropout(config: object, dropout: Dropout = (None, None)) -> None:
+    """Set attention-probability and hidden-state dropout under whichever names this architecture
+    uses (None: keep), in an EncoderDecoderModel's two halves too. Call it before the model is
+    built: layers copy the rate."""
+    parts = config_parts(config)
     for keys, value in zip((ATTENTION_DROPOUT_KEYS, HIDDEN_DROPOUT_KEYS), dropout):
         found = [
             (part, key)
