@@ -301,10 +301,15 @@ def test_merged_save_copies_only_the_adapted_layers_and_leaves_the_model_trainin
 
 
 def test_preference_tuning_turns_dropout_off_unless_asked(tiny_chat, toy_pairs, tmp_path):
-    """The reward is the policy's log-ratio to its reference: dropout would set the two apart
-    before any step (TRL's DPOTrainer zeroes every dropout by default too). Other kinds keep
-    LoRA's usual 0.05, and a rate the user gives is kept."""
+    """The reward is the policy's log-ratio to its reference: with dropout the policy's
+    log-probabilities in training are noisy where the reference's are not (TRL's DPOTrainer zeroes
+    every dropout by default too). Other kinds keep LoRA's usual 0.05, and a rate the user gives is
+    kept. (A Llama has no hidden-state dropout to set, a GPT-2 has; attention dropout is 0 for
+    every kind.)"""
     import yaml
+    from transformers import GPT2Config, LlamaConfig
+
+    from warmstart.models.registry import has_hidden_dropout
 
     def settled(name: str, *extra: str) -> dict:
         out = tmp_path / name
@@ -313,12 +318,6 @@ def test_preference_tuning_turns_dropout_off_unless_asked(tiny_chat, toy_pairs, 
 
     dpo = dpo_args(toy_pairs, tiny_chat, "--lora-r", "4")
     chosen = settled("dpo", *dpo)
-    # (A Llama has no hidden-state dropout to set, a GPT-2 has; attention dropout is 0 for every
-    # kind.)
-    from transformers import GPT2Config, LlamaConfig
-
-    from warmstart.models.registry import has_hidden_dropout
-
     assert has_hidden_dropout(GPT2Config()) and not has_hidden_dropout(LlamaConfig())
     assert chosen["lora_dropout"] == 0.0 and chosen["attention_dropout"] == 0.0
     assert settled("asked", *dpo, "--lora-dropout", "0.2")["lora_dropout"] == 0.2

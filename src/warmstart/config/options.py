@@ -466,10 +466,10 @@ class LoraOptions:
         "LoRA scale numerator: the adapters' update is scaled by alpha / r (default: 2 x --lora-r)",
         gt=0,
     )
-    lora_dropout: float | None = opt(
-        None,
-        "dropout on the adapters' input (default 0.05; 0 for --task dpo, whose policy must start"
-        " equal to its reference, as TRL's disable_dropout)",
+    lora_dropout: float = opt(
+        0.05,
+        "dropout on the adapters' input (--task dpo: 0 unless another rate is given, as TRL's"
+        " disable_dropout)",
         ge=0,
         lt=1,
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from warmstart.config import Choice, FinetuneConfig, refuse_inapplicable
+from warmstart.config import Choice, FinetuneConfig, given_flags, refuse_inapplicable
 from warmstart.data.batching import Encoded, pad_multiple
 from warmstart.data.conversations import ChatRenderer, Preferences, read_preferences
 from warmstart.data.tables import load_splits
@@ -146,9 +146,12 @@ class PreferenceTuning(TaskKind):
         # every dropout off too). Attention dropout is 0 by default for every kind.
         if self.hidden_dropout:
             made["dropout"] = Choice(0.0, "preference tuning runs without dropout (as TRL's)")
-        if cfg.lora_r:
+        made = {k: c for k, c in made.items() if getattr(cfg, k) is None}
+        # --lora-dropout has a number for its default (0.05, every other kind's): a rate other than
+        # it is the user's, as given_flags judges every option.
+        if cfg.lora_r and not given_flags(cfg, ("lora_dropout",)):
             made["lora_dropout"] = Choice(0.0, "preference tuning runs without dropout (as TRL's)")
-        return {k: c for k, c in made.items() if getattr(cfg, k) is None}
+        return made
 
     def describe(self) -> str:
         ref = (

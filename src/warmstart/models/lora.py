@@ -93,9 +93,6 @@ def head_modules(model: torch.nn.Module) -> list[str]:
     ]
 
 
-DROPOUT = 0.05  # on the adapters' input, unless the task or the user says otherwise
-
-
 def wrap(model: torch.nn.Module, cfg: LoraOptions) -> tuple[torch.nn.Module, LoraSummary]:
     """``model`` with LoRA adapters from ``cfg`` (lora_r, lora_alpha, lora_dropout,
     lora_target_modules); only the adapters and the head train."""

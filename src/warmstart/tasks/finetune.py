@@ -70,8 +70,6 @@ def finetune(config: FinetuneConfig | None = None, **kwargs) -> FinetuneResult:
     given = settle(given, pin(given))
     # The options the task decides (epochs, learning rates, the best-epoch metric...), frozen.
     cfg = settle(given, kind.choices(given))
-    if cfg.lora_r and cfg.lora_dropout is None:
-        cfg = settle(cfg, lora_dropout=Choice(lora.DROPOUT, "peft's usual adapter dropout"))
     run = Run(cfg.out)
     # The engine's subscribers: run log, bar, early stopping, trackers (one not installed fails here).
     callbacks = for_training(cfg, run)
