@@ -52,6 +52,16 @@ def test_help_shows_each_range(capsys):
     assert "peak learning rate" in help_text and "(> 0)" in help_text
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_prints_its_help(command, capsys):
+    # argparse %-formats help text: a bare % in one option's help (generate's --quantize) once
+    # turned `--help` into a stack trace.
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
 @st.composite
 def out_of_range(draw) -> tuple[str, str, str]:
     """A command, one of its numeric flags and a value outside the flag's declared range."""

@@ -53,6 +53,8 @@ def add_options(
         )
         if meta.get("bounds"):
             help_ += f" ({describe_bounds(meta['bounds'])})"
+        # argparse %-formats help text: a literal % must be doubled.
+        help_ = help_.replace("%", "%%")
         if f.name in positional:
             nargs = "*" if typing.get_origin(tp) is list else "?"
             parser.add_argument(f.name, nargs=nargs, default=argparse.SUPPRESS, help=help_)
