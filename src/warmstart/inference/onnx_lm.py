@@ -40,6 +40,7 @@ from warmstart.inference.generation_options import (
     strategy,
     token_budget,
 )
+from warmstart.progress import on_terminal, progress_bar
 
 # model_type values GenAI's builder exports (its builders/ folder); others go through transformers.
 ARCHITECTURES = (
@@ -470,7 +471,12 @@ def generate(
         token_budget(cfg, len(x), lm.max_positions, f"prompt {i + 1}") for i, x in enumerate(ids)
     ]
     out = []
-    for i, (prompt, x, budget) in enumerate(zip(prompts, ids, budgets)):
+    rows = enumerate(zip(prompts, ids, budgets))
+    if cfg.progress and stream_to is None and len(prompts) > 1 and on_terminal():
+        # A bar, as the torch route draws, for a file of prompts (tqdm imported only then: a
+        # one-prompt `generate` starts without it).
+        rows = progress_bar(rows, total=len(prompts), desc="generate", unit="prompt", leave=False)
+    for i, (prompt, x, budget) in rows:
         if stream_to is not None:
             stream_to.write(header(i, 0, len(ids), 1))
             if not cfg.chat:
