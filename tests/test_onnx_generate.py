@@ -135,7 +135,6 @@ def test_a_file_of_prompts_shows_a_bar_counting_prompts_on_a_terminal(
     tiny_llama, monkeypatch, capsys
 ):
     # GenAI completes one prompt at a time; a file of 1,400 ran 25 minutes with no sign of life.
-    monkeypatch.setattr(onnx_lm, "on_terminal", lambda: True)
     monkeypatch.setattr(progress, "on_terminal", lambda: True)
     kw = dict(prompts=PROMPTS, model=str(tiny_llama), backend="onnx", max_new_tokens=4)
     warmstart.generate(progress=True, **kw)

@@ -40,7 +40,7 @@ from warmstart.inference.generation_options import (
     strategy,
     token_budget,
 )
-from warmstart.progress import on_terminal, progress_bar
+from warmstart.progress import progress_bar
 
 # model_type values GenAI's builder exports (its builders/ folder); others go through transformers.
 ARCHITECTURES = (
@@ -472,9 +472,7 @@ def generate(
     ]
     out = []
     rows = enumerate(zip(prompts, ids, budgets))
-    if cfg.progress and stream_to is None and len(prompts) > 1 and on_terminal():
-        # A bar, as the torch route draws, for a file of prompts (tqdm imported only then: a
-        # one-prompt `generate` starts without it).
+    if cfg.progress and stream_to is None:  # --progress (off by default: tqdm is not imported)
         rows = progress_bar(rows, total=len(prompts), desc="generate", unit="prompt", leave=False)
     for i, (prompt, x, budget) in rows:
         if stream_to is not None:
